@@ -1,0 +1,75 @@
+"""Build any model of the package from plain (JSON-friendly) arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn as nn
+
+from mri_slice_transfer.networks.conv3d import Conv3DNet
+from mri_slice_transfer.networks.encoders import ENCODERS
+from mri_slice_transfer.networks.pretrained import PretrainedSpec, normalise_pretrained
+from mri_slice_transfer.networks.slice_set import SliceSetNet
+
+__all__ = ["CONV3D_NAMES", "MODEL_NAMES", "build_model", "count_parameters"]
+
+#: Names that select the 3D-CNN baseline.
+CONV3D_NAMES: tuple[str, ...] = ("conv3d", "3dcnn")
+#: Every accepted ``encoder`` value of :func:`build_model`.
+MODEL_NAMES: tuple[str, ...] = (*ENCODERS, *CONV3D_NAMES)
+
+
+def build_model(
+    encoder: str = "resnet18",
+    axis: str = "axial",
+    aggregation: str = "mean",
+    position_encoding: str = "none",
+    pretrained: PretrainedSpec = False,
+    num_outputs: int = 1,
+    spatial_size: Sequence[int] = (91, 109, 91),
+    output_bias: float | None = None,
+    in_channels_mode: str = "fold",
+    slice_chunk_size: int | None = None,
+) -> nn.Module:
+    """Build a :class:`~.slice_set.SliceSetNet` or, for ``encoder="conv3d"`` / ``"3dcnn"``, a
+    :class:`~.conv3d.Conv3DNet`.
+
+    Args:
+        encoder: ``"cnn5"``, ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"conv3d"`` or ``"3dcnn"``.
+        axis, aggregation, position_encoding, in_channels_mode, slice_chunk_size: see
+            :class:`~.slice_set.SliceSetNet`; ignored for the 3D-CNN (it has no slices).
+        pretrained: False, True, "auto" or a path (see :mod:`~.pretrained`). The 3D-CNN and cnn5 have no
+            pretrained weights: only False and "auto" (which then means from scratch) are accepted.
+        num_outputs: output size (1 for an AD logit or an age).
+        spatial_size: ``(x, y, z)`` of the input volumes, ``[B, 1, *spatial_size]``.
+        output_bias: initial value of the last bias (e.g. the training mean age).
+
+    Returns:
+        the model; its ``encoder_init`` attribute says how the encoder was initialised.
+    """
+    if not isinstance(encoder, str) or encoder.lower() not in MODEL_NAMES:
+        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if encoder.lower() in CONV3D_NAMES:
+        spec = normalise_pretrained(pretrained)
+        if spec not in (False, "auto"):
+            raise ValueError(
+                f"conv3d has no pretrained weights; use pretrained=False or 'auto', got {pretrained!r}"
+            )
+        return Conv3DNet(num_outputs=num_outputs, in_channels=1, output_bias=output_bias)
+    return SliceSetNet(
+        encoder=encoder,
+        axis=axis,
+        aggregation=aggregation,
+        position_encoding=position_encoding,
+        pretrained=pretrained,
+        num_outputs=num_outputs,
+        spatial_size=spatial_size,
+        in_channels_mode=in_channels_mode,
+        output_bias=output_bias,
+        slice_chunk_size=slice_chunk_size,
+    )
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (all, or only those with ``requires_grad``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

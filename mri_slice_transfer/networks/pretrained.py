@@ -1,0 +1,306 @@
+"""Initialising a 2D ResNet slice encoder from ImageNet-1K or from a local weights file.
+
+``pretrained`` (as accepted by :class:`~.slice_set.SliceSetNet` and :func:`~.factory.build_model`):
+
+- ``False``: random initialisation (``encoder_init = "scratch"``).
+- ``True`` (or the strings ``"imagenet"`` / ``"true"``): torchvision's ImageNet-1K weights
+  (``ResNet18_Weights.IMAGENET1K_V1`` etc.). They are read from torchvision's cache
+  ``$TORCH_HOME/hub/checkpoints/<file>`` (see :func:`mri_slice_transfer.paths.torch_weights_dir`) or
+  downloaded there; if neither works a :class:`RuntimeError` names the file, the folder and the URL,
+  so the file can be copied onto an offline machine by hand.
+- ``"auto"``: ImageNet if available (cache or download), otherwise random initialisation with a
+  logging WARNING; ``encoder_init`` records which one happened.
+- a path (``str`` / :class:`~pathlib.Path`): a local ``torch.save``-d state dict for the 2D encoder,
+  e.g. a RadImageNet or RadiologyNET ResNet ported to PyTorch. Common wrapper prefixes and
+  ``nn.Sequential(*list(resnet.children())[:-1])`` index keys are mapped to torchvision names.
+
+A 3-channel ``conv1`` kernel loaded into a folded 1-channel ``conv1`` is summed over its input
+channels (and a 1-channel kernel loaded into a 3-channel ``conv1`` is repeated / 3), which keeps the
+function of a 1-channel slice fed as 3 identical channels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from mri_slice_transfer.networks.encoders import RESNET_ENCODERS, fold_conv1_weight, repeat_conv1_weight
+from mri_slice_transfer.paths import torch_weights_dir
+
+__all__ = [
+    "PretrainedSpec",
+    "SCRATCH",
+    "IMAGENET",
+    "IMAGENET_FALLBACK",
+    "DOWNLOAD_TIMEOUT_S",
+    "imagenet_weights",
+    "imagenet_weights_file",
+    "load_imagenet_state_dict",
+    "remap_encoder_state_dict",
+    "load_encoder_weights",
+    "initialise_encoder",
+    "normalise_pretrained",
+]
+
+logger = logging.getLogger(__name__)
+
+#: What ``pretrained`` may be: False, True, "auto", "imagenet" (= True) or a path to a state dict.
+PretrainedSpec = bool | str | os.PathLike
+
+#: ``encoder_init`` values (a path gives ``"file:<path>"``).
+SCRATCH = "scratch"
+IMAGENET = "imagenet"
+IMAGENET_FALLBACK = "random (ImageNet weights unavailable)"
+
+#: Socket timeout (seconds) around a weights download, so an offline machine fails fast.
+DOWNLOAD_TIMEOUT_S = 10.0
+
+_WEIGHTS_ENUMS = {
+    "resnet18": "ResNet18_Weights",
+    "resnet34": "ResNet34_Weights",
+    "resnet50": "ResNet50_Weights",
+}
+# Prefixes that training frameworks put in front of the encoder's own names.
+_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "resnet.", "_orig_mod.")
+# Children of a torchvision ResNet in order; nn.Sequential(*children()[:-1 or -2]) numbers them.
+_SEQUENTIAL_NAMES = {
+    "0": "conv1",
+    "1": "bn1",
+    "2": "relu",
+    "3": "maxpool",
+    "4": "layer1",
+    "5": "layer2",
+    "6": "layer3",
+    "7": "layer4",
+}
+
+
+def normalise_pretrained(pretrained: PretrainedSpec) -> bool | str | Path:
+    """Validate ``pretrained``: returns ``False``, ``True``, ``"auto"`` or a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: for other types (e.g. ``None`` or numbers) or an empty string.
+    """
+    if isinstance(pretrained, bool):
+        return pretrained
+    if isinstance(pretrained, str):
+        low = pretrained.strip().lower()
+        if low == "auto":
+            return "auto"
+        if low in ("imagenet", "true"):  # "true"/"false" as they may arrive from CLI strings
+            return True
+        if low == "false":
+            return False
+        if not low:
+            raise ValueError("pretrained must be False, True, 'auto' or a path to a state dict, got ''")
+        return Path(pretrained).expanduser()
+    if isinstance(pretrained, os.PathLike):
+        return Path(pretrained).expanduser()
+    raise ValueError(
+        f"pretrained must be False, True, 'auto' or a path to a state dict, got {pretrained!r} "
+        f"({type(pretrained).__name__})"
+    )
+
+
+def imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
+    """The torchvision ImageNet-1K weights enum member for ``arch`` (``IMAGENET1K_V1``)."""
+    if arch not in _WEIGHTS_ENUMS:
+        raise ValueError(f"no ImageNet weights for {arch!r}; choose one of {', '.join(_WEIGHTS_ENUMS)}")
+    return getattr(torchvision.models, _WEIGHTS_ENUMS[arch]).IMAGENET1K_V1
+
+
+def imagenet_weights_file(arch: str) -> Path:
+    """Where torchvision caches (and looks for) the ImageNet weights of ``arch``."""
+    url = imagenet_weights(arch).url
+    return torch_weights_dir() / os.path.basename(url)
+
+
+def load_imagenet_state_dict(arch: str, allow_download: bool = True) -> dict[str, torch.Tensor]:
+    """ImageNet-1K state dict of a torchvision ResNet, from the cache or downloaded into it.
+
+    Args:
+        arch: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+        allow_download: try to download when the cache file is missing (with a short socket timeout).
+
+    Raises:
+        RuntimeError: the weights are neither cached nor downloadable; the message says which file to
+            put in which folder and where to get it.
+    """
+    weights = imagenet_weights(arch)
+    path = imagenet_weights_file(arch)
+    if not path.is_file() and not allow_download:
+        raise RuntimeError(_missing_message(arch, path, weights.url, "downloads disabled"))
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        # Reads $TORCH_HOME/hub/checkpoints/<file> if present, else downloads it there (hash-checked).
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as err:  # URLError, timeouts, hash mismatch, a corrupt cached file, ...
+        if path.is_file():
+            raise RuntimeError(
+                f"could not read the ImageNet weights for {arch} from {path} ({type(err).__name__}: {err}); "
+                f"the file may be corrupt: delete it and download it again from {weights.url}"
+            ) from err
+        raise RuntimeError(_missing_message(arch, path, weights.url, f"{type(err).__name__}: {err}")) from err
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _missing_message(arch: str, path: Path, url: str, reason: str) -> str:
+    return (
+        f"ImageNet-1K weights for {arch} are not available: the file '{path.name}' is not in "
+        f"'{path.parent}' and downloading it failed ({reason}). Download {url} on a machine with "
+        f"internet access and copy it to '{path}' (set $TORCH_HOME to use another cache folder), "
+        "or use pretrained='auto' (random init if missing) or pretrained=False."
+    )
+
+
+def _strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                changed = True
+    return key
+
+
+def remap_encoder_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a ResNet state dict from a foreign training framework to torchvision key names.
+
+    Strips wrapper prefixes (``module.``, ``model.``, ``backbone.``, ``encoder.``, ``resnet.``), maps
+    ``nn.Sequential`` child indices (``0.`` -> ``conv1``, ``1.`` -> ``bn1``, ``4.`` .. ``7.`` ->
+    ``layer1`` .. ``layer4``) and drops the classifier (``fc.*``).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        name = _strip_prefixes(key)
+        head, _, rest = name.partition(".")
+        if head in _SEQUENTIAL_NAMES and rest:
+            name = f"{_SEQUENTIAL_NAMES[head]}.{rest}"
+        if name.startswith("fc."):
+            continue
+        out[name] = value
+    return out
+
+
+def _unwrap_checkpoint(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """Accept a bare state dict or a training checkpoint holding one under a usual key."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "net", "encoder"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+                return inner
+        if any(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    raise ValueError(f"{path}: does not hold a PyTorch state dict (a dict of tensors)")
+
+
+def load_encoder_weights(backbone: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Copy matching weights of ``state_dict`` into a torchvision ResNet ``backbone`` (``fc`` removed).
+
+    Keys are remapped with :func:`remap_encoder_state_dict`; ``conv1`` kernels are folded (3 -> 1
+    channel) or repeated / 3 (1 -> 3) to fit. Missing, unexpected and shape-mismatched keys are logged.
+
+    Raises:
+        ValueError: no encoder weight matched at all (probably not a ResNet of this depth).
+    """
+    target = backbone.state_dict()
+    remapped = remap_encoder_state_dict(state_dict)
+    usable: dict[str, torch.Tensor] = {}
+    mismatched: list[str] = []
+    for key, value in remapped.items():
+        if key not in target:
+            continue
+        want = target[key].shape
+        if key == "conv1.weight" and value.ndim == 4 and value.shape != want:
+            if value.shape[1] == 3 and want[1] == 1:
+                value = fold_conv1_weight(value)
+            elif value.shape[1] == 1 and want[1] == 3:
+                value = repeat_conv1_weight(value)
+        if value.shape != want:
+            mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(want)}")
+            continue
+        usable[key] = value.to(dtype=target[key].dtype)
+    unexpected = sorted(k for k in remapped if k not in target)
+    if not any(not k.endswith("num_batches_tracked") for k in usable):
+        raise ValueError(
+            f"{source}: no weight matches the encoder ({len(remapped)} keys after remapping, e.g. "
+            f"{sorted(remapped)[:5]}; shape mismatches: {mismatched[:5]}); is it a {type(backbone).__name__} "
+            "of the chosen depth?"
+        )
+    result = backbone.load_state_dict(usable, strict=False)
+    missing = sorted(result.missing_keys)
+    level = logging.WARNING if (missing or mismatched) else logging.INFO
+    logger.log(
+        level,
+        "loaded %d/%d encoder tensors from %s; missing: %d %s; unexpected (ignored): %d %s; "
+        "shape mismatch (skipped): %d %s",
+        len(usable),
+        len(target),
+        source,
+        len(missing),
+        missing[:10],
+        len(unexpected),
+        unexpected[:10],
+        len(mismatched),
+        mismatched[:10],
+    )
+
+
+def initialise_encoder(backbone: nn.Module, arch: str, pretrained: PretrainedSpec) -> str:
+    """Initialise a slice encoder as ``pretrained`` asks; returns the ``encoder_init`` description.
+
+    Args:
+        backbone: the torchvision ResNet (``fc`` removed, ``conv1`` with 1 or 3 input channels), or
+            any module when ``arch`` is ``"cnn5"``.
+        arch: encoder name (``"cnn5"``, ``"resnet18"``, ``"resnet34"``, ``"resnet50"``).
+        pretrained: see the module docstring.
+
+    Returns:
+        ``"scratch"``, ``"imagenet"``, ``"random (ImageNet weights unavailable)"`` or ``"file:<path>"``.
+    """
+    spec = normalise_pretrained(pretrained)
+    if spec is False:
+        return SCRATCH
+    if arch not in RESNET_ENCODERS:
+        if spec == "auto":
+            return SCRATCH  # "auto" = use pretrained weights where they exist; cnn5 has none
+        raise ValueError(f"{arch} has no pretrained weights; use pretrained=False or 'auto' with {arch}")
+    if spec is True:
+        load_encoder_weights(backbone, load_imagenet_state_dict(arch), f"ImageNet-1K {arch}")
+        return IMAGENET
+    if spec == "auto":
+        try:
+            state = load_imagenet_state_dict(arch)
+        except RuntimeError as err:
+            path = imagenet_weights_file(arch)
+            logger.warning(
+                "pretrained='auto': ImageNet-1K weights for %s unavailable (%s); the %s encoder starts from "
+                "random weights instead. To use ImageNet, put %s (from %s) into %s.",
+                arch,
+                err.__cause__ or err,
+                arch,
+                path.name,
+                imagenet_weights(arch).url,
+                path.parent,
+            )
+            return IMAGENET_FALLBACK
+        load_encoder_weights(backbone, state, f"ImageNet-1K {arch}")
+        return IMAGENET
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained weights file {str(path)!r} not found (pretrained must be False, True, 'auto' "
+            "or the path of a state dict)"
+        )
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    load_encoder_weights(backbone, _unwrap_checkpoint(obj, path), str(path))
+    return f"file:{path}"

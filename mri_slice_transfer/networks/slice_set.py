@@ -1,0 +1,366 @@
+"""2D-slice-set networks: a shared 2D encoder per slice, positional encoding, aggregation, head.
+
+A volume ``[B, 1, X, Y, Z]`` is cut into its ``K`` slices along one axis; one 2D encoder embeds every
+slice to a ``d = 32`` vector ``r(x_k)``; an optional positional encoding gives ``r(x_k) + p_k``; the
+``K`` embeddings are aggregated by a permutation-invariant operation (mean / max / attention) and a
+small MLP head predicts ``num_outputs`` values (an AD logit or an age).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from mri_slice_transfer.networks.encoders import (
+    ENCODERS,
+    IN_CHANNELS_MODES,
+    RESNET_ENCODERS,
+    CNN5Encoder,
+    build_encoder,
+    kaiming_init_,
+)
+from mri_slice_transfer.networks.pretrained import PretrainedSpec, initialise_encoder
+
+__all__ = [
+    "AXES",
+    "AGGREGATIONS",
+    "POSITION_ENCODINGS",
+    "EMBED_DIM",
+    "num_slices",
+    "LearnedPositionEncoding",
+    "SinusoidalPositionEncoding",
+    "build_position_encoding",
+    "MeanAggregation",
+    "MaxAggregation",
+    "AttentionAggregation",
+    "build_aggregation",
+    "SliceSetNet",
+]
+
+#: Slicing axes and the volume dimension (of x, y, z) that they index.
+AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
+AGGREGATIONS: tuple[str, ...] = ("mean", "max", "attention")
+POSITION_ENCODINGS: tuple[str, ...] = ("none", "learned", "sinusoidal")
+#: Size ``d`` of a slice embedding (input of aggregation and head).
+EMBED_DIM = 32
+logger = logging.getLogger(__name__)
+
+# cnn5 adds the positional encoding to its 64-d pooled features, before Dropout and the last 1x1 layer.
+_CNN5_FEATURES = 64
+
+
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    return value.lower()
+
+
+def num_slices(spatial_size: Sequence[int], axis: str) -> int:
+    """Number of slices ``K`` of a volume of ``spatial_size`` (x, y, z) cut along ``axis``."""
+    return int(spatial_size[AXES[_check_choice("axis", axis, tuple(AXES))]])
+
+
+class LearnedPositionEncoding(nn.Module):
+    """Trainable positional encoding: ``LayerNorm_{(K, d)}(e + p)`` with ``p`` of shape ``[K, d]``.
+
+    ``p`` starts as ``N(0, 1/K)`` (std ``1/sqrt(K)``) as in the reference implementation; the LayerNorm
+    normalises each volume's whole ``K x d`` block of embeddings (elementwise affine), also as there.
+
+    Args:
+        num_positions: ``K``, the number of slices.
+        dim: ``d``, the embedding size.
+
+    Shapes:
+        ``[B, K, d]`` -> ``[B, K, d]``.
+    """
+
+    def __init__(self, num_positions: int, dim: int) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.randn(num_positions, dim) / math.sqrt(num_positions))
+        self.norm = nn.LayerNorm((num_positions, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.p)
+
+
+class SinusoidalPositionEncoding(nn.Module):
+    """Fixed transformer sin/cos positional encoding (Vaswani et al. 2017), added; no parameters.
+
+    Only useful with a non-linear aggregation (max / attention): with mean aggregation a fixed
+    additive table (followed by linear layers only) shifts the mean embedding by a constant, so the
+    model stays exactly permutation invariant. The learned encoding escapes this through its
+    LayerNorm, whose per-position affine weights act as learned per-slice weights.
+
+    ``P[k, 2i] = sin(k / 10000^(2i/d))``, ``P[k, 2i+1] = cos(k / 10000^(2i/d))``. The table is a
+    non-persistent buffer: it is rebuilt from ``K`` and ``d`` and not stored in checkpoints.
+
+    Args:
+        num_positions: ``K``, the number of slices.
+        dim: ``d``, the embedding size.
+
+    Shapes:
+        ``[B, K, d]`` -> ``[B, K, d]``.
+    """
+
+    def __init__(self, num_positions: int, dim: int) -> None:
+        super().__init__()
+        pos = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)
+        freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+        table = torch.zeros(num_positions, dim, dtype=torch.float64)
+        table[:, 0::2] = torch.sin(pos * freq)
+        table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+        self.register_buffer("table", table.float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.table.to(dtype=x.dtype)
+
+
+def build_position_encoding(kind: str, num_positions: int, dim: int) -> nn.Module:
+    """``"none"`` (identity), ``"learned"`` or ``"sinusoidal"`` positional encoding for ``[B, K, d]``."""
+    kind = _check_choice("position_encoding", kind, POSITION_ENCODINGS)
+    if kind == "learned":
+        return LearnedPositionEncoding(num_positions, dim)
+    if kind == "sinusoidal":
+        return SinusoidalPositionEncoding(num_positions, dim)
+    return nn.Identity()
+
+
+class MeanAggregation(nn.Module):
+    """Mean over slices: ``[B, K, d]`` -> ``[B, d]``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1)
+
+
+class MaxAggregation(nn.Module):
+    """Element-wise max over slices: ``[B, K, d]`` -> ``[B, d]``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=1)
+
+
+class AttentionAggregation(nn.Module):
+    """Attention pooling with one learned query, then LayerNorm and a feed-forward layer.
+
+    ``a = softmax_k(q . W_k e_k / sqrt(d))``, ``z = sum_k a_k W_v e_k``, ``h = LayerNorm(z)``,
+    ``out = h + ReLU(W_f h + b_f)``. The paper only says a feed-forward layer and a LayerNorm were
+    added after the attention (as in a transformer block); the residual connection and ReLU are this
+    package's choice: at initialisation the block stays close to the normalised attention output.
+    The weights ``a`` of the last forward pass are kept in ``last_weights`` (``[B, K]``, detached) for
+    inspection of which slices the model attends to.
+
+    Args:
+        dim: ``d``, the embedding size.
+
+    Shapes:
+        ``[B, K, d]`` -> ``[B, d]``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.ff = nn.Linear(dim, dim)
+        self.scale = 1.0 / math.sqrt(dim)
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = (self.key(x) @ self.query) * self.scale  # [B, K]
+        weights = torch.softmax(scores, dim=1)
+        self.last_weights = weights.detach()
+        z = torch.einsum("bk,bkd->bd", weights, self.value(x))
+        h = self.norm(z)
+        return h + torch.relu(self.ff(h))
+
+
+def build_aggregation(kind: str, dim: int) -> nn.Module:
+    """``"mean"``, ``"max"`` or ``"attention"`` aggregation over the slice axis of ``[B, K, d]``."""
+    kind = _check_choice("aggregation", kind, AGGREGATIONS)
+    if kind == "attention":
+        return AttentionAggregation(dim)
+    return MeanAggregation() if kind == "mean" else MaxAggregation()
+
+
+class _KeepBatchNormStats(contextlib.AbstractContextManager):
+    """Restore BatchNorm running statistics on exit.
+
+    Used as the recompute context of activation checkpointing: the recomputation in backward runs the
+    encoder forward a second time, which would otherwise update the running mean/var twice per step.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.saved: list[list[torch.Tensor | None]] = []
+
+    def __enter__(self) -> _KeepBatchNormStats:
+        self.saved = [
+            [None if b is None else b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)]
+            for m in self.norms
+        ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            for m, saved in zip(self.norms, self.saved, strict=True):
+                for buf, old in zip(
+                    (m.running_mean, m.running_var, m.num_batches_tracked), saved, strict=True
+                ):
+                    if buf is not None and old is not None:
+                        buf.copy_(old)
+        self.saved = []
+        return None
+
+
+class SliceSetNet(nn.Module):
+    """2D-slice-set network with optional positional encoding (Gupta et al. style, see docs).
+
+    Args:
+        encoder: 2D slice encoder: ``"cnn5"``, ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+        axis: slicing axis: ``"sagittal"`` (along x: ``K = spatial_size[0]`` slices of ``(y, z)``),
+            ``"coronal"`` (along y: slices of ``(x, z)``) or ``"axial"`` (along z: slices of ``(x, y)``).
+        aggregation: ``"mean"``, ``"max"`` or ``"attention"`` over the ``K`` slice embeddings.
+        position_encoding: ``"none"``, ``"learned"`` (trainable ``p_k`` + LayerNorm, the paper's) or
+            ``"sinusoidal"`` (fixed).
+        pretrained: encoder initialisation: ``False``, ``True`` (ImageNet-1K, error if unavailable),
+            ``"auto"`` (ImageNet if available, else random with a warning) or a path to a state dict;
+            see :mod:`mri_slice_transfer.networks.pretrained`. ``cnn5`` accepts only False / "auto".
+        num_outputs: size of the output (1 for an AD logit or an age).
+        spatial_size: ``(x, y, z)`` size of the input volumes; fixes ``K`` (and the positional table).
+        in_channels_mode: ResNets only: ``"fold"`` (1-channel ``conv1`` = channel sum of the RGB one;
+            default, cheaper) or ``"repeat"`` (slice repeated to 3 channels, as the reference). Both
+            compute the same function; :func:`~.encoders.convert_in_channels_mode` converts weights.
+        output_bias: initial value of the last bias (e.g. the training mean age); None keeps the default.
+        slice_chunk_size: None encodes all ``B * K`` slices in one batch; an int encodes them in chunks
+            of that many slices with activation checkpointing (when gradients are on), which bounds the
+            activation memory of big encoders at the cost of a second encoder forward in backward.
+            Identical results for cnn5 and for ResNets in eval mode; in training mode ResNet BatchNorm
+            statistics are then computed per chunk.
+
+    Shapes:
+        input ``[B, 1, *spatial_size]`` -> output ``[B, num_outputs]``.
+
+    Attributes:
+        encoder_init: what initialised the encoder: ``"scratch"``, ``"imagenet"``,
+            ``"random (ImageNet weights unavailable)"`` or ``"file:<path>"``.
+        num_slices: ``K``.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        axis: str = "axial",
+        aggregation: str = "mean",
+        position_encoding: str = "none",
+        pretrained: PretrainedSpec = False,
+        num_outputs: int = 1,
+        spatial_size: Sequence[int] = (91, 109, 91),
+        in_channels_mode: str = "fold",
+        output_bias: float | None = None,
+        slice_chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        encoder = _check_choice("encoder", encoder, ENCODERS)
+        axis = _check_choice("axis", axis, tuple(AXES))
+        aggregation = _check_choice("aggregation", aggregation, AGGREGATIONS)
+        position_encoding = _check_choice("position_encoding", position_encoding, POSITION_ENCODINGS)
+        in_channels_mode = _check_choice("in_channels_mode", in_channels_mode, IN_CHANNELS_MODES)
+        spatial_size = tuple(int(s) for s in spatial_size)
+        if len(spatial_size) != 3 or any(s < 1 for s in spatial_size):
+            raise ValueError(f"spatial_size must be 3 positive ints (x, y, z), got {spatial_size}")
+        if not isinstance(num_outputs, int) or num_outputs < 1:
+            raise ValueError(f"num_outputs must be a positive int, got {num_outputs!r}")
+        if slice_chunk_size is not None and (not isinstance(slice_chunk_size, int) or slice_chunk_size < 1):
+            raise ValueError(f"slice_chunk_size must be None or a positive int, got {slice_chunk_size!r}")
+
+        if position_encoding == "sinusoidal" and aggregation == "mean":
+            logger.warning(
+                "position_encoding='sinusoidal' with aggregation='mean' adds a constant to the mean "
+                "embedding and carries no slice-position information; use aggregation 'max' or "
+                "'attention', or position_encoding='learned'"
+            )
+        self.encoder_name = encoder
+        self.axis = axis
+        self.aggregation_name = aggregation
+        self.position_encoding_name = position_encoding
+        self.in_channels_mode = in_channels_mode
+        self.spatial_size = spatial_size
+        self.num_outputs = num_outputs
+        self.slice_chunk_size = slice_chunk_size
+        self.num_slices = spatial_size[AXES[axis]]
+
+        self.encoder = build_encoder(encoder, in_channels_mode=in_channels_mode)
+        features = self.encoder.out_features
+        if isinstance(self.encoder, CNN5Encoder):
+            # Reference cnn5: pooled 64-d features -> [positional encoding] -> Dropout(0.5) -> 1x1 conv
+            # to 32 (a Linear on pooled features; same parameters, He init like the other convs).
+            pe_dim = features
+            self.pre_embed: nn.Module = nn.Identity()
+            self.post_embed: nn.Module = nn.Sequential(nn.Dropout(0.5), nn.Linear(features, EMBED_DIM))
+            kaiming_init_(self.post_embed)
+        else:
+            # ResNets: pooled 512/2048-d features -> Linear to 32 -> [positional encoding].
+            pe_dim = EMBED_DIM
+            self.pre_embed = nn.Linear(features, EMBED_DIM)
+            self.post_embed = nn.Identity()
+        self.position = build_position_encoding(position_encoding, self.num_slices, pe_dim)
+        self.aggregate = build_aggregation(aggregation, EMBED_DIM)
+        self.head = nn.Sequential(nn.Linear(EMBED_DIM, 64), nn.ReLU(inplace=True), nn.Linear(64, num_outputs))
+        if output_bias is not None:
+            nn.init.constant_(self.head[-1].bias, float(output_bias))
+
+        if encoder in RESNET_ENCODERS:
+            self.encoder_init = initialise_encoder(self.encoder.backbone, encoder, pretrained)
+        else:
+            self.encoder_init = initialise_encoder(self.encoder, encoder, pretrained)
+
+    def slices(self, x: torch.Tensor) -> torch.Tensor:
+        """Cut volumes ``[B, 1, X, Y, Z]`` into slices ``[B * K, 1, H, W]`` (volume-major order)."""
+        if x.ndim != 5 or x.shape[1] != 1:
+            raise ValueError(f"expected input [B, 1, X, Y, Z], got {tuple(x.shape)}")
+        if tuple(x.shape[2:]) != self.spatial_size:
+            raise ValueError(
+                f"input spatial size {tuple(x.shape[2:])} does not match the model's spatial_size "
+                f"{self.spatial_size} (K = {self.num_slices} {self.axis} slices)"
+            )
+        dim = 2 + AXES[self.axis]
+        x = x.movedim(dim, 1)  # [B, K, 1, H, W]; in-plane dims keep their (x, y, z) order
+        b, k = x.shape[:2]
+        return x.reshape(b * k, *x.shape[2:])
+
+    def encode_slices(self, slices: torch.Tensor) -> torch.Tensor:
+        """Run the 2D encoder on ``[N, 1, H, W]`` slices (chunked if ``slice_chunk_size``) -> ``[N, C]``."""
+        chunk = self.slice_chunk_size
+        if chunk is None or slices.shape[0] <= chunk:
+            return self.encoder(slices)
+        use_checkpoint = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
+        outs = []
+        for part in slices.split(chunk, dim=0):
+            if use_checkpoint:
+                outs.append(
+                    checkpoint(
+                        self.encoder,
+                        part,
+                        use_reentrant=False,
+                        context_fn=lambda: (contextlib.nullcontext(), _KeepBatchNormStats(self.encoder)),
+                    )
+                )
+            else:
+                outs.append(self.encoder(part))
+        return torch.cat(outs, dim=0)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Slice embeddings (after positional encoding): ``[B, 1, X, Y, Z]`` -> ``[B, K, 32]``."""
+        b = x.shape[0]
+        feats = self.encode_slices(self.slices(x)).reshape(b, self.num_slices, -1)
+        return self.post_embed(self.position(self.pre_embed(feats)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.aggregate(self.embed(x)))
