@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
+import json
 import os
 import platform
 from typing import Any
 
-__all__ = ["collect_info", "format_info"]
+__all__ = ["collect_info", "format_info", "add_arguments", "run"]
 
 _PACKAGES = (
     "torch",
@@ -97,3 +99,15 @@ def format_info(info: dict[str, Any]) -> str:
     present = ", ".join(p["imagenet_weights_present"]) or "none (pretrained='auto' falls back to random init)"
     lines.append(f"  weight files   {present}")
     return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``mri-slice-transfer info``."""
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the information; returns the exit code."""
+    info = collect_info()
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
