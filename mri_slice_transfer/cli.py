@@ -1,40 +1,34 @@
 """The ``mri-slice-transfer`` command line: one entry point, one sub-command per job.
 
-Sub-commands are registered in :data:`COMMANDS`; each has an ``add_arguments(parser)`` and a
-``run(args) -> int``. Modules are imported lazily so that ``--help`` and ``info`` stay fast.
+Sub-commands are registered in :data:`COMMANDS`: a help text and the module that implements it with
+``add_arguments(parser)`` and ``run(args) -> int``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from mri_slice_transfer import __version__
 
 __all__ = ["main", "build_parser"]
 
 
-def _add_info(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-
-
-def _run_info(args: argparse.Namespace) -> int:
-    import json
-
-    from mri_slice_transfer.info import collect_info, format_info
-
-    info = collect_info()
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
-    return 0
-
-
-# name -> (help, add_arguments, run)
-COMMANDS: dict[
-    str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
-] = {
-    "info": ("print versions, device, and where weights and caches live", _add_info, _run_info),
+# name -> (help, module). Each module defines ``add_arguments(parser)`` and ``run(args) -> int``. They are
+# imported when the parser is built, so keep their top-level imports light (heavy ones inside ``run``).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("print versions, device, and where weights and caches live", "mri_slice_transfer.info"),
+    "demo-data": (
+        "generate a synthetic demo cohort (AD vs CN or brain age) with train/val/test data lists",
+        "mri_slice_transfer.data.cli_demo",
+    ),
+    "prepare": (
+        "register raw T1 scans (NIfTI/MGZ/NRRD/MHA/DICOM, any orientation) to the template grid, with QC",
+        "mri_slice_transfer.prepare.cli",
+    ),
 }
 
 
@@ -47,10 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_text, add_arguments, run) in COMMANDS.items():
+    for name, (help_text, module_name) in COMMANDS.items():
+        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(p)
-        p.set_defaults(_run=run)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
     return parser
 
 

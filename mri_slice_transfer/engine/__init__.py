@@ -1,0 +1,50 @@
+"""Everything the MONAI bundle configs reference by dotted path (``mri_slice_transfer.engine.*``).
+
+One concept per module: :mod:`.bundle_root` (where the bundle lives), :mod:`.datasets` (user data or
+demo cohort), :mod:`.network`, :mod:`.precision` (bf16 autocast on CPU), :mod:`.losses`,
+:mod:`.metrics`, :mod:`.handlers` (metrics files, best model, atomic checkpoint + resume),
+:mod:`.predictions` and :mod:`.inputs` (evaluation / inference outputs), :mod:`.distributed`,
+:mod:`.seeding`, :mod:`.run_info` (the run log) and :mod:`.io` (atomic writes).
+"""
+
+from mri_slice_transfer.engine.bundle_root import bundle_root
+from mri_slice_transfer.engine.datasets import DataSource, resolve_data
+from mri_slice_transfer.engine.handlers import BestModelSaver, FullCheckpoint, MetricsWriter
+from mri_slice_transfer.engine.inputs import resolve_inputs
+from mri_slice_transfer.engine.losses import make_loss
+from mri_slice_transfer.engine.metrics import make_additional_metrics, make_key_metric, metric_cmp_fn
+from mri_slice_transfer.engine.network import build_network, set_output_bias
+from mri_slice_transfer.engine.options import as_bool, as_optional, as_pretrained
+from mri_slice_transfer.engine.precision import AutocastInferer, cpu_autocast_enabled, cuda_amp_enabled
+from mri_slice_transfer.engine.predictions import PredictionWriter, SafeTransform
+from mri_slice_transfer.engine.resize import scaled_size, with_resize
+from mri_slice_transfer.engine.run_info import log_run_info
+from mri_slice_transfer.engine.seeding import seed_everything
+
+__all__ = [
+    "AutocastInferer",
+    "BestModelSaver",
+    "DataSource",
+    "FullCheckpoint",
+    "MetricsWriter",
+    "PredictionWriter",
+    "SafeTransform",
+    "build_network",
+    "as_bool",
+    "as_optional",
+    "as_pretrained",
+    "bundle_root",
+    "cpu_autocast_enabled",
+    "cuda_amp_enabled",
+    "log_run_info",
+    "make_additional_metrics",
+    "make_key_metric",
+    "make_loss",
+    "metric_cmp_fn",
+    "resolve_data",
+    "resolve_inputs",
+    "seed_everything",
+    "scaled_size",
+    "set_output_bias",
+    "with_resize",
+]

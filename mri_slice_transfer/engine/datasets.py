@@ -1,0 +1,119 @@
+"""Which data a bundle run uses: the user's data lists, or the demo cohort generated once and cached."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mri_slice_transfer.engine.distributed import barrier, is_main_process
+from mri_slice_transfer.paths import cache_dir
+
+__all__ = ["DataSource", "resolve_data", "demo_cohort_dir", "frame_to_records"]
+
+logger = logging.getLogger(__name__)
+
+_DONE_MARKER = ".complete"
+
+
+@dataclass
+class DataSource:
+    """Data lists of one run: ``frames[split]`` as read by ``read_split_datalists``.
+
+    Attributes:
+        task: ``"adni_ad"`` or ``"brain_age"``.
+        frames: split name -> DataFrame with ``image``, ``subject_id``, ``label`` (+ ``session_id``).
+        is_demo: whether this is the generated demo cohort.
+        datalist_dir: folder of the CSV data lists.
+    """
+
+    task: str
+    frames: dict[str, pd.DataFrame]
+    is_demo: bool
+    datalist_dir: Path
+    info: dict = field(default_factory=dict)
+
+    def records(self, split: str) -> list[dict]:
+        """MONAI data dicts for one split (see :func:`frame_to_records`)."""
+        return frame_to_records(self.frames[split])
+
+    def label_mean(self, split: str = "train") -> float:
+        """Mean label of a split (the regression bias initialisation for brain age)."""
+        return float(self.frames[split]["label"].astype(float).mean())
+
+    def describe(self) -> str:
+        """One line for the run log."""
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in self.frames.items())
+        kind = "DEMO cohort (synthetic)" if self.is_demo else "user data lists"
+        return f"data: {kind} from {self.datalist_dir} ({sizes})"
+
+
+def frame_to_records(frame: pd.DataFrame) -> list[dict]:
+    """Rows -> dicts with ``image``, ``label`` (float32 array of shape [1]) and string metadata."""
+    records = []
+    for row in frame.to_dict("records"):
+        session = row.get("session_id")
+        records.append(
+            {
+                "image": str(row["image"]),
+                "image_path": str(row["image"]),
+                "label": np.asarray([row["label"]], dtype=np.float32),
+                "subject_id": str(row["subject_id"]),
+                "session_id": "" if session is None or pd.isna(session) else str(session),
+            }
+        )
+    return records
+
+
+def demo_cohort_dir(task: str, n: int, seed: int) -> Path:
+    """Cache folder of the demo cohort for ``task``/``n``/``seed``."""
+    return cache_dir("demo", f"{task}_template_n{int(n)}_seed{int(seed)}", create=False)
+
+
+def _ensure_demo_cohort(task: str, n: int, seed: int) -> Path:
+    out = demo_cohort_dir(task, n, seed)
+    if (out / _DONE_MARKER).is_file():
+        logger.info("demo cohort found in cache: %s", out)
+        return out
+    from mri_slice_transfer.data.synthetic import generate_cohort
+
+    out.mkdir(parents=True, exist_ok=True)  # the generator resumes an interrupted generation
+    logger.info("generating the demo cohort once (task=%s, n=%d, seed=%d) into %s", task, n, seed, out)
+    generate_cohort(task, space="template", n=int(n), seed=int(seed), out=out, progress=False)
+    (out / _DONE_MARKER).write_text("ok\n")
+    return out
+
+
+def resolve_data(
+    task: str,
+    datalist_dir: str | None = None,
+    dataset_dir: str | None = None,
+    demo_n: int = 120,
+    demo_seed: int = 0,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+) -> DataSource:
+    """Read and check the data lists, or fall back to the demo cohort when no data is configured.
+
+    ``datalist_dir`` defaults to ``dataset_dir``. With neither set, the demo cohort is generated once
+    into ``cache_dir("demo", ...)`` (keyed by task, ``demo_n`` and ``demo_seed``) and used. Every
+    problem in the data lists is raised together as a ``DataListError`` before any training starts.
+    In a distributed run only rank 0 generates; the other ranks wait.
+    """
+    from mri_slice_transfer.data import read_split_datalists
+
+    datalist_dir = datalist_dir or dataset_dir or None
+    if datalist_dir:
+        frames = read_split_datalists(datalist_dir, task, dataset_dir=dataset_dir or None, splits=splits)
+        return DataSource(task, frames, False, Path(datalist_dir).resolve())
+    if is_main_process():
+        out = _ensure_demo_cohort(task, demo_n, demo_seed)
+        barrier()
+    else:
+        barrier()
+        out = demo_cohort_dir(task, demo_n, demo_seed)
+    frames = read_split_datalists(out, task, dataset_dir=out, splits=splits)
+    info = {"demo_n": int(demo_n), "demo_seed": int(demo_seed)}
+    return DataSource(task, frames, True, out, info)

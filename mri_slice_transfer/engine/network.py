@@ -1,0 +1,47 @@
+"""Network construction for the bundles (delegates to ``mri_slice_transfer.networks.build_model``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from mri_slice_transfer.engine.distributed import unwrap
+
+__all__ = ["build_network", "set_output_bias", "to_device", "encoder_init"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_network(channels_last: bool = False, **kwargs: Any) -> torch.nn.Module:
+    """``build_model(**kwargs)``; optionally with 2D conv weights in channels-last memory format."""
+    from mri_slice_transfer.networks import build_model
+
+    model = build_model(**kwargs)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def encoder_init(model: torch.nn.Module) -> str:
+    """What initialised the encoder (``model.encoder_init``), for the run log."""
+    return str(getattr(unwrap(model), "encoder_init", "unknown"))
+
+
+def set_output_bias(model: torch.nn.Module, value: float | None) -> torch.nn.Module:
+    """Fill the bias of the last ``nn.Linear`` (the regression head) with ``value``; None: no-op."""
+    if value is None:
+        return model
+    heads = [m for m in unwrap(model).modules() if isinstance(m, torch.nn.Linear) and m.bias is not None]
+    if not heads:
+        raise ValueError("the network has no linear output layer with a bias to initialise")
+    with torch.no_grad():
+        heads[-1].bias.fill_(float(value))
+    logger.info("output bias initialised to the training mean label %.3f", float(value))
+    return model
+
+
+def to_device(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """Move the model to ``device`` (kept as a function so configs stay one-liners)."""
+    return model.to(device)

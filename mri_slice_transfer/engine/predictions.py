@@ -1,0 +1,126 @@
+"""Per-scan predictions: an error-tolerant transform and the writer of predictions CSV + metrics JSON."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from mri_slice_transfer.engine.distributed import is_main_process
+from mri_slice_transfer.engine.io import write_csv, write_json
+from mri_slice_transfer.engine.metrics import THRESHOLD, compute_metrics
+
+__all__ = ["SafeTransform", "PredictionWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+class SafeTransform:
+    """Run ``transform`` on one data dict; on failure return a blank image marked ``status=error``.
+
+    The blank image still goes through the network (batches stay uniform) but its prediction is not
+    reported: its row gets the error text instead, and every other scan is predicted as usual.
+    """
+
+    def __init__(
+        self, transform: Callable[[dict], dict], spatial_size: tuple[int, ...] = (91, 109, 91)
+    ) -> None:
+        self.transform = transform
+        self.spatial_size = tuple(spatial_size)
+
+    def __call__(self, data: dict) -> dict:
+        try:
+            out = dict(self.transform(dict(data)))
+            image = out["image"]
+            out["image"] = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+            out.update(status="ok", error="")
+            return out
+        except Exception as exc:  # noqa: BLE001 - any unreadable scan becomes an error row
+            reason = _reason(exc)
+            logger.warning("cannot use %s: %s", data.get("image_path", data.get("image")), reason)
+            out = {k: v for k, v in data.items() if k != "image"}
+            out.update(image=torch.zeros((1, *self.spatial_size)), status="error", error=reason)
+            return out
+
+
+def _reason(exc: BaseException) -> str:
+    try:
+        from mri_slice_transfer.transforms import find_scan_error
+
+        found = find_scan_error(exc)
+    except ImportError:
+        found = None
+    err = found if found is not None else exc
+    while found is None and err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {err}".replace("\n", " ")
+
+
+class PredictionWriter:
+    """Collect one row per scan during an evaluator run and write them (and metrics) at the end.
+
+    Args:
+        task: ``"adni_ad"`` (probability of AD) or ``"brain_age"`` (predicted age).
+        predictions_csv: output CSV path.
+        metrics_json: output metrics path, written when the scans have labels (evaluation).
+    """
+
+    def __init__(self, task: str, predictions_csv: str, metrics_json: str | None = None) -> None:
+        self.task = task
+        self.predictions_csv = Path(predictions_csv)
+        self.metrics_json = Path(metrics_json) if metrics_json else None
+        self.rows: list[dict] = []
+        self._raw: list[tuple[float, float]] = []  # (network output, label) of readable labelled scans
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.rows.clear()
+        self._raw.clear()
+
+    def _row(self, item: dict, pred: Any) -> dict:
+        row = {k: item.get(k, "") for k in ("subject_id", "session_id")}
+        row["image"] = item.get("image_path", "")
+        if "label" in item:
+            row["label"] = float(torch.as_tensor(item["label"]).reshape(-1)[0])
+        status = item.get("status", "ok")
+        value = float(torch.as_tensor(pred).float().reshape(-1)[0]) if status == "ok" else np.nan
+        if self.task == "adni_ad":
+            prob = 1.0 / (1.0 + np.exp(-value))
+            row["probability"] = prob
+            row["predicted"] = "" if np.isnan(prob) else ("AD" if prob >= THRESHOLD else "CN")
+        else:
+            row["predicted_age"] = value
+        row["status"], row["error"] = status, item.get("error", "")
+        if status == "ok" and "label" in row:
+            self._raw.append((value, row["label"]))
+        return row
+
+    def collect(self, engine: Engine) -> None:
+        batch, output = engine.state.batch, engine.state.output
+        if isinstance(batch, dict) or isinstance(output, dict):
+            raise TypeError("PredictionWriter needs decollated engine outputs (decollate=True)")
+        self.rows.extend(self._row(item, out["pred"]) for item, out in zip(batch, output, strict=True))
+
+    def write(self, engine: Engine | None = None) -> dict | None:
+        if not is_main_process():
+            return None
+        write_csv(self.rows, self.predictions_csv)
+        n_err = sum(r["status"] != "ok" for r in self.rows)
+        logger.info("wrote %d predictions (%d errors) to %s", len(self.rows), n_err, self.predictions_csv)
+        if self.metrics_json is None:
+            return None
+        raw = np.array(self._raw, dtype=np.float64).reshape(-1, 2)
+        metrics = compute_metrics(self.task, raw[:, 0], raw[:, 1])
+        metrics.update(n_scans=len(raw), n_errors=n_err)
+        write_json(metrics, self.metrics_json)
+        logger.info("test metrics: %s -> %s", metrics, self.metrics_json)
+        return metrics

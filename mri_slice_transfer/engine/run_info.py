@@ -1,0 +1,50 @@
+"""The run log's summary: device, precision, data, model and how its encoder was initialised."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from mri_slice_transfer.engine.datasets import DataSource
+from mri_slice_transfer.engine.distributed import is_main_process, world_size
+from mri_slice_transfer.engine.network import encoder_init
+from mri_slice_transfer.engine.precision import precision_label
+
+__all__ = ["log_run_info"]
+
+logger = logging.getLogger("mri_slice_transfer.bundle")
+
+
+def log_run_info(
+    device: torch.device | str,
+    amp: bool,
+    data: DataSource | None = None,
+    network: torch.nn.Module | None = None,
+    settings: dict[str, Any] | None = None,
+) -> str:
+    """Log (rank 0) and return one block describing the run."""
+    threads = torch.get_num_threads()
+    lines = [f"device: {torch.device(device)} (processes: {world_size()}, torch threads: {threads})"]
+    lines.append(f"precision: {precision_label(amp, device)}")
+    if data is not None:
+        lines.append(data.describe())
+        if data.is_demo:
+            lines.append(
+                "no dataset configured (dataset_dir/datalist_dir empty): using the synthetic DEMO cohort "
+                f"with demo settings {data.info} and {settings or {}}; "
+                "set --dataset_dir to train on real data"
+            )
+    if network is not None:
+        init = encoder_init(network)
+        lines.append(f"encoder initialisation: {init}")
+        if "unavailable" in init:
+            lines.append(
+                "pretrained ImageNet weights could not be loaded here: the encoder starts from random init"
+            )
+    text = "\n".join(lines)
+    if is_main_process():
+        for line in lines:
+            logger.info(line)
+    return text

@@ -1,0 +1,60 @@
+"""``mri-slice-transfer prepare``: register raw scans to the template, with QC and a manifest."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "register raw T1 scans (NIfTI/MGZ/NRRD/MHA/DICOM, any orientation) to the template grid, with QC"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched recursively; BIDS *_T1w files; DICOM series folders) or CSVs "
+        "with an 'image' column",
+    )
+    parser.add_argument("--out", required=True, help="output folder (manifest.csv, qc.html, prepared scans)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default: %(default)s)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="SimpleITK threads per worker (default: cores / workers)"
+    )
+    parser.add_argument("--n4", action="store_true", help="N4 bias-field correction before registration")
+    parser.add_argument(
+        "--dof",
+        type=int,
+        choices=(6, 9, 12),
+        default=None,
+        help="degrees of freedom: 6 rigid, 9 rigid + per-axis scale, 12 affine (default: 9)",
+    )
+    parser.add_argument("--redo", action="store_true", help="prepare again scans that are already done")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prepare the scans; exit code 0 if none failed, 1 if any has status ``error``."""
+    from mri_slice_transfer.prepare.batch import prepare_scans
+
+    if args.workers < 1:
+        raise SystemExit("prepare: --workers must be at least 1")
+    table = prepare_scans(
+        args.inputs,
+        args.out,
+        workers=args.workers,
+        n4=args.n4,
+        dof=args.dof,
+        skip_existing=not args.redo,
+        progress=not args.no_progress,
+        threads=args.threads,
+    )
+    counts = table["status"].value_counts()
+    summary = ", ".join(f"{int(counts[s])} {s}" for s in ("ok", "flagged", "skipped", "error") if s in counts)
+    print(f"prepared {len(table)} scan(s) into {args.out}: {summary or 'nothing found'}")
+    print(f"manifest: {args.out}/manifest.csv   QC overview: {args.out}/qc.html")
+    for row in table[table["status"].isin(["error", "flagged"])].itertuples():
+        print(f"  {row.status}: {row.error or row.note}")
+    if table.empty:
+        print("no scans found in the inputs")
+        return 1
+    return 1 if (table["status"] == "error").any() else 0

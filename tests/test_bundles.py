@@ -1,0 +1,201 @@
+"""End-to-end tests of the MONAI bundles on tiny data (a tiny network override keeps them fast).
+
+Train -> evaluate -> infer through ``ConfigWorkflow``; resume equals an uninterrupted run; a
+2-process gloo DDP run; a data list with several problems is rejected before training; inference
+survives a corrupt scan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from mri_slice_transfer.errors import DataListError
+from mri_slice_transfer.template import TEMPLATE_AFFINE, TEMPLATE_SHAPE
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: A few-thousand-parameter MONAI network standing in for SliceSetNet (same input/output shapes).
+TINY_NET = {
+    "_target_": "monai.networks.nets.Regressor",
+    "in_shape": [1, *TEMPLATE_SHAPE],
+    "out_shape": [1],
+    "channels": [2, 4],
+    "strides": [4, 4],
+}
+FAST = {"network_def": TINY_NET, "progress_bar": False, "batch_size": 4, "cache_num_workers": 1}
+
+
+def write_tiny_dataset(out: Path, n_per_split: tuple[int, ...] = (8, 4, 4), seed: int = 0) -> Path:
+    """AD/CN scans on the template grid: CN and AD differ by a bright block; data lists alongside."""
+    rng = np.random.default_rng(seed)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    k = 0
+    for split, n in zip(("train", "val", "test"), n_per_split, strict=True):
+        rows = []
+        for i in range(n):
+            ad = i % 2
+            vol = np.zeros(TEMPLATE_SHAPE, np.float32)
+            vol[15:75, 15:95, 10:80] = 1.0 + 0.1 * rng.standard_normal((60, 80, 70))
+            vol[30:60, 40:70, 30:60] += 3.0 * ad
+            name = f"images/sub-{k:02d}_T1w.nii"
+            nib.save(nib.Nifti1Image(vol, TEMPLATE_AFFINE), out / name)
+            rows.append(
+                {
+                    "subject_id": f"sub-{k:02d}",
+                    "session_id": "ses-1",
+                    "image": name,
+                    "dx": "AD" if ad else "CN",
+                }
+            )
+            k += 1
+        pd.DataFrame(rows).to_csv(out / f"{split}.csv", index=False)
+    return out
+
+
+def copy_bundle(dst: Path, name: str = "adni_ad") -> Path:
+    """A copy of the bundle's configs, so outputs land in ``dst`` (bundle_root follows the configs)."""
+    shutil.copytree(REPO / "bundles" / name / "configs", dst / name / "configs")
+    return dst / name
+
+
+def run_workflow(config_file, workflow_type: str = "train", **override) -> ConfigWorkflow:
+    wf = ConfigWorkflow(config_file=config_file, workflow_type=workflow_type, **override)
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny_ad"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """A bundle copy trained for 3 epochs on the tiny data."""
+    bundle = copy_bundle(tmp_path_factory.mktemp("trained"))
+    wf = run_workflow(str(bundle / "configs" / "train.json"), dataset_dir=str(tiny_data), epochs=3, **FAST)
+    assert wf.parser.get_parsed_content("bundle_root") == str(bundle.resolve())
+    return bundle
+
+
+def test_train_writes_model_checkpoint_and_metrics(trained: Path) -> None:
+    state = torch.load(trained / "models" / "model.pt", weights_only=True)
+    assert isinstance(state, dict) and all(torch.is_tensor(v) for v in state.values())
+    ckpt = torch.load(trained / "models" / "checkpoint.pt", weights_only=True)
+    assert {"model", "optimizer", "trainer", "rng", "extras"} <= set(ckpt)
+    assert ckpt["trainer"]["iteration"] == 3 * 2  # 3 epochs of 8 scans in batches of 4
+    rows = json.loads((trained / "eval" / "val_metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for key in ("val_balanced_accuracy", "val_f1", "val_average_precision", "val_roc_auc"):
+        assert key in rows[-1]
+    assert pd.read_csv(trained / "eval" / "val_metrics.csv").shape[0] == 3
+    assert any(p.name.startswith("events.out.tfevents") for p in (trained / "eval").iterdir())
+
+
+def test_evaluate_scores_the_test_split(trained: Path, tiny_data: Path) -> None:
+    configs = [str(trained / "configs" / f) for f in ("train.json", "evaluate.json")]
+    run_workflow(configs, "eval", dataset_dir=str(tiny_data), **FAST)
+    metrics = json.loads((trained / "eval" / "test_metrics.json").read_text())
+    assert metrics["n_scans"] == 4 and 0.0 <= metrics["balanced_accuracy"] <= 1.0
+    pred = pd.read_csv(trained / "eval" / "test_predictions.csv")
+    assert {"subject_id", "session_id", "image", "label", "probability"} <= set(pred.columns)
+    assert len(pred) == 4 and pred["probability"].between(0, 1).all()
+
+
+def test_inference_survives_a_corrupt_scan(trained: Path, tiny_data: Path, tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for p in sorted((tiny_data / "images").glob("*.nii"))[:3]:
+        shutil.copy(p, scans / p.name)
+    (scans / "zz_corrupt.nii.gz").write_bytes(b"this is not a NIfTI file")
+    out_csv = tmp_path / "pred.csv"
+    override = {"input": str(scans), "predictions_csv": str(out_csv), "network_def": TINY_NET}
+    run_workflow(str(trained / "configs" / "inference.json"), "infer", **override)
+    pred = pd.read_csv(out_csv, keep_default_na=False)
+    assert len(pred) == 4
+    assert (pred["status"] == "ok").sum() == 3
+    bad = pred[pred["status"] == "error"].iloc[0]
+    assert "zz_corrupt" in bad["image"] and bad["error"]
+    assert pred.loc[pred["status"] == "ok", "probability"].astype(float).between(0, 1).all()
+
+
+def test_resume_gives_the_same_weights(trained: Path, tiny_data: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(tmp_path)
+    train = str(bundle / "configs" / "train.json")
+    run_workflow(train, dataset_dir=str(tiny_data), epochs=2, **FAST)  # "crashes" after epoch 2
+    run_workflow(train, dataset_dir=str(tiny_data), epochs=3, resume=True, **FAST)
+    for name in ("model.pt",):
+        a = torch.load(trained / "models" / name, weights_only=True)
+        b = torch.load(bundle / "models" / name, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a = torch.load(trained / "models" / "checkpoint.pt", weights_only=True)
+    b = torch.load(bundle / "models" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["trainer"]["iteration"] == b["trainer"]["iteration"]
+    rows = json.loads((bundle / "eval" / "val_metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_datalist_problems_are_all_reported_before_training(tiny_data: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_data, bad)
+    train = pd.read_csv(bad / "train.csv")
+    train.loc[0, "dx"] = "MCI"  # unknown label
+    train.loc[1, "image"] = "images/missing.nii"  # missing file
+    train.to_csv(bad / "train.csv", index=False)
+    val = pd.read_csv(bad / "val.csv")
+    val.loc[0, "subject_id"] = train.loc[2, "subject_id"]  # one subject in two splits
+    val.drop(columns=["dx"]).to_csv(bad / "val.csv", index=False)  # missing label column
+    bundle = copy_bundle(tmp_path)
+    wf = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), dataset_dir=str(bad), **FAST)
+    wf.initialize()
+    with pytest.raises(Exception) as info:
+        wf.run()
+    err = info.value
+    while not isinstance(err, DataListError) and err.__cause__ is not None:
+        err = err.__cause__
+    assert isinstance(err, DataListError), info.value
+    text = str(err)
+    assert "MCI" in text and "missing.nii" in text and "dx" in text and "leakage" in text
+    assert not (bundle / "models").exists()
+
+
+def test_two_process_gloo_ddp(tiny_data: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(tmp_path)
+    configs = f"['{bundle}/configs/train.json','{bundle}/configs/multi_gpu_train.json']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        configs,
+        "--dataset_dir",
+        str(tiny_data),
+        "--epochs",
+        "2",
+    ]
+    cmd += ["--network_def", json.dumps(TINY_NET), "--progress_bar", "false", "--batch_size", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (bundle / "models" / "model.pt").is_file()
+    ckpt = torch.load(bundle / "models" / "checkpoint.pt", weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 2 * 2  # 8 scans / (2 processes x batch 2) per epoch
+    rows = json.loads((bundle / "eval" / "val_metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]

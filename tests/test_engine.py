@@ -1,0 +1,96 @@
+"""Unit tests of mri_slice_transfer.engine helpers (fast, no training)."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mri_slice_transfer.engine import as_bool, as_optional, as_pretrained, resolve_inputs, scaled_size
+from mri_slice_transfer.engine.bundle_root import _from_argv, root_from_config_file
+from mri_slice_transfer.engine.handlers import BestModelSaver
+from mri_slice_transfer.engine.io import atomic_torch_save
+from mri_slice_transfer.engine.losses import make_loss
+from mri_slice_transfer.engine.metrics import classification_metrics, regression_metrics
+from mri_slice_transfer.engine.precision import AutocastInferer, precision_label
+from mri_slice_transfer.engine.seeding import rng_state, set_rng_state
+
+
+def test_bundle_root_from_config_paths(tmp_path) -> None:
+    cfg = tmp_path / "b" / "configs" / "train.json"
+    assert root_from_config_file(str(cfg)) == (tmp_path / "b").resolve()
+    assert (
+        root_from_config_file(f"['{cfg}', '{tmp_path}/b/configs/evaluate.json']")
+        == (tmp_path / "b").resolve()
+    )
+    assert root_from_config_file(str(tmp_path / "flat" / "train.json")) == (tmp_path / "flat").resolve()
+    assert _from_argv([sys.executable, "run", "--config_file", str(cfg)]) == (tmp_path / "b").resolve()
+
+
+def test_cli_values() -> None:
+    assert as_bool("true") and as_bool("True") and not as_bool("false") and not as_bool(None)
+    with pytest.raises(ValueError):
+        as_bool("maybe")
+    assert as_optional("null") is None and as_optional("") is None and as_optional("/data") == "/data"
+    assert as_pretrained("false") is False and as_pretrained("auto") == "auto" and as_pretrained(True) is True
+
+
+def test_metrics() -> None:
+    m = classification_metrics(np.array([-2.0, 2.0, 3.0, -1.0]), np.array([0, 1, 1, 1]))
+    assert m["balanced_accuracy"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert m["roc_auc"] == pytest.approx(1.0)
+    assert math.isnan(classification_metrics(np.array([1.0, 2.0]), np.array([1, 1]))["roc_auc"])
+    r = regression_metrics(np.array([60.0, 70.0, 80.0]), np.array([62.0, 70.0, 77.0]))
+    assert r["mae"] == pytest.approx(5 / 3) and r["pearson_r"] > 0.9
+
+
+def test_best_model_saver_lower_is_better(tmp_path) -> None:
+    saver = BestModelSaver(torch.nn.Linear(2, 1), str(tmp_path / "m.pt"), "val_mae", lower_is_better=True)
+    assert saver.improved(5.0)
+    saver.best = 5.0
+    assert saver.improved(4.0) and not saver.improved(6.0) and not saver.improved(float("nan"))
+
+
+def test_atomic_save_and_rng_roundtrip(tmp_path) -> None:
+    state = rng_state()
+    a = torch.rand(3)
+    path = atomic_torch_save({"rng": state}, tmp_path / "ck.pt")
+    set_rng_state(torch.load(path, weights_only=True)["rng"])
+    assert torch.equal(torch.rand(3), a)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_autocast_inferer_returns_fp32() -> None:
+    net = torch.nn.Linear(4, 1)
+    out = AutocastInferer(enabled=True)(torch.randn(2, 4), net)
+    assert out.dtype == torch.float32
+    assert "bf16" in precision_label(True, "cpu") and precision_label(False, "cpu") == "fp32"
+
+
+def test_loss_shapes() -> None:
+    loss = make_loss("adni_ad")(torch.zeros(3, 1), torch.ones(3, 1))
+    assert loss.item() == pytest.approx(math.log(2), rel=1e-4)
+    assert make_loss("brain_age")(
+        torch.full((2, 1), 60.0), torch.tensor([[62.0], [58.0]])
+    ).item() == pytest.approx(4.0)
+
+
+def test_resolve_inputs(tmp_path) -> None:
+    (tmp_path / "a.nii.gz").write_bytes(b"x")
+    (tmp_path / "b.nii").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [r["image"].split("/")[-1] for r in resolve_inputs(str(tmp_path))] == ["a.nii.gz", "b.nii"]
+    assert len(resolve_inputs(str(tmp_path / "*.nii"))) == 1
+    (tmp_path / "list.csv").write_text("image,subject_id\na.nii.gz,s1\nmissing.nii,s2\n")
+    rows = resolve_inputs(str(tmp_path / "list.csv"))
+    assert rows[1]["subject_id"] == "s2" and rows[1]["image"].endswith("missing.nii")
+    with pytest.raises(ValueError):
+        resolve_inputs(str(tmp_path / "nothing*.nii"))
+
+
+def test_scaled_size() -> None:
+    assert scaled_size(1.0) == (91, 109, 91)
+    assert scaled_size(0.5) == (46, 54, 46)
