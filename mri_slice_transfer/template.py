@@ -19,8 +19,6 @@ override the location with ``$MRI_SLICE_TRANSFER_CACHE``).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from mri_slice_transfer.fileio import atomic_path
 from mri_slice_transfer.paths import cache_dir
 
 __all__ = [
@@ -132,17 +131,6 @@ def _derive_2mm() -> dict[str, np.ndarray]:
     return out
 
 
-def _atomic_save(img: nib.Nifti1Image, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".nii.gz")
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def template_nifti(name: str = "t1") -> Path:
     """Path of a cached template image on the 2 mm grid (``t1``, ``gm``, ``wm`` or ``mask``).
 
@@ -160,7 +148,8 @@ def template_nifti(name: str = "t1") -> Path:
             img.header.set_xyzt_units("mm")
             img.set_qform(TEMPLATE_AFFINE, code=4)  # 4 = MNI152
             img.set_sform(TEMPLATE_AFFINE, code=4)
-            _atomic_save(img, path)
+            with atomic_path(path) as tmp:
+                nib.save(img, tmp)
     return paths[name]
 
 

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from os import PathLike
@@ -34,6 +33,7 @@ import pandas as pd
 from mri_slice_transfer.data.anatomy import SITES, ScanParams, render, static_maps, subject_anatomy
 from mri_slice_transfer.data.datalist import SPLITS, TASKS
 from mri_slice_transfer.data.raw import raw_geometry, raw_points
+from mri_slice_transfer.fileio import atomic_write_bytes, atomic_write_text
 from mri_slice_transfer.template import TEMPLATE_AFFINE, TEMPLATE_SHAPE
 
 __all__ = [
@@ -189,22 +189,7 @@ def write_nifti(data: np.ndarray, affine: np.ndarray, path: Path, code: int = 1)
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=6) as gz:
         gz.write(img.to_bytes())
-    _atomic_write_bytes(path, buf.getvalue())
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _make_scan(row: dict, space: str, out: str) -> str:
@@ -213,7 +198,7 @@ def _make_scan(row: dict, space: str, out: str) -> str:
     data, affine, transform = synthesize_scan(_params(row), space)
     if transform is not None:
         tpath = path.with_name(path.name.replace(".nii.gz", ".transform.json"))
-        _atomic_write_text(tpath, json.dumps(transform, indent=2) + "\n")
+        atomic_write_text(tpath, json.dumps(transform, indent=2) + "\n")
     # code 4 = MNI152 for template-space scans, 1 = scanner for raw scans
     write_nifti(data, affine, path, code=4 if space == "template" else 1)
     return str(path)
@@ -290,7 +275,7 @@ def generate_cohort(
             ),
         }
     )
-    _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
 
     rows = plan.to_dict("records")
     todo = [r for r in rows if not _done(r, space, out)]
@@ -339,7 +324,7 @@ def datalist_csvs(plan: pd.DataFrame, task: str) -> dict[str, str]:
 
 def _write_lists(plan: pd.DataFrame, task: str, space: str, out: Path) -> None:
     for split, text in datalist_csvs(plan, task).items():
-        _atomic_write_text(out / f"{split}.csv", text)
+        atomic_write_text(out / f"{split}.csv", text)
     full = plan.copy()
     anat = [subject_anatomy(_params(r)) for r in plan.to_dict("records")]
     full["head_scale"] = [round(a.head_scale, 4) for a in anat]
@@ -349,6 +334,6 @@ def _write_lists(plan: pd.DataFrame, task: str, space: str, out: Path) -> None:
     full["cortical_gm_loss"] = [round(a.d_cortex, 4) for a in anat]
     if space == "raw":
         full["transform"] = [p.replace(".nii.gz", ".transform.json") for p in plan["image"]]
-    _atomic_write_text(
+    atomic_write_text(
         out / "participants.csv", full.to_csv(index=False, float_format="%.4f", lineterminator="\n")
     )

@@ -10,31 +10,16 @@ from typing import Any
 import pandas as pd
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write_text", "write_json", "write_csv"]
+from mri_slice_transfer.fileio import atomic_path, atomic_write_text
 
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+__all__ = ["atomic_torch_save", "write_json", "write_csv"]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    """Write text atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
@@ -49,9 +34,9 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
             return [clean(x) for x in v]
         return v
 
-    return atomic_write_text(json.dumps(clean(obj), indent=2) + "\n", path)
+    return atomic_write_text(path, json.dumps(clean(obj), indent=2) + "\n")
 
 
 def write_csv(rows: list[dict], path: str | os.PathLike) -> Path:
     """Write rows as CSV atomically."""
-    return atomic_write_text(pd.DataFrame(rows).to_csv(index=False), path)
+    return atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))

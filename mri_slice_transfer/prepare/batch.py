@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mri_slice_transfer.errors import ScanError
+from mri_slice_transfer.fileio import atomic_path, atomic_write_text
 from mri_slice_transfer.prepare.io import IMAGE_SUFFIXES, find_inputs
 
 __all__ = ["MANIFEST_COLUMNS", "RECORD_VERSION", "prepare_scan", "prepare_scans", "output_name"]
@@ -117,16 +117,6 @@ def _done(path: Path, files: dict[str, Path], settings: dict) -> dict | None:
     return record
 
 
-def _tmp(path: Path, suffix: str) -> str:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    return tmp
-
-
-def _replace(tmp: str, path: Path) -> None:
-    os.replace(tmp, path)
-
-
 def _write_outputs(data: np.ndarray, transform, files: dict[str, Path]) -> None:
     import nibabel as nib
     import SimpleITK as sitk
@@ -137,27 +127,14 @@ def _write_outputs(data: np.ndarray, transform, files: dict[str, Path]) -> None:
     img.header.set_xyzt_units("mm")
     img.set_qform(TEMPLATE_AFFINE, code=4)
     img.set_sform(TEMPLATE_AFFINE, code=4)
-    for key, suffix, write in (
-        ("output", ".nii.gz", lambda t: nib.save(img, t)),
-        ("transform", ".tfm", lambda t: sitk.WriteTransform(transform, t)),
-    ):
-        tmp = _tmp(files[key], suffix)
-        try:
-            write(tmp)
-            _replace(tmp, files[key])
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    with atomic_path(files["output"]) as tmp:
+        nib.save(img, tmp)
+    with atomic_path(files["transform"]) as tmp:
+        sitk.WriteTransform(transform, str(tmp))
 
 
 def _write_json(obj: dict, path: Path) -> None:
-    tmp = _tmp(path, ".json")
-    try:
-        Path(tmp).write_text(json.dumps(obj, indent=2) + "\n")
-        _replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _row(path: Path, files: dict[str, Path], **kw) -> dict:
@@ -300,13 +277,8 @@ def _init_worker(threads: int) -> None:
 def _write_manifest(rows: list[dict], out_dir: Path) -> None:
     table = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     path = out_dir / "manifest.csv"
-    tmp = _tmp(path, ".csv")
-    try:
+    with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
-        _replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def prepare_scans(

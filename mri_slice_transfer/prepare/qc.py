@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 
+from mri_slice_transfer.fileio import atomic_path, atomic_write_text
+
 __all__ = ["qc_png", "write_overview"]
-
-
-def _atomic_target(path: Path, suffix: str) -> str:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    return tmp
 
 
 def qc_png(
@@ -67,13 +62,9 @@ def qc_png(
         ax.axis("off")
     fig.suptitle(title, color="#ff5050" if flagged else "white", fontsize=8)
     fig.tight_layout()
-    tmp = _atomic_target(path, ".png")
     try:
-        fig.savefig(tmp, format="png", facecolor=fig.get_facecolor())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", facecolor=fig.get_facecolor())
     finally:
         plt.close(fig)
     return path
@@ -129,11 +120,5 @@ def write_overview(rows: Sequence[dict], path: str | PathLike) -> Path:
         "it should follow the brain's edge. "
         "Errors and flagged registrations come first.</p>" + "\n".join(cards)
     )
-    tmp = _atomic_target(path, ".html")
-    try:
-        Path(tmp).write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, page)
     return path
