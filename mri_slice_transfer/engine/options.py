@@ -37,11 +37,7 @@ def as_optional(value: Any) -> Any:
 
 def as_pretrained(value: Any) -> bool | str:
     """``pretrained`` override: booleans (also as text), ``"auto"``, ``"imagenet"`` or a file path."""
-    if isinstance(value, str):
-        low = value.strip().lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE or low in _NONE:
-            return False
-        return value if low in {"auto", "imagenet"} else str(Path(value).expanduser())
-    return bool(value)
+    low = value.strip().lower() if isinstance(value, str) else None
+    if low is None or low in _TRUE | _FALSE | _NONE:
+        return as_bool(value)
+    return value if low in {"auto", "imagenet"} else str(Path(value).expanduser())
