@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from mri_slice_transfer.checks import check_voxel_values
 from mri_slice_transfer.errors import ScanError
 
 __all__ = ["IMAGE_SUFFIXES", "find_inputs", "read_scan", "is_dicom_folder"]
@@ -229,10 +230,5 @@ def _check(img: sitk.Image, path: Path) -> sitk.Image:
         raise ScanError(path, f"has size {size}: fewer than 4 voxels along an axis, so it is not a 3D volume")
     img = sitk.Cast(img, sitk.sitkFloat32)
     arr = sitk.GetArrayViewFromImage(img)
-    if not np.all(np.isfinite(arr)):
-        raise ScanError(path, "holds NaN or Inf voxels; replace them (e.g. `fslmaths in -nan out`) first")
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo == hi:
-        what = "all zeros" if hi == 0 else f"constant (every voxel is {hi:g})"
-        raise ScanError(path, f"is {what}: there is no image in it")
+    check_voxel_values(arr, path)
     return img

@@ -25,6 +25,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from mri_slice_transfer.checks import check_voxel_values
 from mri_slice_transfer.errors import ScanError
 
 __all__ = ["SUPPORTED_SUFFIXES", "load_scan", "LoadScand"]
@@ -144,24 +145,7 @@ def load_scan(path: str | PathLike) -> MetaTensor:
             "default affine is used; check the image is really in MNI space.",
             stacklevel=2,
         )
-    finite = np.isfinite(data)
-    if not finite.all():
-        n_bad = int(data.size - np.count_nonzero(finite))
-        n_nan = int(np.count_nonzero(np.isnan(data)))
-        raise ScanError(
-            filename,
-            f"holds {n_bad} non-finite voxel(s) ({n_nan} NaN, {n_bad - n_nan} Inf) out of {data.size}. "
-            "Replace them before use, e.g. `fslmaths in.nii.gz -nan out.nii.gz` (NaN -> 0), and check "
-            "the preprocessing step that produced them.",
-        )
-    lo, hi = float(data.min()), float(data.max())
-    if lo == hi:
-        what = "all zeros" if hi == 0 else f"constant (every voxel is {hi:g})"
-        raise ScanError(
-            filename,
-            f"is {what}: there is no image in it. Check that the right file was written "
-            "(e.g. a failed skull-stripping or registration step leaves an empty image).",
-        )
+    check_voxel_values(data, filename)
 
     meta = {
         "filename_or_obj": filename,
