@@ -3,7 +3,8 @@
 One concept per module: :mod:`.bundle_root` (where the bundle lives), :mod:`.datasets` (user data or
 demo cohort), :mod:`.network`, :mod:`.precision` (bf16 autocast on CPU), :mod:`.losses`,
 :mod:`.metrics`, :mod:`.handlers` (metrics files, best model, atomic checkpoint + resume),
-:mod:`.predictions` and :mod:`.inputs` (evaluation / inference outputs), :mod:`.distributed`,
+:mod:`.predictions` and :mod:`.inputs` (evaluation / inference outputs), :mod:`.raw_inputs`
+(inference on raw scans, prepared on the way), :mod:`.distributed`,
 :mod:`.seeding`, :mod:`.run_info` (the run log) and :mod:`.io` (atomic writes).
 """
 
@@ -17,6 +18,7 @@ from mri_slice_transfer.engine.network import build_network, set_output_bias
 from mri_slice_transfer.engine.options import as_bool, as_optional, as_pretrained
 from mri_slice_transfer.engine.precision import AutocastInferer, cpu_autocast_enabled, cuda_amp_enabled
 from mri_slice_transfer.engine.predictions import PredictionWriter, SafeTransform
+from mri_slice_transfer.engine.raw_inputs import prepare_inputs
 from mri_slice_transfer.engine.resize import scaled_size, with_resize
 from mri_slice_transfer.engine.run_info import log_run_info
 from mri_slice_transfer.engine.seeding import seed_everything
@@ -41,6 +43,7 @@ __all__ = [
     "make_key_metric",
     "make_loss",
     "metric_cmp_fn",
+    "prepare_inputs",
     "resolve_data",
     "resolve_inputs",
     "seed_everything",

@@ -1,4 +1,4 @@
-"""Inference inputs: a folder, a glob pattern or a CSV of scans already in template (MNI) space."""
+"""Inference inputs: a folder, a glob or a CSV of scans (template space, or raw with ``--prepare``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,16 @@ def _is_scan(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(SCAN_SUFFIXES)
 
 
-def resolve_inputs(source: str, dataset_dir: str | None = None) -> list[dict]:
+def _dicom_series(folder: Path) -> list[str]:
+    """``folder`` itself if it is a DICOM series, else the DICOM series folders directly inside it."""
+    from mri_slice_transfer.prepare.io import is_dicom_folder  # SimpleITK: only for raw inputs
+
+    if is_dicom_folder(folder):
+        return [str(folder.resolve())]
+    return [str(p.resolve()) for p in folder.iterdir() if p.is_dir() and is_dicom_folder(p)]
+
+
+def resolve_inputs(source: str, dataset_dir: str | None = None, raw: bool = False) -> list[dict]:
     """Data dicts (``image``, ``image_path``, ``subject_id``, ``session_id``) for inference.
 
     Args:
@@ -24,9 +33,13 @@ def resolve_inputs(source: str, dataset_dir: str | None = None) -> list[dict]:
             with an ``image`` column (optional ``subject_id``/``session_id``; relative paths are
             taken from ``dataset_dir`` or else the CSV's folder). Files that do not exist are kept
             so that they get an error row.
+        raw: the scans are raw (``inference.json --prepare true``): a folder then also contributes
+            the DICOM series folders directly inside it (or is itself one DICOM series).
     """
     if not source:
-        raise ValueError("no inference input: set --input to a folder, a glob pattern or a CSV file")
+        raise ValueError(
+            "no inference input: set --input (or --input_dir) to a folder, a glob pattern or a CSV file"
+        )
     path = Path(source).expanduser()
     if path.is_file() and path.suffix.lower() == ".csv":
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -38,11 +51,13 @@ def resolve_inputs(source: str, dataset_dir: str | None = None) -> list[dict]:
         sessions = frame["session_id"].tolist() if "session_id" in frame else [""] * len(frame)
     else:
         if path.is_dir():
-            found = sorted(str(p.resolve()) for p in path.iterdir() if _is_scan(p))
+            found = [str(p.resolve()) for p in path.iterdir() if _is_scan(p)]
+            found = sorted(found + _dicom_series(path)) if raw else sorted(found)
         else:
             found = sorted(str(Path(p).resolve()) for p in glob.glob(str(path), recursive=True))
         if not found:
-            raise ValueError(f"no scans found for input {source!r} (looked for {', '.join(SCAN_SUFFIXES)})")
+            looked = ", ".join(SCAN_SUFFIXES) + (", DICOM series folders" if raw else "")
+            raise ValueError(f"no scans found for input {source!r} (looked for {looked})")
         images, subjects, sessions = found, [""] * len(found), [""] * len(found)
     return [
         {"image": img, "image_path": img, "subject_id": str(sub), "session_id": str(ses)}

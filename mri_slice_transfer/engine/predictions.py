@@ -24,7 +24,9 @@ class SafeTransform:
     """Run ``transform`` on one data dict; on failure return a blank image marked ``status=error``.
 
     The blank image still goes through the network (batches stay uniform) but its prediction is not
-    reported: its row gets the error text instead, and every other scan is predicted as usual.
+    reported: its row gets the error text instead, and every other scan is predicted as usual. A data
+    dict with a non-empty ``prepare_error`` (its raw scan could not be prepared, see
+    :func:`~mri_slice_transfer.engine.raw_inputs.prepare_inputs`) becomes such a row without loading.
     """
 
     def __init__(
@@ -34,6 +36,8 @@ class SafeTransform:
         self.spatial_size = tuple(spatial_size)
 
     def __call__(self, data: dict) -> dict:
+        if data.get("prepare_error"):
+            return self._error(data, str(data["prepare_error"]))
         try:
             out = dict(self.transform(dict(data)))
             image = out["image"]
@@ -43,9 +47,12 @@ class SafeTransform:
         except Exception as exc:  # noqa: BLE001 - any unreadable scan becomes an error row
             reason = _reason(exc)
             logger.warning("cannot use %s: %s", data.get("image_path", data.get("image")), reason)
-            out = {k: v for k, v in data.items() if k != "image"}
-            out.update(image=torch.zeros((1, *self.spatial_size)), status="error", error=reason)
-            return out
+            return self._error(data, reason)
+
+    def _error(self, data: dict, reason: str) -> dict:
+        out = {k: v for k, v in data.items() if k != "image"}
+        out.update(image=torch.zeros((1, *self.spatial_size)), status="error", error=reason)
+        return out
 
 
 def _reason(exc: BaseException) -> str:
@@ -61,8 +68,21 @@ def _reason(exc: BaseException) -> str:
     return f"{type(err).__name__}: {err}".replace("\n", " ")
 
 
+def _plain(value: Any) -> Any:
+    """A decollated batch value as a plain Python value for the CSV."""
+    if torch.is_tensor(value):
+        value = value.reshape(-1)[0].item() if value.numel() == 1 else value.tolist()
+    return value
+
+
 class PredictionWriter:
     """Collect one row per scan during an evaluator run and write them (and metrics) at the end.
+
+    Columns: ``subject_id``, ``session_id``, ``image``, ``label`` (evaluation), ``probability`` and
+    ``predicted`` (AD) or ``predicted_age``, ``status``, ``error``. Scans prepared on the way
+    (``inference.json --prepare true``) also get ``input`` (the raw scan; ``image`` is then the prepared
+    one) and, after ``error``, ``prepare_status``, ``flagged``, ``prepare_correlation``, ``qc_png`` and
+    ``prepare_note`` (see :data:`~mri_slice_transfer.engine.raw_inputs.PREPARE_KEYS`).
 
     Args:
         task: ``"adni_ad"`` (probability of AD) or ``"brain_age"`` (predicted age).
@@ -88,6 +108,9 @@ class PredictionWriter:
 
     def _row(self, item: dict, pred: Any) -> dict:
         row = {k: item.get(k, "") for k in ("subject_id", "session_id")}
+        prepared = "prepare_status" in item
+        if prepared:
+            row["input"] = item.get("input", "")
         row["image"] = item.get("image_path", "")
         if "label" in item:
             row["label"] = float(torch.as_tensor(item["label"]).reshape(-1)[0])
@@ -100,6 +123,13 @@ class PredictionWriter:
         else:
             row["predicted_age"] = value
         row["status"], row["error"] = status, item.get("error", "")
+        if prepared:
+            prep = _plain(item["prepare_status"])
+            row["prepare_status"] = prep
+            row["flagged"] = "" if prep == "error" else bool(_plain(item.get("flagged", False)))
+            row["prepare_correlation"] = _plain(item.get("prepare_correlation", np.nan))
+            for key in ("qc_png", "prepare_note"):
+                row[key] = _plain(item.get(key, ""))
         if status == "ok" and "label" in row:
             self._raw.append((value, row["label"]))
         return row

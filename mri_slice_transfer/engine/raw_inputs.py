@@ -1,0 +1,167 @@
+"""Inference on raw scans: prepare them (registration to the template) before predicting.
+
+``inference.json --prepare true`` builds its data list with :func:`prepare_inputs`: the scans found by
+:func:`~mri_slice_transfer.engine.inputs.resolve_inputs` are registered to the template by
+:func:`~mri_slice_transfer.prepare.prepare_scans` (progress bar, workers, resumable: a re-run reuses
+scans prepared earlier with the same settings), and each data dict then points at the prepared image
+and carries the preparation's outcome, which :class:`~mri_slice_transfer.engine.PredictionWriter` writes
+beside the prediction. A scan whose preparation failed keeps its data dict, with the reason in
+``prepare_error``, so that :class:`~mri_slice_transfer.engine.SafeTransform` turns it into a
+``status=error`` row instead of predicting it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from os import PathLike
+from pathlib import Path
+
+from mri_slice_transfer.engine.options import as_optional
+
+__all__ = ["PREPARE_KEYS", "prepare_inputs"]
+
+logger = logging.getLogger(__name__)
+
+#: Keys :func:`prepare_inputs` adds to each data dict (all always present, so batches collate):
+#: ``input`` (the raw scan), ``prepare_status`` (``ok``, ``flagged`` or ``error``), ``flagged`` (bool),
+#: ``prepare_correlation`` (correlation with the template T1 in the brain mask; NaN on error),
+#: ``qc_png`` (QC image path, "" on error), ``prepare_note`` (why flagged / prepared earlier) and
+#: ``prepare_error`` (why the preparation failed, "" otherwise).
+PREPARE_KEYS = (
+    "input",
+    "prepare_status",
+    "flagged",
+    "prepare_correlation",
+    "qc_png",
+    "prepare_note",
+    "prepare_error",
+)
+
+
+def _text(value: object) -> str:
+    """A manifest cell as text (pandas gives NaN/None for empty cells)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def _correlation(value: object) -> float:
+    """The manifest's correlation, rounded as for a fresh preparation (a reused one is unrounded)."""
+    try:
+        return round(float(value), 4)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _not_one_scan(path: Path) -> str | None:
+    """Why ``path`` cannot be prepared as a single scan (a plain folder or a CSV would be expanded)."""
+    from mri_slice_transfer.prepare.io import is_dicom_folder
+
+    if path.is_dir() and not is_dicom_folder(path):
+        return f"{path}: is a folder without DICOM slices; give scan files or DICOM series folders"
+    if path.suffix.lower() == ".csv":
+        return f"{path}: is a CSV file, not a scan; give it as --input to read the scans it lists"
+    return None
+
+
+def prepare_inputs(
+    records: list[dict],
+    out_dir: str | PathLike,
+    workers: int = 1,
+    *,
+    dof: int | None = None,
+    n4: bool = False,
+    threads: int | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Prepare the raw scans of inference data dicts and point the dicts at the prepared images.
+
+    Args:
+        records: data dicts from :func:`~mri_slice_transfer.engine.inputs.resolve_inputs` (``image``
+            or ``image_path`` is the raw scan: a file, or a DICOM series folder).
+        out_dir: folder for the prepared scans, transforms, QC images, ``manifest.csv`` and ``qc.html``
+            (created). Scans already prepared there with the same settings are reused.
+        workers: parallel preparation processes (1 = in this process).
+        dof: registration degrees of freedom, 6, 9 or 12 (default: that of ``prepare``, 9).
+        n4: N4 bias-field correction before registration.
+        threads: SimpleITK threads per worker (default: CPU cores / workers).
+        progress: show a progress bar.
+
+    Returns:
+        one data dict per record, in order: the record's keys, ``image`` and ``image_path`` replaced by
+        the prepared image ("" when the preparation failed), plus :data:`PREPARE_KEYS`.
+
+    Raises:
+        ValueError: no records, no ``out_dir`` or ``workers`` below 1.
+    """
+    from mri_slice_transfer.prepare.batch import prepare_scans  # SimpleITK: only when preparing
+
+    if not records:
+        raise ValueError("prepare_inputs: no scans to prepare (the inference input matched nothing)")
+    if as_optional(out_dir) is None:
+        raise ValueError("prepare_inputs: no output folder for prepared scans; set --prepare_dir")
+    workers = int(workers)
+    if workers < 1:
+        raise ValueError(f"prepare_inputs: prepare_workers must be at least 1, not {workers}")
+    out_dir = Path(out_dir).expanduser()
+
+    raw = [str(r.get("image_path") or r.get("image") or "") for r in records]
+    problems: dict[str, str] = {}
+    for p in raw:
+        why = _not_one_scan(Path(p)) if p else "a data dict without an image path"
+        if why is not None:
+            problems[p] = why
+    todo = list(dict.fromkeys(p for p in raw if p not in problems))  # unique, in order
+    rows: dict[str, dict] = {}
+    if todo:
+        table = prepare_scans(
+            todo, out_dir, workers=workers, n4=n4, dof=dof, threads=threads, progress=progress
+        )
+        rows = {os.path.abspath(r["input"]): r for r in table.to_dict("records")}
+
+    out = []
+    for record, path in zip(records, raw, strict=True):
+        row = rows.get(os.path.abspath(path)) if path and path not in problems else None
+        status = _text(row["status"]) if row is not None else "error"
+        if status == "skipped":  # prepared by an earlier run: report that run's verdict
+            status = _text(row["quality"]) or "ok"
+        item = dict(record)
+        if status == "error":
+            error = problems.get(path) or (_text(row["error"]) if row is not None else "")
+            item.update(
+                image="",
+                image_path="",
+                input=path,
+                prepare_status="error",
+                flagged=False,
+                prepare_correlation=float("nan"),
+                qc_png="",
+                prepare_note="",
+                prepare_error=f"preparation failed: {error or f'{path}: no reason recorded'}",
+            )
+        else:
+            item.update(
+                image=_text(row["output"]),
+                image_path=_text(row["output"]),
+                input=path,
+                prepare_status=status,
+                flagged=status == "flagged",
+                prepare_correlation=_correlation(row["correlation"]),
+                qc_png=_text(row["qc"]),
+                prepare_note=_text(row["note"]),
+                prepare_error="",
+            )
+        out.append(item)
+    counts: dict[str, int] = {}
+    for item in out:
+        counts[item["prepare_status"]] = counts.get(item["prepare_status"], 0) + 1
+    logger.info(
+        "prepared %d scan(s) for inference in %s (%s); QC overview: %s",
+        len(out),
+        out_dir,
+        ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
+        out_dir / "qc.html",
+    )
+    return out
