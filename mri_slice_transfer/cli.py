@@ -29,6 +29,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "register raw T1 scans (NIfTI/MGZ/NRRD/MHA/DICOM, any orientation) to the template grid, with QC",
         "mri_slice_transfer.prepare.cli",
     ),
+    "split": (
+        "split one CSV of all scans into train/val/test data lists by subject (stratified, leakage-checked)",
+        "mri_slice_transfer.split",
+    ),
+    "grid": (
+        "run an experiment grid (encoders x settings x seeds) through a bundle; resumable; paper tables",
+        "mri_slice_transfer.grid.cli",
+    ),
 }
 
 

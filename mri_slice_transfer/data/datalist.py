@@ -13,16 +13,26 @@ several lines).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mri_slice_transfer.errors import DataListError
 
-__all__ = ["TASKS", "TaskSpec", "SPLITS", "read_datalist", "read_split_datalists", "task_spec"]
+__all__ = [
+    "TASKS",
+    "TaskSpec",
+    "SPLITS",
+    "check_subject_leakage",
+    "read_datalist",
+    "read_split_datalists",
+    "subject_leakage_problems",
+    "task_spec",
+]
 
 #: Split names, in order; each has its own ``<split>.csv``.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -274,18 +284,59 @@ def read_split_datalists(
             frames[split] = _check_frame(frame, str(path), spec, root, check_files, problems)
 
     # Subject-level leakage: a subject may have several scans, but all in one split.
-    where: dict[str, dict[str, list[int]]] = {}
-    for split, frame in frames.items():
-        if "subject_id" not in frame.columns:
-            continue
-        for i, sub in frame["subject_id"].items():
-            if sub != "":
-                where.setdefault(sub, {}).setdefault(split, []).append(i)
-    for sub, by_split in where.items():
-        if len(by_split) > 1:
-            places = " and ".join(f"{folder / (s + '.csv')} {_rows(idx)}" for s, idx in by_split.items())
-            problems.append(f"subject {sub!r} appears in more than one split (leakage): {places}")
+    problems.extend(subject_leakage_problems(frames, {s: str(folder / f"{s}.csv") for s in frames}))
 
     if problems:
         raise DataListError(problems)
     return frames
+
+
+def subject_leakage_problems(
+    frames: Mapping[str, pd.DataFrame], sources: Mapping[str, str] | None = None
+) -> list[str]:
+    """The leakage guard: one problem line per subject that appears in more than one split.
+
+    Used by :func:`read_split_datalists` (so by every bundle) and by ``mri-slice-transfer split``
+    before it writes anything. Frames without a ``subject_id`` column are skipped; empty subject ids
+    are ignored (they are reported by the per-file checks).
+
+    Args:
+        frames: ``{split: DataFrame}`` with a ``subject_id`` column; the index is the 0-based data row.
+        sources: ``{split: file name}`` used in the messages (default: the split name).
+
+    Returns:
+        e.g. ``["subject 's1' appears in more than one split (leakage): train.csv row 1 (line 2) and
+        test.csv row 1 (line 2)"]``; empty when no subject is shared.
+    """
+    where: dict[str, dict[str, list[int]]] = {}
+    for split, frame in frames.items():
+        if "subject_id" not in frame.columns:
+            continue
+        for pos, (i, sub) in enumerate(frame["subject_id"].items()):
+            if sub != "":
+                row = i if isinstance(i, (int, np.integer)) else pos
+                where.setdefault(str(sub), {}).setdefault(split, []).append(int(row))
+    names = dict(sources or {})
+    problems = []
+    for sub, by_split in where.items():
+        if len(by_split) > 1:
+            places = " and ".join(f"{names.get(s, s)} {_rows(idx)}" for s, idx in by_split.items())
+            problems.append(f"subject {sub!r} appears in more than one split (leakage): {places}")
+    return problems
+
+
+def check_subject_leakage(
+    frames: Mapping[str, pd.DataFrame], sources: Mapping[str, str] | None = None
+) -> None:
+    """Raise if any subject appears in more than one split (see :func:`subject_leakage_problems`).
+
+    Args:
+        frames: ``{split: DataFrame}`` with a ``subject_id`` column.
+        sources: ``{split: file name}`` used in the messages (default: the split name).
+
+    Raises:
+        DataListError: naming every shared subject and where it appears.
+    """
+    problems = subject_leakage_problems(frames, sources)
+    if problems:
+        raise DataListError(problems)

@@ -1,0 +1,253 @@
+"""``mri-slice-transfer grid``: run an experiment grid through a bundle and write the paper's tables.
+
+Examples::
+
+    # the paper's Table 1 on your ADNI data lists (19 configurations x 5 seeds)
+    mri-slice-transfer grid --preset paper-ad --dataset-dir /data/adni --datalist-dir lists/ad --out grids/ad
+    # the quick version on the synthetic demo cohort: headline rows, 1 seed, the demo settings
+    mri-slice-transfer grid --preset paper-ad --quick --out grids/ad_quick
+    # a custom grid
+    mri-slice-transfer grid --bundle adni_ad --encoders cnn5,resnet18 --axes axial --seeds 0,1 --out grids/x
+
+Rerunning the same command resumes: finished runs are skipped, broken ones are redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_arguments", "run", "parse_override"]
+
+HELP = "run an experiment grid (encoders x settings x seeds) through a bundle; resumable; paper tables"
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _bool_list(text: str) -> list[bool]:
+    out = []
+    for t in _csv_list(text):
+        low = t.lower()
+        if low not in {"true", "false", "yes", "no", "1", "0"}:
+            raise argparse.ArgumentTypeError(f"expected true/false values, got {t!r}")
+        out.append(low in {"true", "yes", "1"})
+    return out
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> ``(key, value)``; VALUE is read as JSON when it parses, else kept as text."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--override needs KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``mri-slice-transfer grid``."""
+    from mri_slice_transfer.grid.presets import PRESETS
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "examples:" + (__doc__ or "").split("Examples::", 1)[-1]
+    parser.add_argument("--out", required=True, help="grid folder (runs/, results.csv, table.md, plot.png)")
+    what = parser.add_argument_group("what to run")
+    what.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default=None,
+        help="the rows of the paper's Table 1 (paper-ad) or Table 2 (paper-brain-age)",
+    )
+    what.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 seed, the preset's headline rows only, the bundle's demo epochs (or --epochs): for the demo "
+        "cohort and CI",
+    )
+    what.add_argument("--all-rows", action="store_true", help="with --quick: every row of the preset")
+    what.add_argument(
+        "--seeds",
+        type=_int_list,
+        default=None,
+        help="comma-separated (default: 0,1,2,3,4 as the paper's 5 runs; quick: 0)",
+    )
+    what.add_argument(
+        "--bundle", default=None, help="bundle name under bundles/ or a bundle folder (default: the preset's)"
+    )
+    what.add_argument(
+        "--encoders", type=_csv_list, default=None, help="custom grid: cnn5,resnet18,resnet50,conv3d"
+    )
+    what.add_argument("--axes", type=_csv_list, default=None, help="custom grid: sagittal,coronal,axial")
+    what.add_argument("--aggregations", type=_csv_list, default=None, help="custom grid: mean,max,attention")
+    what.add_argument(
+        "--position-encodings", type=_csv_list, default=None, help="custom grid: none,learned,sinusoidal"
+    )
+    what.add_argument("--pretrained", type=_bool_list, default=None, help="custom grid: false,true")
+    how = parser.add_argument_group("how to run")
+    how.add_argument(
+        "--dataset-dir", default=None, help="dataset root (bundle dataset_dir; default: demo cohort)"
+    )
+    how.add_argument(
+        "--datalist-dir", default=None, help="folder of train/val/test.csv (bundle datalist_dir)"
+    )
+    how.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs per run (default: the bundle's; quick: its demo_epochs)",
+    )
+    how.add_argument(
+        "--override",
+        type=parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra bundle override for every run, VALUE read as JSON if it parses (repeatable), "
+        "e.g. batch_size=4",
+    )
+    how.add_argument(
+        "--strict-pretrained",
+        action="store_true",
+        help="pretrained rows fail without ImageNet weights (default: 'auto' falls back to random init and "
+        "results.csv records encoder_init)",
+    )
+    how.add_argument("--timeout", type=float, default=None, help="seconds per train / evaluate step")
+    how.add_argument("--redo", action="store_true", help="delete and redo every run of the grid")
+    how.add_argument("--dry-run", action="store_true", help="print the runs and their commands; run nothing")
+    how.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="only rewrite results.csv, table.md, plot.png from runs/",
+    )
+    how.add_argument(
+        "--n-bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for test CIs (default: %(default)s)",
+    )
+    how.add_argument("--no-plot", action="store_true", help="skip plot.png")
+
+
+def _plan(args: argparse.Namespace) -> tuple[Any, list, str, Any, list[str]]:
+    """(bundle path, planned runs, task, preset or None, notes)."""
+    from mri_slice_transfer.grid.presets import expand_grid, get_preset
+    from mri_slice_transfer.grid.runner import GridError, bundle_task, find_bundle, plan_runs
+
+    custom = [args.encoders, args.axes, args.aggregations, args.position_encodings, args.pretrained]
+    preset = get_preset(args.preset) if args.preset else None
+    notes: list[str] = []
+    if preset is not None and any(v is not None for v in custom):
+        raise GridError("use either --preset or the custom grid options (--encoders, --axes, ...), not both")
+    if preset is None and args.encoders is None:
+        raise GridError(
+            "choose --preset paper-ad / paper-brain-age, or a custom grid with --bundle and --encoders"
+        )
+    bundle_name = args.bundle or (preset.bundle if preset else None)
+    if bundle_name is None:
+        raise GridError("a custom grid needs --bundle (adni_ad, ukbb_brain_age or a bundle folder)")
+    bundle = find_bundle(bundle_name)
+    task = bundle_task(bundle)
+    if preset is not None:
+        if preset.task != task:
+            raise GridError(f"preset {preset.name} is for task {preset.task}, bundle {bundle} is {task}")
+        configs = list(preset.headline_rows() if args.quick and not args.all_rows else preset.rows)
+    else:
+        configs, notes = expand_grid(
+            args.encoders,
+            args.axes or ["sagittal"],
+            args.aggregations or ["mean"],
+            args.position_encodings or ["none"],
+            args.pretrained or [False],
+        )
+    seeds = (
+        args.seeds
+        if args.seeds is not None
+        else ([0] if args.quick else list(preset.seeds if preset else range(5)))
+    )
+    base: dict[str, Any] = dict(preset.overrides) if preset is not None else {}
+    if args.dataset_dir:
+        base["dataset_dir"] = str(Path(args.dataset_dir).expanduser().resolve())
+    if args.datalist_dir:
+        base["datalist_dir"] = str(Path(args.datalist_dir).expanduser().resolve())
+    epochs = args.epochs
+    if epochs is None and args.quick:
+        epochs = int(json.loads((bundle / "configs" / "train.json").read_text()).get("demo_epochs", 8))
+    if epochs is not None:
+        if epochs < 1:
+            raise GridError(f"--epochs must be at least 1, got {epochs}")
+        base.update(epochs=epochs, demo_epochs=epochs)
+    base.update(dict(args.override))
+    runs = plan_runs(configs, seeds, base, strict_pretrained=args.strict_pretrained)
+    return bundle, runs, task, preset, notes
+
+
+def _preflight(args: argparse.Namespace, task: str) -> None:
+    """Check the data lists once (every problem, incl. leakage) before starting any run."""
+    if not (args.dataset_dir or args.datalist_dir):
+        print("data: the bundle's synthetic demo cohort (the first run generates it once into the cache)")
+        return
+    from mri_slice_transfer.data.datalist import read_split_datalists
+
+    frames = read_split_datalists(args.datalist_dir or args.dataset_dir, task, dataset_dir=args.dataset_dir)
+    print("data lists OK: " + ", ".join(f"{k} {len(v)} scans" for k, v in frames.items()))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``mri-slice-transfer grid``; exit code 1 if any run failed."""
+    import shlex
+
+    from mri_slice_transfer.errors import DataListError
+    from mri_slice_transfer.grid.runner import BundleRunner, GridError, run_grid
+    from mri_slice_transfer.grid.summary import collect_existing, summarize
+
+    try:
+        bundle, runs, task, preset, notes = _plan(args)
+    except (GridError, ValueError) as err:
+        print(f"grid: {err}")
+        return 2
+    out = Path(args.out)
+    for note in notes:
+        print(f"note: {note}")
+    runner = BundleRunner(bundle, timeout=args.timeout)
+    if args.dry_run:
+        print(f"{len(runs)} runs with bundle {bundle} (task {task}) into {out / 'runs'}:")
+        for r in runs:
+            cmds = runner.commands(r, out / "runs" / r.run_id)
+            print(f"- {r.run_id}: {r.config.describe()}, seed {r.seed}")
+            for stage, cmd in cmds.items():
+                print(f"    {stage}: {shlex.join(cmd)}")
+        return 0
+    if args.summarize_only:
+        results = collect_existing(out)
+        if not results:
+            print(f"grid: no finished or failed runs under {out / 'runs'}")
+            return 2
+    else:
+        try:
+            _preflight(args, task)
+            results = run_grid(runs, out, runner, task, redo=args.redo, n_bootstrap=args.n_bootstrap)
+        except (GridError, DataListError) as err:
+            print(f"grid: {err}")
+            return 2
+    paths = summarize(results, out, task, preset=preset, plot=not args.no_plot)
+    failed = [r for r in results if r.get("status") != "ok"]
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    if failed:
+        print(f"{len(failed)} of {len(results)} runs failed (errors in results.csv and runs/*/failed.json):")
+        for r in failed:
+            print(f"  - {r.get('run_id')}: {r.get('error')}")
+        return 1
+    print(f"all {len(results)} runs finished")
+    return 0

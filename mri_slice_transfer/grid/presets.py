@@ -1,0 +1,287 @@
+"""Model configurations of an experiment grid, and the paper's grids as presets.
+
+A :class:`ModelConfig` is one row of a results table (encoder, axis, aggregation, positional
+encoding, pretrained); a grid runs every row once per seed. The presets are the rows of the paper's
+tables (Gupta et al., *Transferring models trained on natural images to 3D MRI via position encoded
+slice models*):
+
+- ``paper-ad``: Table 1, AD vs CN on ADNI, bundle ``adni_ad``: the 3D-CNN, then the 2D-CNN (cnn5)
+  and ResNet-18 slice models (mean aggregation) with and without positional encoding along the
+  sagittal, coronal and axial axes, ResNet-18 from scratch and ImageNet-pretrained; 19 rows.
+- ``paper-brain-age``: Table 2, brain age on UK Biobank, bundle ``ukbb_brain_age``: sagittal slices
+  only; 3D-CNN, 2D-CNN mean and attention (+- positional encoding), ResNet-18 from scratch,
+  ResNet-18 pretrained (+- positional encoding), ResNet-50 pretrained; 9 rows.
+
+Each preset also names its *headline* rows (the comparisons the paper's text draws; see
+``/work/shared/reference/architecture.md``), which ``--quick`` runs, and holds the paper's numbers so
+tables and docs can show them beside ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+__all__ = [
+    "ModelConfig",
+    "Preset",
+    "PRESETS",
+    "CONV3D",
+    "expand_grid",
+    "get_preset",
+]
+
+#: Encoder name of the 3D-CNN baseline (it has no slices: axis, aggregation, encoding do not apply).
+CONV3D = "conv3d"
+_CONV3D_ALIASES = ("conv3d", "3dcnn", "3d-cnn")
+#: Encoders that have ImageNet weights.
+PRETRAINABLE = ("resnet18", "resnet34", "resnet50")
+AXES = ("sagittal", "coronal", "axial")
+_ENCODER_LABEL = {
+    "cnn5": "2D-CNN",
+    "resnet18": "2D-ResNet-18",
+    "resnet34": "2D-ResNet-34",
+    "resnet50": "2D-ResNet-50",
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model configuration (a table row); the seed is not part of it.
+
+    Attributes:
+        encoder: ``"cnn5"``, ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"conv3d"`` (3D-CNN).
+        axis: slicing axis (``None`` for the 3D-CNN).
+        aggregation: ``"mean"``, ``"max"`` or ``"attention"`` (``None`` for the 3D-CNN).
+        position_encoding: ``"none"``, ``"learned"`` or ``"sinusoidal"``.
+        pretrained: whether the encoder starts from ImageNet-1K weights.
+    """
+
+    encoder: str
+    axis: str | None = "sagittal"
+    aggregation: str | None = "mean"
+    position_encoding: str = "none"
+    pretrained: bool = False
+
+    def normalised(self) -> ModelConfig:
+        """The same model with settings that do not apply removed (the 3D-CNN has no slices)."""
+        enc = self.encoder.lower()
+        if enc in _CONV3D_ALIASES:
+            return ModelConfig(CONV3D, None, None, "none", False)
+        return ModelConfig(enc, self.axis, self.aggregation, self.position_encoding, bool(self.pretrained))
+
+    @property
+    def is_conv3d(self) -> bool:
+        """Whether this is the 3D-CNN baseline."""
+        return self.encoder.lower() in _CONV3D_ALIASES
+
+    def key(self) -> str:
+        """A file-name-safe identifier, e.g. ``resnet18_axial_mean_pe-learned_imagenet``."""
+        c = self.normalised()
+        if c.is_conv3d:
+            return CONV3D
+        init = "imagenet" if c.pretrained else "scratch"
+        return f"{c.encoder}_{c.axis}_{c.aggregation}_pe-{c.position_encoding}_{init}"
+
+    def label(self) -> str:
+        """The paper's first column, e.g. ``2D-ResNet-18 (Mean)`` or ``3D-CNN``."""
+        c = self.normalised()
+        if c.is_conv3d:
+            return "3D-CNN"
+        name = _ENCODER_LABEL.get(c.encoder, c.encoder)
+        return f"{name} ({str(c.aggregation).capitalize()})"
+
+    def describe(self) -> str:
+        """One line for progress output."""
+        c = self.normalised()
+        if c.is_conv3d:
+            return "3D-CNN"
+        pe = "" if c.position_encoding == "none" else f" + {c.position_encoding} pos. enc."
+        init = "ImageNet" if c.pretrained else "scratch"
+        return f"{c.label()} {c.axis}{pe}, {init}"
+
+    def as_dict(self) -> dict[str, object]:
+        """The fields as a dict (normalised)."""
+        return asdict(self.normalised())
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named grid: the rows of one of the paper's tables.
+
+    Attributes:
+        name: ``--preset`` value.
+        bundle: bundle name under ``bundles/``.
+        task: the bundle's task.
+        title: table caption.
+        rows: the configurations, in the paper's order.
+        headline: indices into ``rows`` that ``--quick`` runs.
+        paper: the paper's test results per row, ``{metric: (mean, std)}`` (AD metrics in %).
+        note: what the paper's table says about its setting.
+        seeds: seeds of the full grid (the paper: 5 runs per configuration).
+        paper_params: the paper's "# Params" column, per row (Table 2 only).
+        overrides: bundle overrides that make the bundle follow the paper's recipe where its defaults
+            differ (``--override`` on the command line still wins).
+    """
+
+    name: str
+    bundle: str
+    task: str
+    title: str
+    rows: tuple[ModelConfig, ...]
+    headline: tuple[int, ...]
+    paper: tuple[dict[str, tuple[float, float]], ...]
+    note: str = ""
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    paper_params: tuple[str, ...] = field(default=())
+    overrides: dict[str, object] = field(default_factory=dict)
+
+    def headline_rows(self) -> tuple[ModelConfig, ...]:
+        """The rows ``--quick`` runs."""
+        return tuple(self.rows[i] for i in self.headline)
+
+
+def _ad_rows() -> tuple[tuple[ModelConfig, ...], tuple[dict[str, tuple[float, float]], ...]]:
+    numbers = {  # Table 1: balanced accuracy, F1, average precision (mean, std over 5 seeds), in %
+        ("cnn5", "none", False): [
+            (87.53, 1.311, 84.40, 1.707, 94.86, 0.946),
+            (85.78, 2.811, 81.38, 3.610, 90.57, 2.976),
+            (86.34, 1.445, 82.21, 1.573, 90.81, 0.677),
+        ],  # noqa: E501
+        ("cnn5", "learned", False): [
+            (87.05, 1.115, 83.40, 0.873, 93.40, 0.956),
+            (85.41, 2.521, 80.62, 2.521, 89.86, 0.771),
+            (86.61, 0.942, 81.20, 1.971, 91.44, 2.123),
+        ],  # noqa: E501
+        ("resnet18", "none", False): [
+            (85.71, 4.834, 80.89, 6.111, 91.12, 2.880),
+            (85.73, 1.433, 81.30, 1.802, 90.60, 2.544),
+            (84.61, 2.099, 79.21, 2.906, 88.95, 1.741),
+        ],  # noqa: E501
+        ("resnet18", "learned", False): [
+            (86.57, 2.871, 81.69, 3.972, 91.80, 2.150),
+            (84.34, 1.706, 79.75, 2.258, 90.29, 0.645),
+            (86.55, 1.059, 81.39, 1.752, 90.82, 0.701),
+        ],  # noqa: E501
+        ("resnet18", "none", True): [
+            (87.09, 1.192, 82.07, 1.167, 90.80, 1.601),
+            (87.31, 0.971, 83.19, 1.518, 91.80, 1.626),
+            (88.59, 1.187, 85.10, 1.265, 93.11, 0.482),
+        ],  # noqa: E501
+        ("resnet18", "learned", True): [
+            (87.19, 2.037, 83.16, 2.158, 91.75, 1.291),
+            (86.95, 2.750, 82.33, 2.811, 90.96, 1.541),
+            (88.60, 2.058, 84.52, 2.389, 92.56, 0.563),
+        ],  # noqa: E501
+    }
+
+    def res(v: Sequence[float]) -> dict[str, tuple[float, float]]:
+        return {"balanced_accuracy": (v[0], v[1]), "f1": (v[2], v[3]), "average_precision": (v[4], v[5])}
+
+    rows = [ModelConfig(CONV3D, None, None)]
+    paper = [res((88.40, 0.703, 84.44, 1.028, 92.33, 0.492))]
+    for (enc, pe, pt), per_axis in numbers.items():
+        for axis, v in zip(AXES, per_axis, strict=True):
+            rows.append(ModelConfig(enc, axis, "mean", pe, pt))
+            paper.append(res(v))
+    return tuple(rows), tuple(paper)
+
+
+def _brain_age_rows() -> tuple[
+    tuple[ModelConfig, ...], tuple[dict[str, tuple[float, float]], ...], tuple[str, ...]
+]:
+    table = [  # Table 2: MAE, RMSE in years (mean, std over 5 seeds), # params
+        (ModelConfig(CONV3D, None, None), (2.792, 0.032, 3.521, 0.023), "~ 3M"),
+        (ModelConfig("cnn5", "sagittal", "mean", "none"), (2.826, 0.021, 3.582, 0.027), "~ 1M"),
+        (ModelConfig("cnn5", "sagittal", "mean", "learned"), (2.847, 0.051, 3.617, 0.067), "~ 1M"),
+        (ModelConfig("cnn5", "sagittal", "attention", "none"), (2.839, 0.009, 3.590, 0.014), "~ 1M"),
+        (ModelConfig("cnn5", "sagittal", "attention", "learned"), (2.888, 0.067, 3.655, 0.075), "~ 1M"),
+        (ModelConfig("resnet18", "sagittal", "mean", "none", False), (2.911, 0.039, 3.684, 0.043), "~ 12M"),
+        (ModelConfig("resnet18", "sagittal", "mean", "none", True), (2.715, 0.029, 3.426, 0.044), "~ 12M"),
+        (ModelConfig("resnet18", "sagittal", "mean", "learned", True), (2.721, 0.045, 3.439, 0.053), "~ 12M"),
+        (ModelConfig("resnet50", "sagittal", "mean", "none", True), (2.743, 0.018, 3.468, 0.029), "~ 26M"),
+    ]
+    rows = tuple(r for r, _, _ in table)
+    paper = tuple({"mae": (v[0], v[1]), "rmse": (v[2], v[3])} for _, v, _ in table)
+    return rows, paper, tuple(p for _, _, p in table)
+
+
+def _make_presets() -> dict[str, Preset]:
+    ad_rows, ad_paper = _ad_rows()
+    ba_rows, ba_paper, ba_params = _brain_age_rows()
+    ad = Preset(
+        name="paper-ad",
+        bundle="adni_ad",
+        task="adni_ad",
+        title="AD detection (AD vs CN), test set",
+        rows=ad_rows,
+        # 3D-CNN; 2D-CNN sagittal; ResNet-18 axial from scratch; ResNet-18 axial ImageNet +- pos. enc.
+        headline=(0, 1, 9, 15, 18),
+        paper=ad_paper,
+        note="Paper Table 1 (ADNI): higher is better; model selection on validation balanced accuracy; "
+        "mean ± std over 5 seeds.",
+        # the paper trains with plain BCE (no class weights); the bundle balances classes by default
+        overrides={"class_balance": False},
+    )
+    ba = Preset(
+        name="paper-brain-age",
+        bundle="ukbb_brain_age",
+        task="brain_age",
+        title="Brain age, test set (sagittal slices)",
+        rows=ba_rows,
+        # 3D-CNN; 2D-CNN mean; ResNet-18 scratch; ResNet-18 ImageNet +- pos. enc.; ResNet-50 ImageNet
+        headline=(0, 1, 5, 6, 7, 8),
+        paper=ba_paper,
+        paper_params=ba_params,
+        note="Paper Table 2 (UK Biobank): lower MAE / RMSE is better; model selection on validation "
+        "MAE; all sagittal; mean ± std over 5 seeds.",
+    )
+    return {ad.name: ad, ba.name: ba}
+
+
+#: The presets by name.
+PRESETS: dict[str, Preset] = _make_presets()
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; ``ValueError`` names the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def expand_grid(
+    encoders: Iterable[str],
+    axes: Iterable[str] = ("sagittal",),
+    aggregations: Iterable[str] = ("mean",),
+    position_encodings: Iterable[str] = ("none",),
+    pretrained: Iterable[bool] = (False,),
+) -> tuple[list[ModelConfig], list[str]]:
+    """Every combination of the settings, without duplicates and impossible models.
+
+    The 3D-CNN appears once (axis, aggregation and positional encoding do not apply to it); encoders
+    without ImageNet weights (cnn5, 3D-CNN) are not combined with ``pretrained=True``.
+
+    Args:
+        encoders, axes, aggregations, position_encodings, pretrained: the values to combine.
+
+    Returns:
+        ``(configs in a stable order, notes on combinations that were dropped)``.
+    """
+    configs: list[ModelConfig] = []
+    notes: list[str] = []
+    seen: set[str] = set()
+    for enc in encoders:
+        for pt in pretrained:
+            if pt and enc.lower() not in PRETRAINABLE:
+                notes.append(f"{enc} has no ImageNet weights: pretrained=true skipped")
+                continue
+            for axis in axes:
+                for agg in aggregations:
+                    for pe in position_encodings:
+                        c = ModelConfig(enc, axis, agg, pe, pt).normalised()
+                        if c.key() not in seen:
+                            seen.add(c.key())
+                            configs.append(c)
+    return configs, sorted(set(notes))

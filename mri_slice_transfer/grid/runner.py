@@ -1,0 +1,544 @@
+"""Run an experiment grid through a MONAI bundle: one folder per run, resumable, failures recorded.
+
+Each run is the command a user would type, in a subprocess::
+
+    python -m monai.bundle run --config_file bundles/<b>/configs/train.json --bundle_root bundles/<b> \\
+        --ckpt_dir <run>/models --output_dir <run>/eval --encoder resnet18 --axis axial ... --seed 0
+    python -m monai.bundle run --config_file "['<...>/train.json','<...>/evaluate.json']" <same overrides>
+
+Layout of ``<out>/runs/<run_id>/``:
+
+- ``config.json``: the model settings, the seed, the bundle overrides (as JSON) and both commands;
+- ``train.log``, ``evaluate.log``: everything the two commands printed (each attempt appended);
+- ``models/model.pt`` (best epoch on validation), ``models/checkpoint.pt`` (last epoch, for resume);
+- ``eval/val_metrics.csv|json`` (every epoch), TensorBoard events, ``eval/test_metrics.json`` and
+  ``eval/test_predictions.csv`` (one row per test scan);
+- ``train.done``: training finished (a rerun goes straight to evaluation);
+- ``done.json``: the run's results, written atomically last. A run with it is finished and skipped
+  on a rerun; any other run is (re)done: training resumes from ``checkpoint.pt`` when there is one;
+- ``failed.json``: the error and the log tail of the last failed attempt (the grid goes on).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from mri_slice_transfer.fileio import atomic_write_text
+from mri_slice_transfer.grid.presets import ModelConfig
+
+__all__ = [
+    "PlannedRun",
+    "Runner",
+    "RunFailed",
+    "GridError",
+    "BundleRunner",
+    "plan_runs",
+    "run_grid",
+    "collect_run_result",
+    "find_bundle",
+    "bundle_task",
+    "read_marker",
+    "log_tail",
+]
+
+DONE = "done.json"
+FAILED = "failed.json"
+TRAIN_DONE = "train.done"
+CONFIG = "config.json"
+#: Overrides that point into the run folder; they do not make two runs different.
+PATH_KEYS = ("bundle_root", "ckpt_dir", "output_dir")
+_INIT_RE = re.compile(r"encoder initialisation: (.+?)\s*$")
+_ERROR_RE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*)$")
+
+
+class GridError(RuntimeError):
+    """A problem with the grid as a whole (bad bundle, runs made with other settings, ...)."""
+
+
+class RunFailed(RuntimeError):
+    """One stage of one run failed.
+
+    Args:
+        message: what failed (e.g. ``"train exited with code 1: ValueError: ..."``).
+        log: the log file of the failed stage, if any.
+    """
+
+    def __init__(self, message: str, log: Path | None = None) -> None:
+        super().__init__(message)
+        self.log = log
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the grid.
+
+    Attributes:
+        config: the model settings.
+        seed: the seed.
+        overrides: bundle overrides besides the run-folder paths (settings, seed, data, epochs, extras).
+        run_id: folder name under ``<out>/runs``.
+        row: index of the configuration in the grid (table order).
+    """
+
+    config: ModelConfig
+    seed: int
+    overrides: dict[str, Any]
+    run_id: str
+    row: int = 0
+
+
+class Runner(Protocol):
+    """What :func:`run_grid` needs to run one run; :class:`BundleRunner` is the real one.
+
+    Tests inject a fake that writes the same files without training.
+    """
+
+    def train(self, run: PlannedRun, run_dir: Path, resume: bool) -> None:
+        """Train into ``run_dir`` (``models/``, ``eval/``, ``train.log``); raise on failure."""
+
+    def evaluate(self, run: PlannedRun, run_dir: Path) -> None:
+        """Write ``eval/test_metrics.json`` and ``eval/test_predictions.csv``; raise on failure."""
+
+    def count_parameters(self, run: PlannedRun) -> int | None:
+        """Parameter count of the run's network (None if unknown)."""
+
+    def commands(self, run: PlannedRun, run_dir: Path) -> dict[str, list[str]]:
+        """The command lines of the stages (for ``config.json`` and ``--dry-run``)."""
+
+
+def find_bundle(name_or_path: str | os.PathLike) -> Path:
+    """A bundle folder from a path or a name under ``./bundles`` or the source tree's ``bundles/``.
+
+    Raises:
+        GridError: naming every place looked at.
+    """
+    cand = Path(name_or_path).expanduser()
+    places = [cand, Path.cwd() / "bundles" / str(name_or_path)]
+    places.append(Path(__file__).resolve().parents[2] / "bundles" / str(name_or_path))
+    for p in places:
+        if (p / "configs" / "train.json").is_file():
+            return p.resolve()
+    raise GridError(
+        f"bundle {str(name_or_path)!r} not found (looked for configs/train.json in "
+        + ", ".join(str(p) for p in places)
+        + ")"
+    )
+
+
+def bundle_task(bundle: Path) -> str:
+    """The ``task`` of a bundle's ``configs/train.json``."""
+    cfg = bundle / "configs" / "train.json"
+    try:
+        task = json.loads(cfg.read_text())["task"]
+    except (OSError, ValueError, KeyError) as err:
+        raise GridError(f"{cfg}: cannot read the bundle's task ({err})") from err
+    return str(task)
+
+
+def plan_runs(
+    configs: Sequence[ModelConfig],
+    seeds: Sequence[int],
+    base_overrides: Mapping[str, Any] | None = None,
+    strict_pretrained: bool = False,
+) -> list[PlannedRun]:
+    """Every configuration x seed as a :class:`PlannedRun` (configuration-major order).
+
+    Args:
+        configs: the table rows.
+        seeds: the seeds.
+        base_overrides: overrides for every run (data folders, epochs, user extras).
+        strict_pretrained: ask for ImageNet weights with ``pretrained=true`` (a run fails without them)
+            instead of ``"auto"`` (falls back to random init; ``results.csv`` records ``encoder_init``).
+
+    Raises:
+        GridError: two configurations with the same run id.
+    """
+    runs = []
+    seen: set[str] = set()
+    for row, raw in enumerate(configs):
+        c = raw.normalised()
+        if c.key() in seen:
+            raise GridError(f"configuration {c.key()} appears twice in the grid")
+        seen.add(c.key())
+        settings: dict[str, Any] = {"encoder": c.encoder, "position_encoding": c.position_encoding}
+        if not c.is_conv3d:
+            settings.update(axis=c.axis, aggregation=c.aggregation)
+        if c.pretrained:
+            settings["pretrained"] = "true" if strict_pretrained else "auto"
+        else:
+            settings["pretrained"] = "false"
+        for seed in seeds:
+            overrides = {**settings, **dict(base_overrides or {}), "seed": int(seed)}
+            runs.append(PlannedRun(c, int(seed), overrides, f"{c.key()}_seed{int(seed)}", row))
+    return runs
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def log_tail(path: Path, n: int = 30) -> str:
+    """The last ``n`` lines of a log file ('' if it does not exist)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def _error_line(text: str) -> str:
+    for line in reversed(text.splitlines()):
+        m = _ERROR_RE.match(line)
+        if m:
+            return m.group(1).strip()
+    return ""
+
+
+@dataclass
+class BundleRunner:
+    """Runs each stage with ``python -m monai.bundle run`` in a subprocess.
+
+    Attributes:
+        bundle: the bundle folder (``configs/train.json``, ``configs/evaluate.json``).
+        python: the interpreter (default: this one).
+        timeout: seconds per stage (None: no limit).
+        env: extra environment variables for the subprocesses.
+        echo: print the commands as they start.
+    """
+
+    bundle: Path
+    python: str = sys.executable
+    timeout: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    echo: bool = False
+    _param_cache: dict[str, int | None] = field(default_factory=dict, repr=False)
+
+    def _paths(self, run_dir: Path) -> dict[str, str]:
+        return {
+            "bundle_root": str(self.bundle),
+            "ckpt_dir": str(run_dir / "models"),
+            "output_dir": str(run_dir / "eval"),
+        }
+
+    def _cmd(self, config_file: str, run: PlannedRun, run_dir: Path, extra: Mapping[str, Any]) -> list[str]:
+        cmd = [self.python, "-m", "monai.bundle", "run", "--config_file", config_file]
+        values = {**self._paths(run_dir), "progress_bar": False, **run.overrides, **extra}
+        for key, value in values.items():
+            cmd += [f"--{key}", _flag_value(value)]
+        return cmd
+
+    def commands(self, run: PlannedRun, run_dir: Path) -> dict[str, list[str]]:
+        """The train and evaluate command lines of ``run``."""
+        cfg = self.bundle / "configs"
+        both = json.dumps([str(cfg / "train.json"), str(cfg / "evaluate.json")])
+        return {
+            "train": self._cmd(str(cfg / "train.json"), run, run_dir, {}),
+            "evaluate": self._cmd(both, run, run_dir, {}),
+        }
+
+    def _run(self, stage: str, cmd: list[str], log: Path) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        if self.echo:
+            print("    $ " + shlex.join(cmd), flush=True)
+        with log.open("a") as fh:
+            fh.write(f"\n=== {stage} started {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(cmd)}\n")
+            fh.flush()
+            try:
+                proc = subprocess.run(
+                    cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=self.timeout, check=False
+                )
+            except subprocess.TimeoutExpired:
+                raise RunFailed(f"{stage} timed out after {self.timeout:g} s (see {log})", log) from None
+        if proc.returncode != 0:
+            reason = _error_line(log_tail(log, 200)) or f"exit code {proc.returncode}"
+            raise RunFailed(f"{stage} failed: {reason} (see {log})", log)
+
+    def train(self, run: PlannedRun, run_dir: Path, resume: bool) -> None:
+        """Train (``resume=True`` continues from ``models/checkpoint.pt``)."""
+        cmd = self.commands(run, run_dir)["train"]
+        if resume:
+            cmd += ["--resume", "true"]
+        self._run("train", cmd, run_dir / "train.log")
+
+    def evaluate(self, run: PlannedRun, run_dir: Path) -> None:
+        """Score the best model on the test split."""
+        self._run("evaluate", self.commands(run, run_dir)["evaluate"], run_dir / "evaluate.log")
+
+    def count_parameters(self, run: PlannedRun) -> int | None:
+        """Build the run's ``network_def`` from the bundle config (no weights loaded) and count it."""
+        overrides = {k: v for k, v in run.overrides.items() if k != "seed"}
+        key = json.dumps(overrides, sort_keys=True, default=str)
+        if key not in self._param_cache:
+            from monai.bundle import ConfigParser
+
+            parser = ConfigParser()
+            parser.read_config(str(self.bundle / "configs" / "train.json"))
+            parser.update({**overrides, "bundle_root": str(self.bundle), "pretrained": False})
+            net = parser.get_parsed_content("network_def")
+            self._param_cache[key] = int(sum(p.numel() for p in net.parameters()))
+        return self._param_cache[key]
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """A JSON marker file, or None if it is missing or unreadable (a broken run)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    atomic_write_text(path, json.dumps(clean(obj), indent=2, default=str) + "\n")
+
+
+def _comparable(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps({k: v for k, v in overrides.items() if k not in PATH_KEYS}, default=str))
+
+
+def _check_settings(runs: Sequence[PlannedRun], runs_dir: Path) -> list[str]:
+    """Runs whose folder was made with other settings (so resuming would mix two experiments)."""
+    problems = []
+    for run in runs:
+        stored = read_marker(runs_dir / run.run_id / CONFIG)
+        if stored is None:
+            continue
+        before, now = _comparable(stored.get("overrides", {})), _comparable(run.overrides)
+        if before != now:
+            diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            detail = ", ".join(
+                f"{k}: {before.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}" for k in diff
+            )
+            problems.append(f"{runs_dir / run.run_id}: made with other settings ({detail})")
+    return problems
+
+
+def collect_run_result(
+    task: str, run: PlannedRun, run_dir: Path, n_bootstrap: int = 1000, bootstrap_seed: int = 0
+) -> dict[str, Any]:
+    """Read a finished run's files into one flat result row.
+
+    Validation metrics are those of the best epoch (the one ``model.pt`` holds: first epoch with the
+    best key metric); test metrics come from ``eval/test_metrics.json``, their 95 % bootstrap
+    confidence intervals from ``eval/test_predictions.csv`` (resampling subjects), the encoder
+    initialisation actually used from the run log.
+
+    Raises:
+        RunFailed: a result file is missing or unreadable.
+    """
+    from mri_slice_transfer.engine.metrics import KEY_METRIC, LOWER_IS_BETTER
+    from mri_slice_transfer.grid.summary import bootstrap_from_predictions
+
+    eval_dir = run_dir / "eval"
+    row: dict[str, Any] = {}
+    try:
+        epochs = json.loads((eval_dir / "val_metrics.json").read_text())
+    except (OSError, ValueError) as err:
+        raise RunFailed(f"no validation metrics ({eval_dir / 'val_metrics.json'}: {err})") from err
+    key = f"val_{KEY_METRIC[task]}"
+    best: dict[str, Any] | None = None
+    for r in epochs:
+        v = r.get(key)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        if best is None or (v < best[key] if LOWER_IS_BETTER[task] else v > best[key]):
+            best = r
+    row["epochs_run"] = max((int(r.get("epoch", 0)) for r in epochs), default=0)
+    row["best_epoch"] = int(best["epoch"]) if best else None
+    for k, v in (best or {}).items():
+        if k.startswith("val_"):
+            row[k] = v
+    try:
+        test = json.loads((eval_dir / "test_metrics.json").read_text())
+    except (OSError, ValueError) as err:
+        raise RunFailed(f"no test metrics ({eval_dir / 'test_metrics.json'}: {err})") from err
+    for k, v in test.items():
+        row[f"test_{k}" if not k.startswith("test_") else k] = v
+    row.update(
+        bootstrap_from_predictions(task, eval_dir / "test_predictions.csv", n_bootstrap, bootstrap_seed)
+    )
+    init = "unknown"
+    for line in log_tail(run_dir / "train.log", 100000).splitlines():
+        m = _INIT_RE.search(line)
+        if m:
+            init = m.group(1)
+    row["encoder_init"] = init
+    return row
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _base_row(task: str, run: PlannedRun, run_dir: Path) -> dict[str, Any]:
+    c = run.config.normalised()
+    data = run.overrides.get("dataset_dir") or run.overrides.get("datalist_dir")
+    return {
+        "run_id": run.run_id,
+        "row": run.row,
+        "task": task,
+        "model": c.label(),
+        "encoder": c.encoder,
+        "axis": c.axis or "-",
+        "aggregation": c.aggregation or "-",
+        "position_encoding": c.position_encoding,
+        "pretrained": c.pretrained,
+        "pretrained_override": run.overrides.get("pretrained"),
+        "seed": run.seed,
+        "data": str(data) if data else "demo (synthetic)",
+        "run_dir": str(run_dir),
+    }
+
+
+def run_grid(
+    runs: Sequence[PlannedRun],
+    out_dir: str | os.PathLike,
+    runner: Runner,
+    task: str,
+    redo: bool = False,
+    n_bootstrap: int = 1000,
+    progress: Callable[[str], None] | None = print,
+) -> list[dict[str, Any]]:
+    """Run every planned run that is not finished yet; record failures and go on.
+
+    Args:
+        runs: from :func:`plan_runs`.
+        out_dir: the grid folder (runs go to ``<out_dir>/runs/<run_id>``).
+        runner: a :class:`BundleRunner` (or a test double).
+        task: ``"adni_ad"`` or ``"brain_age"`` (decides metrics).
+        redo: delete and redo every run folder, finished or not.
+        n_bootstrap: bootstrap resamples for the test-metric confidence intervals (0: none).
+        progress: where progress lines go (None: silent).
+
+    Returns:
+        one result row per planned run (finished, skipped-as-finished or failed), in plan order.
+
+    Raises:
+        GridError: run folders made with other settings (use a new ``out_dir`` or ``redo``).
+    """
+    say = progress or (lambda _msg: None)
+    runs_dir = Path(out_dir) / "runs"
+    if not redo:
+        problems = _check_settings(runs, runs_dir)
+        if problems:
+            raise GridError(
+                "the grid folder holds runs made with other settings; use another --out or --redo:\n  "
+                + "\n  ".join(problems)
+            )
+    todo = [r for r in runs if redo or read_marker(runs_dir / r.run_id / DONE) is None]
+    say(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run -> {runs_dir}")
+    results: list[dict[str, Any]] = []
+    durations: list[float] = []
+    done_count = 0
+    for i, run in enumerate(runs, 1):
+        run_dir = runs_dir / run.run_id
+        head = f"[{i}/{len(runs)}] {run.run_id}"
+        marker = None if redo else read_marker(run_dir / DONE)
+        if marker is not None:
+            say(f"{head}: finished before, skipped")
+            results.append(marker)
+            continue
+        if redo and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / FAILED).unlink(missing_ok=True)
+        cmds = runner.commands(run, run_dir)
+        _write_json(
+            run_dir / CONFIG,
+            {
+                "run_id": run.run_id,
+                "task": task,
+                "model": run.config.as_dict(),
+                "seed": run.seed,
+                "overrides": run.overrides,
+                "commands": {k: shlex.join(v) for k, v in cmds.items()},
+            },
+        )
+        left = len(todo) - done_count
+        eta = f", about {_fmt_seconds(sum(durations) / len(durations) * left)} left" if durations else ""
+        say(f"{head}: {run.config.describe()}, seed {run.seed}{eta}")
+        row = _base_row(task, run, run_dir)
+        start = time.perf_counter()
+        stage = "train"
+        try:
+            train_marker = read_marker(run_dir / TRAIN_DONE)
+            if train_marker is None:
+                resume = (run_dir / "models" / "checkpoint.pt").is_file()
+                how = " (resuming from models/checkpoint.pt)" if resume else ""
+                say(f"    training{how} ... (log: {run_dir / 'train.log'})")
+                t0 = time.perf_counter()
+                runner.train(run, run_dir, resume)
+                train_marker = {"seconds": time.perf_counter() - t0, "resumed": resume}
+                _write_json(run_dir / TRAIN_DONE, train_marker)
+            else:
+                say("    training finished before; evaluating ...")
+            stage = "evaluate"
+            t0 = time.perf_counter()
+            runner.evaluate(run, run_dir)
+            eval_seconds = time.perf_counter() - t0
+            stage = "collect"
+            row.update(collect_run_result(task, run, run_dir, n_bootstrap))
+            try:
+                row["n_params"] = runner.count_parameters(run)
+            except Exception as err:  # noqa: BLE001 - a count is nice to have, never fatal
+                say(f"    (parameter count unavailable: {type(err).__name__}: {err})")
+                row["n_params"] = None
+            row.update(
+                status="ok",
+                error="",
+                train_seconds=round(float(train_marker.get("seconds", math.nan)), 1),
+                eval_seconds=round(eval_seconds, 1),
+                wall_time_s=round(float(train_marker.get("seconds", 0.0)) + eval_seconds, 1),
+                resumed=bool(train_marker.get("resumed", False)),
+            )
+            _write_json(run_dir / DONE, row)
+            from mri_slice_transfer.grid.summary import headline_metric
+
+            name, value = headline_metric(task, row)
+            say(f"    done in {_fmt_seconds(row['wall_time_s'])}: test {name} {value}")
+        except Exception as err:  # noqa: BLE001 - one broken run must not stop the grid
+            log = getattr(err, "log", None) or run_dir / (
+                "evaluate.log" if stage == "evaluate" else "train.log"
+            )
+            tail = log_tail(Path(log))
+            row.update(
+                status="failed",
+                stage=stage,
+                error=f"{type(err).__name__}: {err}" if not isinstance(err, RunFailed) else str(err),
+                log_tail=tail,
+                wall_time_s=round(time.perf_counter() - start, 1),
+            )
+            _write_json(run_dir / FAILED, row)
+            say(f"    FAILED ({stage}): {row['error']}")
+            if tail:
+                say("    " + "\n    ".join(tail.splitlines()[-8:]))
+        durations.append(time.perf_counter() - start)
+        done_count += 1
+        results.append(row)
+    return results
