@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run an experiment grid (encoders x settings x seeds) through a bundle; resumable; paper tables",
         "mri_slice_transfer.grid.cli",
     ),
+    "bench": (
+        "measure training / inference / data-pipeline speed: reference-style baseline vs the fast path",
+        "mri_slice_transfer.bench",
+    ),
 }
 
 

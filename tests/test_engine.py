@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from mri_slice_transfer.engine import as_bool, as_optional, as_pretrained, resolve_inputs, scaled_size
 from mri_slice_transfer.engine.bundle_root import _from_argv, root_from_config_file
+from mri_slice_transfer.engine.datasets import DataSource
 from mri_slice_transfer.engine.handlers import BestModelSaver
 from mri_slice_transfer.engine.io import atomic_torch_save
 from mri_slice_transfer.engine.losses import make_loss
@@ -78,6 +81,21 @@ def test_loss_shapes() -> None:
     ).item() == pytest.approx(4.0)
 
 
+def test_class_balanced_loss_weights_ad_terms() -> None:
+    frame = pd.DataFrame({"label": [0.0, 0.0, 0.0, 1.0], "image": ["a"] * 4, "subject_id": list("abcd")})
+    source = DataSource("adni_ad", {"train": frame}, False, Path("."))
+    assert source.positive_weight("train") == pytest.approx(3.0)
+    plain, balanced = make_loss("adni_ad"), make_loss("adni_ad", pos_weight=3.0)
+    pred = torch.zeros(2, 1)
+    # an AD scan costs 3x as much, a CN scan the same
+    assert balanced(pred, torch.ones(2, 1)).item() == pytest.approx(3 * plain(pred, torch.ones(2, 1)).item())
+    assert balanced(pred, torch.zeros(2, 1)).item() == pytest.approx(plain(pred, torch.zeros(2, 1)).item())
+    with pytest.raises(ValueError, match="both classes"):
+        DataSource("adni_ad", {"train": frame.assign(label=0.0)}, False, Path(".")).positive_weight()
+    with pytest.raises(ValueError, match="AD task"):
+        make_loss("brain_age", pos_weight=2.0)
+
+
 def test_resolve_inputs(tmp_path) -> None:
     (tmp_path / "a.nii.gz").write_bytes(b"x")
     (tmp_path / "b.nii").write_bytes(b"x")
@@ -94,3 +112,32 @@ def test_resolve_inputs(tmp_path) -> None:
 def test_scaled_size() -> None:
     assert scaled_size(1.0) == (91, 109, 91)
     assert scaled_size(0.5) == (46, 54, 46)
+
+
+def test_resized_chain_is_cached(tmp_path) -> None:
+    """The demo's half-size chain must stay cacheable (a nested Compose would leave the cache empty)."""
+    import nibabel as nib
+    from monai.data import CacheDataset
+
+    from mri_slice_transfer.engine.resize import with_resize
+    from mri_slice_transfer.template import TEMPLATE_AFFINE, TEMPLATE_SHAPE
+    from mri_slice_transfer.transforms import get_train_transforms
+
+    data = np.zeros(TEMPLATE_SHAPE, np.float32)
+    data[20:70, 20:90, 20:70] = np.random.default_rng(0).uniform(1, 2, (50, 70, 50))
+    nib.save(nib.Nifti1Image(data, TEMPLATE_AFFINE), tmp_path / "scan.nii.gz")
+    chain = with_resize(get_train_transforms(), 0.5)
+    ds = CacheDataset([{"image": str(tmp_path / "scan.nii.gz")}], chain, cache_rate=1.0, progress=False)
+    cached = ds._cache[0]
+    assert not isinstance(cached, int), "CacheDataset cached nothing"
+    assert tuple(cached["image"].shape) == (1, *scaled_size(0.5))
+
+
+def test_channels_last_network_for_every_encoder() -> None:
+    from mri_slice_transfer.engine.network import build_network
+
+    net = build_network(channels_last=True, encoder="conv3d", spatial_size=(16, 16, 16))
+    assert net(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 1)
+    net = build_network(channels_last=True, encoder="resnet18", spatial_size=(8, 32, 32), pretrained=False)
+    conv1 = net.encoder.backbone.layer1[0].conv1.weight  # 64 in-channels: layouts differ
+    assert conv1.is_contiguous(memory_format=torch.channels_last) and not conv1.is_contiguous()

@@ -53,15 +53,15 @@ SITES: dict[str, tuple[float, float, float]] = {
 # --- effect sizes (calibrated; see docs/demo_data.md) ---------------------------------------
 REF_AGE = 65.0  # age at which the age terms are zero
 # ventricle expansion (mm of peak displacement)
-K_V0, K_V_AGE, K_V_AD, K_V_SD = 3.0, 1.4, 2.0, 1.0  # per decade / per unit severity / natural sd
-K_V_MIN, K_V_MAX = -1.0, 7.0
+K_V0, K_V_AGE, K_V_AD, K_V_SD = 3.0, 2.0, 3.5, 1.0  # per decade / per unit severity / natural sd
+K_V_MIN, K_V_MAX = -1.0, 10.0
 # medial temporal contraction (mm of peak displacement)
 K_H0, K_H_AGE, K_H_AD, K_H_SD = 0.5, 0.35, 3.5, 0.45
 K_H_MIN, K_H_MAX = -0.5, 4.5
 # MTL grey matter -> CSF fraction
 D_M0, D_M_AGE, D_M_AD, D_M_SD = 0.05, 0.04, 0.95, 0.05
 # cortical grey matter -> CSF fraction (sulcal widening)
-D_G0, D_G_AGE, D_G_AD, D_G_SD = 0.15, 0.07, 0.06, 0.06
+D_G0, D_G_AGE, D_G_AD, D_G_SD = 0.15, 0.12, 0.20, 0.06
 # nuisance
 HEAD_SCALE_SEX = {"M": 1.035, "F": 0.965}
 HEAD_SCALE_SD = 0.035

@@ -44,6 +44,22 @@ class DataSource:
         """Mean label of a split (the regression bias initialisation for brain age)."""
         return float(self.frames[split]["label"].astype(float).mean())
 
+    def positive_weight(self, split: str = "train") -> float:
+        """``n_negative / n_positive`` of a binary split: the BCE ``pos_weight`` that balances classes.
+
+        Raises:
+            ValueError: the split has no positive or no negative scan.
+        """
+        labels = self.frames[split]["label"].astype(float)
+        n_pos = int((labels > 0.5).sum())
+        n_neg = len(labels) - n_pos
+        if n_pos == 0 or n_neg == 0:
+            raise ValueError(
+                f"{split} data list of {self.datalist_dir} has {n_pos} AD and {n_neg} CN scans; "
+                "class balancing needs both classes"
+            )
+        return n_neg / n_pos
+
     def describe(self) -> str:
         """One line for the run log."""
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.frames.items())
@@ -69,8 +85,12 @@ def frame_to_records(frame: pd.DataFrame) -> list[dict]:
 
 
 def demo_cohort_dir(task: str, n: int, seed: int) -> Path:
-    """Cache folder of the demo cohort for ``task``/``n``/``seed``."""
-    return cache_dir("demo", f"{task}_template_n{int(n)}_seed{int(seed)}", create=False)
+    """Cache folder of the demo cohort for ``task``/``n``/``seed`` (and the generator version, so a
+    changed generator never reuses an old cohort)."""
+    from mri_slice_transfer.data.synthetic import GENERATOR_VERSION
+
+    name = f"{task}_template_n{int(n)}_seed{int(seed)}_v{GENERATOR_VERSION}"
+    return cache_dir("demo", name, create=False)
 
 
 def _ensure_demo_cohort(task: str, n: int, seed: int) -> Path:

@@ -1,4 +1,4 @@
-"""Training losses: BCE-with-logits for AD vs CN, MSE for brain age (both in fp32)."""
+"""Training losses: BCE-with-logits for AD vs CN (optionally class-balanced), MSE for brain age (fp32)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,20 @@ __all__ = ["TaskLoss", "make_loss"]
 
 
 class TaskLoss(torch.nn.Module):
-    """Loss on flattened fp32 predictions and labels (shapes ``[B, 1]`` or ``[B]``)."""
+    """Loss on flattened fp32 predictions and labels (shapes ``[B, 1]`` or ``[B]``).
 
-    def __init__(self, task: str) -> None:
+    Args:
+        task: ``"adni_ad"`` (BCE with logits) or ``"brain_age"`` (MSE).
+        pos_weight: AD only: weight of the AD (positive) terms, e.g. ``n_CN / n_AD`` of the training
+            list so that both classes count equally (what balanced accuracy, the key metric, rewards);
+            None for the plain loss.
+    """
+
+    def __init__(self, task: str, pos_weight: float | None = None) -> None:
         super().__init__()
         if task == "adni_ad":
-            self.fn: torch.nn.Module = torch.nn.BCEWithLogitsLoss()
+            weight = None if pos_weight is None else torch.tensor(float(pos_weight))
+            self.fn: torch.nn.Module = torch.nn.BCEWithLogitsLoss(pos_weight=weight)
         elif task == "brain_age":
             self.fn = torch.nn.MSELoss()
         else:
@@ -24,6 +32,8 @@ class TaskLoss(torch.nn.Module):
         return self.fn(pred.float().reshape(-1), label.float().reshape(-1))
 
 
-def make_loss(task: str) -> TaskLoss:
-    """The paper's loss for ``task``."""
-    return TaskLoss(task)
+def make_loss(task: str, pos_weight: float | None = None) -> TaskLoss:
+    """The paper's loss for ``task`` (AD: optionally class-balanced with ``pos_weight``)."""
+    if task != "adni_ad" and pos_weight is not None:
+        raise ValueError(f"pos_weight only applies to the AD task, not {task!r}")
+    return TaskLoss(task, pos_weight)

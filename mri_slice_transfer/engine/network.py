@@ -15,12 +15,19 @@ logger = logging.getLogger(__name__)
 
 
 def build_network(channels_last: bool = False, **kwargs: Any) -> torch.nn.Module:
-    """``build_model(**kwargs)``; optionally with 2D conv weights in channels-last memory format."""
+    """``build_model(**kwargs)``; optionally with 2D conv weights in channels-last memory format.
+
+    Only ``Conv2d`` weights are converted (the 3D-CNN's 5-D weights have no 2D channels-last layout,
+    and converting the whole model would fail on them), so ``channels_last`` is harmless for every
+    encoder.
+    """
     from mri_slice_transfer.networks import build_model
 
     model = build_model(**kwargs)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.to(memory_format=torch.channels_last)
     return model
 
 

@@ -25,7 +25,17 @@ def scaled_size(scale: float = 1.0, base: tuple[int, ...] = TEMPLATE_SHAPE) -> t
 
 
 def with_resize(transform: Callable, scale: float = 1.0, keys: str = "image") -> Callable:
-    """``transform`` followed by an area resize to :func:`scaled_size` (unchanged when scale is 1)."""
+    """``transform`` followed by an area resize to :func:`scaled_size` (unchanged when scale is 1).
+
+    A ``Compose`` is extended flat (its transforms, then the resize) rather than nested: MONAI's
+    ``CacheDataset`` caches the leading deterministic transforms only and treats a nested ``Compose``
+    as random, so a nested chain would leave the cache empty and re-decode every scan every epoch.
+    """
     if float(scale) == 1.0:
         return transform
-    return Compose([transform, Resized(keys=keys, spatial_size=scaled_size(scale), mode="area")])
+    resize = Resized(keys=keys, spatial_size=scaled_size(scale), mode="area")
+    if isinstance(transform, Compose):
+        from mri_slice_transfer.transforms.chains import ScanCompose
+
+        return ScanCompose([*transform.transforms, resize])
+    return Compose([transform, resize])

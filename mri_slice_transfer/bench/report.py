@@ -1,0 +1,334 @@
+"""Summaries, printed tables and target checks of ``mri-slice-transfer bench`` (standard library only)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from mri_slice_transfer.bench.specs import model_label
+
+__all__ = ["summarize", "fmt_num", "fmt_summary", "format_table", "format_report", "check_targets", "TARGETS"]
+
+#: The speed targets of issue 6: (what, model or section, minimum ratio) — checked by :func:`check_targets`.
+TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("train", "resnet18", 3.0),
+    ("train", "cnn5", 2.0),
+    ("train", "conv3d", 2.0),
+    ("pipeline_cached_vs_first", "", 10.0),
+    ("pipeline_cached_vs_train", "", 20.0),
+    ("chunk_memory", "", 0.5),
+)
+
+
+def summarize(values: Sequence[float]) -> dict[str, Any]:
+    """Median, min, max and interquartile range of repeated measurements (``values`` kept)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return {"median": None, "min": None, "max": None, "q1": None, "q3": None, "n": 0, "values": []}
+    q1, q3 = (
+        (statistics.quantiles(vals, n=4, method="inclusive")[i] for i in (0, 2))
+        if len(vals) > 1
+        else (
+            vals[0],
+            vals[0],
+        )
+    )
+    return {
+        "median": statistics.median(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "q1": q1,
+        "q3": q3,
+        "n": len(vals),
+        "values": vals,
+    }
+
+
+def fmt_num(x: float | None) -> str:
+    """About 3 significant digits; ``-`` for None."""
+    if x is None:
+        return "-"
+    ax = abs(x)
+    if ax >= 100:
+        return f"{x:.0f}"
+    if ax >= 10:
+        return f"{x:.1f}"
+    if ax >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def fmt_summary(s: dict[str, Any] | None) -> str:
+    """``median [min-max]`` (just the median for a single value)."""
+    if not s or s.get("median") is None:
+        return "-"
+    if s["n"] == 1:
+        return fmt_num(s["median"])
+    return f"{fmt_num(s['median'])} [{fmt_num(s['min'])}-{fmt_num(s['max'])}]"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] = ()) -> str:
+    """A plain-text table with a header rule; ``right[i]`` right-aligns column ``i``."""
+    cols = len(headers)
+    right = list(right) + [False] * (cols - len(right))
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(cols)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
+        ).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def _median(row: dict[str, Any] | None, key: str = "scans_per_s") -> float | None:
+    if not row or row.get("error"):
+        return None
+    return (row.get(key) or {}).get("median")
+
+
+def _speed_rows(rows: Sequence[dict[str, Any]], memory: bool) -> list[list[str]]:
+    out = []
+    base = {r["model"]: r for r in rows if r["variant"] == "baseline"}
+    for r in rows:
+        label = model_label(r["model"])
+        if r.get("error"):
+            out.append(
+                [label, r["variant"], "failed: " + r["error"].splitlines()[0][:60]]
+                + [""] * (5 if memory else 3)
+            )
+            continue
+        ratio = None if r["variant"] == "baseline" else _ratio(_median(r), _median(base.get(r["model"])))
+        cells = [
+            label,
+            r["variant"],
+            fmt_summary(r["scans_per_s"]),
+            "" if ratio is None else f"{ratio:.2f}x",
+            fmt_num(_median(r, "tflops")),
+            fmt_num(r["gflop_per_scan"]),
+        ]
+        if memory:
+            cells += [fmt_num(r.get("peak_rss_mb")), fmt_num(r.get("train_mem_mb"))]
+            if r.get("cuda_peak_mb") is not None:
+                cells[-1] += f" (cuda {fmt_num(r['cuda_peak_mb'])})"
+        out.append(cells)
+    return out
+
+
+def _grid_note(rows: Sequence[dict[str, Any]]) -> str:
+    for r in rows:
+        if r.get("spatial_size"):
+            size = "x".join(str(s) for s in r["spatial_size"])
+            slices = next((x["slices"] for x in rows if x.get("slices")), None)
+            axis = next((x["axis"] for x in rows if x.get("axis")), None)
+            return f"input {size}" + (
+                f" ({slices} {axis} slices per scan for the slice models)" if slices else ""
+            )
+    return ""
+
+
+def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Compare the measured ratios with :data:`TARGETS`; ``met`` is None where not measured."""
+    checks = []
+    train = result.get("train", [])
+
+    def train_median(model: str, variant: str) -> float | None:
+        return next(
+            (
+                _median(r)
+                for r in train
+                if r["model"] == model and r["variant"] == variant and not r.get("error")
+            ),
+            None,
+        )
+
+    for what, model, target in TARGETS:
+        if what == "train":
+            value = _ratio(train_median(model, "fast"), train_median(model, "baseline"))
+            name = f"{model_label(model)} training, fast / baseline scans/s >= {target:g}x"
+            met = None if value is None else value >= target
+        elif what.startswith("pipeline"):
+            pipe = result.get("pipeline") or {}
+            if what == "pipeline_cached_vs_first":
+                value = pipe.get("cached_vs_first_pass")
+                name = f"cached data pipeline / first pass >= {target:g}x"
+            else:
+                value = pipe.get("cached_vs_fast_training")
+                ref = pipe.get("fastest_fast_training_model")
+                name = f"cached data pipeline / fastest fast-path training ({ref or '-'}) >= {target:g}x"
+            met = None if value is None else value >= target
+        else:
+            chunk = result.get("chunk") or {}
+            # CUDA: allocated memory; CPU: resident-memory increase over the process's start
+            value = chunk.get("cuda_peak_ratio", chunk.get("train_mem_ratio"))
+            name = (
+                f"{model_label(chunk.get('model', 'resnet50'))} batch {chunk.get('batch_size', 8)} "
+                f"chunked / plain training memory <= {target:g}"
+            )
+            met = None if value is None else value <= target
+        checks.append({"target": name, "value": value, "met": met})
+    return checks
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The tables printed at the end of ``mri-slice-transfer bench``."""
+    s = result["settings"]
+    env = result.get("environment", {})
+    dev = env.get("device", {})
+    parts = [
+        "=" * 100,
+        f"mri-slice-transfer bench on {s['device']}"
+        + (f" ({env['bench_device_name']})" if env.get("bench_device_name") else "")
+        + f", torch {env.get('packages', {}).get('torch', '?')}, {dev.get('torch_threads', '?')} threads, "
+        f"cpu {dev.get('cpu', '?')}" + (" with AMX bf16" if dev.get("cpu_bf16_fast") else ""),
+        f"scans/s: median [min-max] of {s['repeats']} timed blocks of >= {s['min_time']:g} s after "
+        f"{s['warmup']} warm-up step(s); variants: "
+        + "; ".join(f"{name} = {desc}" for name, desc in s["variant_descriptions"].items()),
+    ]
+    headers = ["model", "variant", "scans/s", "x base", "TFLOP/s", "GFLOP/scan"]
+    if result.get("train"):
+        parts += [
+            "",
+            f"Training (forward, loss, backward, Adam step), batch {s['batch_size']}, "
+            + _grid_note(result["train"]),
+            format_table(
+                [*headers, "peak RSS MB", "+train MB"],
+                _speed_rows(result["train"], memory=True),
+                [False, False, True, True, True, True, True, True],
+            ),
+        ]
+    if result.get("infer"):
+        parts += [
+            "",
+            f"Inference (eval, no grad), batch {s['batch_size']}",
+            format_table(
+                headers, _speed_rows(result["infer"], memory=False), [False, False, True, True, True, True]
+            ),
+        ]
+    chunk = result.get("chunk")
+    if chunk and chunk.get("rows"):
+        rows = []
+        plain = next((r for r in chunk["rows"] if r["slice_chunk_size"] is None), None)
+        for r in chunk["rows"]:
+            name = "plain" if r["slice_chunk_size"] is None else f"slice_chunk_size={r['slice_chunk_size']}"
+            if r.get("error"):
+                rows.append([name, "failed: " + r["error"].splitlines()[0][:60], "", "", "", ""])
+                continue
+            is_plain = r is plain
+            rows.append(
+                [
+                    name,
+                    fmt_summary(r["scans_per_s"]),
+                    "" if is_plain else f"{fmt_num(_ratio(_median(r), _median(plain)))}x",
+                    fmt_num(r.get("peak_rss_mb")),
+                    fmt_num(r.get("train_mem_mb")),
+                    ""
+                    if is_plain or not plain
+                    else f"{fmt_num(_ratio(r.get('train_mem_mb'), plain.get('train_mem_mb')))}x",
+                ]
+            )
+        parts += [
+            "",
+            f"Memory option: {model_label(chunk['model'])} training, batch {chunk['batch_size']}, "
+            f"{chunk['variant']} variant, plain vs chunked slice encoding (activation checkpointing)",
+            format_table(
+                ["config", "scans/s", "x plain", "peak RSS MB", "+train MB", "x plain (+train)"],
+                rows,
+                [False, True, True, True, True, True],
+            ),
+        ]
+    pipe = result.get("pipeline")
+    if pipe and not pipe.get("error"):
+        first = _median(pipe, "first_pass")
+        parts += [
+            "",
+            f"Data pipeline: {pipe['n_scans']} template-space scans ({pipe['source']}, "
+            f"{fmt_num(pipe['file_mb_mean'])} MB each) through the bundles' training transforms "
+            f"-> {'x'.join(str(x) for x in pipe['output_shape'])}",
+            format_table(
+                ["stage", "scans/s", "x first pass"],
+                [
+                    [
+                        "nibabel decode (floor)",
+                        fmt_summary(pipe["decode"]),
+                        fmt_num(_ratio(_median(pipe, "decode"), first)) + "x",
+                    ],
+                    [
+                        f"first pass (decode + transforms, {pipe['cache_workers']} thread(s))",
+                        fmt_summary(pipe["first_pass"]),
+                        "1x",
+                    ],
+                    [
+                        f"cached pass (CacheDataset + DataLoader, batch {pipe['batch_size']})",
+                        fmt_summary(pipe["cached"]),
+                        fmt_num(pipe.get("cached_vs_first_pass")) + "x",
+                    ],
+                ],
+                [False, True, True],
+            ),
+        ]
+        if pipe.get("cache_holds_tensors") is False:
+            parts.append(
+                "WARNING: the CacheDataset holds no transformed tensors (its transform chain starts with a "
+                "Randomizable element, e.g. a nested Compose),\n         so every 'cached' epoch re-runs "
+                "decoding and transforms."
+            )
+        if pipe.get("cached_vs_fast_training") is not None:
+            parts.append(
+                f"cached pass / fastest fast-path training ({pipe['fastest_fast_training_model']}, "
+                f"{fmt_num(pipe['fastest_fast_training_scans_per_s'])} scans/s): "
+                f"{fmt_num(pipe['cached_vs_fast_training'])}x"
+            )
+    elif pipe and pipe.get("error"):
+        parts += ["", "Data pipeline: failed: " + pipe["error"].splitlines()[0]]
+    prep = result.get("prepare")
+    if prep:
+        parts.append("")
+        if prep.get("skipped"):
+            parts.append("Raw-scan preparation: skipped (--skip-prepare)")
+        elif prep.get("error"):
+            parts.append("Raw-scan preparation: failed: " + prep["error"].splitlines()[0])
+        else:
+            parts.append(
+                f"Raw-scan preparation (prepare_scan: registration, resampling, QC): "
+                f"{fmt_summary(prep['seconds_per_scan'])} s per scan; {prep['scan']}, "
+                f"{'x'.join(str(x) for x in prep['shape'])} voxels of {prep['voxel_mm']} mm, "
+                f"status {prep['status'][-1]}"
+            )
+    scaling = result.get("scaling")
+    if scaling:
+        parts += [
+            "",
+            f"Scaling ({model_label(scaling['model'])}, {scaling['variant']} training): {scaling.get('png')}",
+        ]
+        parts.append(
+            format_table(
+                ["batch", "input", "slices", "scans/s", "slices/s"],
+                [
+                    [
+                        str(p["batch_size"]),
+                        "x".join(str(x) for x in p.get("spatial_size") or []),
+                        str(p.get("slices")),
+                        "failed" if p.get("error") else fmt_num(p["scans_per_s"]),
+                        "" if p.get("error") else fmt_num(p["scans_per_s"] * p["slices"]),
+                    ]
+                    for p in scaling["points"]
+                ],
+                [True, False, True, True, True],
+            )
+        )
+    targets = result.get("targets")
+    if targets:
+        parts += ["", "Targets (issue 6):"]
+        for t in targets:
+            status = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
+            parts.append(
+                f"  {t['target']}: {fmt_num(t['value'])}{'x' if t['value'] is not None else ''} -> {status}"
+            )
+    parts.append(f"\ntotal time {result.get('wall_time_s', 0):.1f} s")
+    return "\n".join(parts)

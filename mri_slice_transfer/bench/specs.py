@@ -1,0 +1,94 @@
+"""What the benchmark compares: the model names and the training / inference variants (no heavy imports).
+
+A *variant* is a set of speed settings applied to the same network:
+
+- ``baseline``: the reference-style recipe: fp32, contiguous memory, the grayscale slice repeated to
+  3 channels for the ResNets (``in_channels_mode="repeat"``), eager.
+- ``fast``: the project's fast path as the bundles run it with ``amp: true``: mixed precision (bf16
+  autocast on the CPU, fp16 autocast + GradScaler on CUDA), channels-last 2D conv weights (slice
+  models only, see below), the 1-channel folded ``conv1`` (``in_channels_mode="fold"``), eager.
+- ``fast+compile`` (opt-in, ``--compile``): ``fast`` with ``torch.compile``.
+- ``fast-fp32`` (opt-in, ``--fast-fp32``): ``fast`` without mixed precision, i.e. what the bundles
+  run with their default ``amp: false``.
+
+Channels-last is applied through :func:`mri_slice_transfer.engine.network.build_network`, which only
+supports 4D (2D conv) weights; the 3D-CNN therefore runs in contiguous memory in every variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = [
+    "Variant",
+    "VARIANTS",
+    "BASELINE",
+    "FAST",
+    "DEFAULT_MODELS",
+    "BENCH_MODELS",
+    "is_conv3d",
+    "model_label",
+]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Speed settings of one benchmark column.
+
+    Attributes:
+        name: column name (``"baseline"``, ``"fast"``, ...).
+        amp: mixed precision (bf16 autocast on CPU, fp16 AMP + GradScaler on CUDA).
+        channels_last: 2D conv weights in channels-last memory format (ignored for the 3D-CNN).
+        in_channels_mode: ``"repeat"`` (3-channel ``conv1``) or ``"fold"`` (1-channel ``conv1``).
+        compile: wrap the network in ``torch.compile``.
+    """
+
+    name: str
+    amp: bool
+    channels_last: bool
+    in_channels_mode: str
+    compile: bool = False
+
+    def describe(self) -> str:
+        """Short human-readable summary, e.g. ``"fp32, contiguous, repeat, eager"``."""
+        return ", ".join(
+            [
+                "mixed precision" if self.amp else "fp32",
+                "channels-last" if self.channels_last else "contiguous",
+                self.in_channels_mode,
+                "torch.compile" if self.compile else "eager",
+            ]
+        )
+
+    def as_dict(self) -> dict:
+        """The settings as a JSON-friendly dict."""
+        return asdict(self)
+
+
+BASELINE = Variant("baseline", amp=False, channels_last=False, in_channels_mode="repeat")
+FAST = Variant("fast", amp=True, channels_last=True, in_channels_mode="fold")
+#: Every variant the benchmark knows, by name.
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        BASELINE,
+        FAST,
+        Variant("fast+compile", amp=True, channels_last=True, in_channels_mode="fold", compile=True),
+        Variant("fast-fp32", amp=False, channels_last=True, in_channels_mode="fold"),
+    )
+}
+
+#: Models of the default run: three slice encoders and the 3D-CNN.
+DEFAULT_MODELS: tuple[str, ...] = ("cnn5", "resnet18", "resnet50", "conv3d")
+#: Every model name ``--models`` accepts (``build_model``'s encoder names).
+BENCH_MODELS: tuple[str, ...] = ("cnn5", "resnet18", "resnet34", "resnet50", "conv3d", "3dcnn")
+
+
+def is_conv3d(model: str) -> bool:
+    """True for the 3D-CNN names (``"conv3d"``, ``"3dcnn"``)."""
+    return model.lower() in ("conv3d", "3dcnn")
+
+
+def model_label(model: str) -> str:
+    """Display name: ``"3D-CNN"`` for the 3D-CNN, else the encoder name."""
+    return "3D-CNN" if is_conv3d(model) else model
