@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.n:
         parts = parts.head(args.n)
     images = [args.cohort / p for p in parts["image"]]
-    truths = [json.loads((args.cohort / t).read_text()) for t in parts["transform"]]
+    truths = [json.loads((args.cohort / t).read_text(encoding="utf-8")) for t in parts["transform"]]
     pts = brain_points()
     rows = []
     for dof in args.dof:
@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             }
             if row["status"] in ("ok", "flagged", "skipped") and row["output"]:
                 record = json.loads(
-                    Path(row["output"]).with_name(Path(row["output"]).name[:-7] + ".json").read_text()
+                    Path(row["output"])
+                    .with_name(Path(row["output"]).name[:-7] + ".json")
+                    .read_text(encoding="utf-8")
                 )
                 est = np.array(record["template_to_scan_ras"])
                 true = np.array(truth["raw_from_template"])

@@ -155,7 +155,7 @@ def test_bench_quick_json(tmp_path, capsys):
     assert code == 0, printed.err
     assert "Training (forward, loss, backward, Adam step)" in printed.out and "Targets" in printed.out
     assert "[1/" in printed.err  # progress lines
-    res = json.loads(out.read_text())
+    res = json.loads(out.read_text(encoding="utf-8"))
     assert {
         "environment",
         "settings",

@@ -99,7 +99,7 @@ def test_train_writes_model_checkpoint_and_metrics(trained: Path) -> None:
     ckpt = torch.load(trained / "models" / "checkpoint.pt", weights_only=True)
     assert {"model", "optimizer", "trainer", "rng", "extras"} <= set(ckpt)
     assert ckpt["trainer"]["iteration"] == 3 * 2  # 3 epochs of 8 scans in batches of 4
-    rows = json.loads((trained / "eval" / "val_metrics.json").read_text())
+    rows = json.loads((trained / "eval" / "val_metrics.json").read_text(encoding="utf-8"))
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     for key in ("val_balanced_accuracy", "val_f1", "val_average_precision", "val_roc_auc"):
         assert key in rows[-1]
@@ -110,7 +110,7 @@ def test_train_writes_model_checkpoint_and_metrics(trained: Path) -> None:
 def test_evaluate_scores_the_test_split(trained: Path, tiny_data: Path) -> None:
     configs = [str(trained / "configs" / f) for f in ("train.json", "evaluate.json")]
     run_workflow(configs, "eval", dataset_dir=str(tiny_data), **FAST)
-    metrics = json.loads((trained / "eval" / "test_metrics.json").read_text())
+    metrics = json.loads((trained / "eval" / "test_metrics.json").read_text(encoding="utf-8"))
     assert metrics["n_scans"] == 4 and 0.0 <= metrics["balanced_accuracy"] <= 1.0
     pred = pd.read_csv(trained / "eval" / "test_predictions.csv")
     assert {"subject_id", "session_id", "image", "label", "probability"} <= set(pred.columns)
@@ -147,7 +147,7 @@ def test_resume_gives_the_same_weights(trained: Path, tiny_data: Path, tmp_path:
     b = torch.load(bundle / "models" / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["trainer"]["iteration"] == b["trainer"]["iteration"]
-    rows = json.loads((bundle / "eval" / "val_metrics.json").read_text())
+    rows = json.loads((bundle / "eval" / "val_metrics.json").read_text(encoding="utf-8"))
     assert [r["epoch"] for r in rows] == [1, 2, 3]
 
 
@@ -197,5 +197,5 @@ def test_two_process_gloo_ddp(tiny_data: Path, tmp_path: Path) -> None:
     assert (bundle / "models" / "model.pt").is_file()
     ckpt = torch.load(bundle / "models" / "checkpoint.pt", weights_only=True)
     assert ckpt["trainer"]["iteration"] == 2 * 2  # 8 scans / (2 processes x batch 2) per epoch
-    rows = json.loads((bundle / "eval" / "val_metrics.json").read_text())
+    rows = json.loads((bundle / "eval" / "val_metrics.json").read_text(encoding="utf-8"))
     assert [r["epoch"] for r in rows] == [1, 2]

@@ -45,12 +45,12 @@ class FakeRunner:
         self.calls.append(("train", run.run_id, resume))
         init = "imagenet" if run.config.pretrained else "scratch"
         log = run_dir / "train.log"
-        with log.open("a") as fh:
+        with log.open("a", encoding="utf-8") as fh:
             fh.write(f"x - mri_slice_transfer.bundle - INFO - encoder initialisation: {init}\n")
         (run_dir / "models").mkdir(exist_ok=True)
         (run_dir / "models" / "checkpoint.pt").write_bytes(b"epoch 1")
         if run.run_id in self.fail:
-            with log.open("a") as fh:
+            with log.open("a", encoding="utf-8") as fh:
                 fh.write("Traceback (most recent call last):\nRuntimeError: out of memory (fake)\n")
             raise RunFailed(f"train failed: RuntimeError: out of memory (fake) (see {log})", log)
         (run_dir / "models" / "model.pt").write_bytes(b"weights")
@@ -159,7 +159,7 @@ def test_grid_records_a_failure_goes_on_and_resumes(tmp_path: Path) -> None:
     assert ok["best_epoch"] == 2 and ok["epochs_run"] == 3 and ok["encoder_init"] == "scratch"
     assert ok["n_params"] == 2_948_801 and ok["test_balanced_accuracy_ci_low"] <= ok["test_balanced_accuracy"]
     assert ok["bootstrap_unit"] == "subject" and ok["n_test_subjects"] == 10
-    config = json.loads((tmp_path / "runs" / "conv3d_seed0" / "config.json").read_text())
+    config = json.loads((tmp_path / "runs" / "conv3d_seed0" / "config.json").read_text(encoding="utf-8"))
     assert (
         config["overrides"]["encoder"] == "conv3d"
         and config["commands"]["train"] == "fake-train conv3d_seed0"
@@ -205,7 +205,7 @@ def test_grid_records_a_failure_goes_on_and_resumes(tmp_path: Path) -> None:
     assert {"test_f1_ci_low", "test_f1_ci_high", "val_balanced_accuracy", "wall_time_s", "n_params"} <= set(
         frame
     )
-    table = paths["table"].read_text()
+    table = paths["table"].read_text(encoding="utf-8")
     assert "| 2D-ResNet-18 (Mean) | ✗ | ✓ | axial |" in table and "## The paper" in table
     assert paths["plot"].stat().st_size > 1000 and paths["plot"].read_bytes()[:4] == b"\x89PNG"
 
@@ -378,7 +378,8 @@ def test_one_real_tiny_run_through_the_bundle(tmp_path: Path) -> None:
     pred = pd.read_csv(run_dir / "eval" / "test_predictions.csv")
     assert len(pred) == 4 and result["test_n_scans"] == 4 and result["epochs_run"] == 2
     assert result["n_params"] == sum(np.prod(s) for s in _tiny_param_shapes())
-    assert "monai.bundle run" in json.loads((run_dir / "config.json").read_text())["commands"]["train"]
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    assert "monai.bundle run" in config["commands"]["train"]
     again = time.perf_counter()
     (same,) = run_grid(runs, tmp_path / "grid", runner, "adni_ad", progress=None)  # finished: skipped
     assert same == result and time.perf_counter() - again < 5.0

@@ -200,7 +200,7 @@ def test_every_orientation_and_dicom_within_2mm(batch):
     for name in GOOD:
         row = by_name[name]
         assert row["status"] == "ok", row
-        record = json.loads(Path(row["output"]).with_name(f"{name}.json").read_text())
+        record = json.loads(Path(row["output"]).with_name(f"{name}.json").read_text(encoding="utf-8"))
         err = _mean_displacement(record, batch["poses"][name])
         assert err <= 2.0, (name, err)
         img = nib.load(row["output"])
@@ -222,7 +222,7 @@ def test_poor_registration_is_flagged(batch):
     assert row["status"] == "flagged" and row["quality"] == "flagged"
     assert "poor match" in row["note"]
     assert Path(row["qc"]).is_file()
-    html = (batch["out"] / "qc.html").read_text()
+    html = (batch["out"] / "qc.html").read_text(encoding="utf-8")
     assert html.index("noise.nii.gz") < html.index("ras.nii.gz")  # flagged before ok
 
 

@@ -156,17 +156,17 @@ def test_split_command_writes_checked_lists_and_a_report(tmp_path: Path, capsys)
     assert sum(len(f) for f in lists.values()) == len(frame)
     written = pd.read_csv(out / "train.csv", dtype=str)
     assert "split" not in written.columns and written["image"].str.startswith("images/").all()
-    report = json.loads((out / "split_report.json").read_text())
+    report = json.loads((out / "split_report.json").read_text(encoding="utf-8"))
     assert report["seed"] == 1 and report["stratify"] == "dx" and report["total"]["scans"] == len(frame)
     assert {"subjects", "scans", "dx_scans", "age", "ad_share_of_scans"} <= set(report["splits"]["test"])
-    assert (out / "split_report.md").read_text().startswith("Split of")
+    assert (out / "split_report.md").read_text(encoding="utf-8").startswith("Split of")
 
     # existing lists are not replaced without --force; the same seed gives the same files
-    before = (out / "test.csv").read_text()
+    before = (out / "test.csv").read_text(encoding="utf-8")
     assert main(["split", str(csv), "--out", str(out), "--seed", "1"]) == 1
     assert "--force" in capsys.readouterr().out
     assert main(["split", str(csv), "--out", str(out), "--seed", "1", "--force"]) == 0
-    assert (out / "test.csv").read_text() == before
+    assert (out / "test.csv").read_text(encoding="utf-8") == before
 
     # every problem of the input is reported, naming the file
     (csv.parent / "images" / "sub-000_ses-1.nii.gz").unlink()

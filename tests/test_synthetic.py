@@ -114,11 +114,11 @@ def test_ventricles_differ_between_groups_across_subjects():
 def test_raw_space_transform_maps_back_to_template(tmp_path):
     out = generate_cohort("brain_age", "raw", n=2, seed=1, out=tmp_path / "raw", workers=1, progress=False)
     parts = pd.read_csv(out / "participants.csv")
-    meta = json.loads((out / "cohort.json").read_text())
+    meta = json.loads((out / "cohort.json").read_text(encoding="utf-8"))
     assert meta["space"] == "raw"
     for row in parts.to_dict("records"):
         img = nib.load(out / row["image"])
-        record = json.loads((out / row["transform"]).read_text())
+        record = json.loads((out / row["transform"]).read_text(encoding="utf-8"))
         assert np.allclose(img.affine, record["raw_affine"], atol=1e-6)
         assert "".join(nib.aff2axcodes(img.affine)) == record["orientation"]
         raw = np.asarray(img.dataobj, dtype=np.float32)
@@ -143,4 +143,4 @@ def test_committed_demo_lists_match_the_generator(task):
     """data_lists/<task>/ holds the lists of `demo-data --task <task> --n 100 --seed 0` (no rendering)."""
     root = Path(__file__).resolve().parents[1] / "data_lists" / task
     for split, text in datalist_csvs(plan_cohort(task, n=100, seed=0), task).items():
-        assert (root / f"{split}.csv").read_text() == text, f"regenerate {root / split}.csv"
+        assert (root / f"{split}.csv").read_text(encoding="utf-8") == text, f"regenerate {root / split}.csv"

@@ -555,7 +555,7 @@ def run(args: argparse.Namespace) -> int:
     if opts["json"]:
         path = Path(opts["json"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
         print(f"wrote {path}")
     failed = _failures(result)
     if failed:

@@ -251,7 +251,7 @@ def generate_cohort(
                 "task": task, "space": space, "n": int(n), "seed": int(seed)}  # fmt: skip
     meta_path = out / "cohort.json"
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
         if {k: old.get(k) for k in settings} != settings:
             raise ValueError(
                 f"{out} already holds a different cohort "

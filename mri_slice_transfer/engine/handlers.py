@@ -42,7 +42,7 @@ class MetricsWriter:
             return
         row = {"epoch": int(engine.state.epoch)}
         row.update({k: float(v) for k, v in engine.state.metrics.items() if _is_number(v)})
-        rows = json.loads(self.json.read_text()) if self.json.is_file() else []
+        rows = json.loads(self.json.read_text(encoding="utf-8")) if self.json.is_file() else []
         rows = [r for r in rows if r.get("epoch") != row["epoch"]] + [row]
         write_json(rows, self.json)
         write_csv(rows, self.csv)

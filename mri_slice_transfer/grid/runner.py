@@ -141,7 +141,7 @@ def bundle_task(bundle: Path) -> str:
     """The ``task`` of a bundle's ``configs/train.json``."""
     cfg = bundle / "configs" / "train.json"
     try:
-        task = json.loads(cfg.read_text())["task"]
+        task = json.loads(cfg.read_text(encoding="utf-8"))["task"]
     except (OSError, ValueError, KeyError) as err:
         raise GridError(f"{cfg}: cannot read the bundle's task ({err})") from err
     return str(task)
@@ -196,7 +196,7 @@ def _flag_value(value: Any) -> str:
 def log_tail(path: Path, n: int = 30) -> str:
     """The last ``n`` lines of a log file ('' if it does not exist)."""
     try:
-        lines = path.read_text(errors="replace").splitlines()
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return ""
     return "\n".join(lines[-n:])
@@ -256,7 +256,7 @@ class BundleRunner:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         if self.echo:
             print("    $ " + shlex.join(cmd), flush=True)
-        with log.open("a") as fh:
+        with log.open("a", encoding="utf-8") as fh:
             fh.write(f"\n=== {stage} started {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(cmd)}\n")
             fh.flush()
             try:
@@ -298,7 +298,7 @@ class BundleRunner:
 def read_marker(path: Path) -> dict[str, Any] | None:
     """A JSON marker file, or None if it is missing or unreadable (a broken run)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -357,7 +357,7 @@ def collect_run_result(
     eval_dir = run_dir / "eval"
     row: dict[str, Any] = {}
     try:
-        epochs = json.loads((eval_dir / "val_metrics.json").read_text())
+        epochs = json.loads((eval_dir / "val_metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise RunFailed(f"no validation metrics ({eval_dir / 'val_metrics.json'}: {err})") from err
     key = f"val_{KEY_METRIC[task]}"
@@ -374,7 +374,7 @@ def collect_run_result(
         if k.startswith("val_"):
             row[k] = v
     try:
-        test = json.loads((eval_dir / "test_metrics.json").read_text())
+        test = json.loads((eval_dir / "test_metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise RunFailed(f"no test metrics ({eval_dir / 'test_metrics.json'}: {err})") from err
     for k, v in test.items():

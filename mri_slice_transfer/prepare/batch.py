@@ -95,7 +95,7 @@ def _paths(out_dir: Path, name: str) -> dict[str, Path]:
 def _done(path: Path, files: dict[str, Path], settings: dict) -> dict | None:
     """The record of an earlier preparation of ``path`` with these settings, if its outputs are valid."""
     try:
-        record = json.loads(files["record"].read_text())
+        record = json.loads(files["record"].read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if (
