@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mri_slice_transfer.fileio import atomic_path, atomic_write_text
+from mri_slice_transfer.fileio import atomic_path, atomic_write_json, atomic_write_text
 
 __all__ = ["atomic_torch_save", "write_json", "write_csv"]
 
@@ -23,18 +22,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write JSON atomically (NaN written as ``null``)."""
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and v != v:
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return atomic_write_text(path, json.dumps(clean(obj), indent=2) + "\n")
+    """Write JSON atomically (NaN / inf written as ``null``)."""
+    return atomic_write_json(path, obj)
 
 
 def write_csv(rows: list[dict], path: str | os.PathLike) -> Path:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mri_slice_transfer.fileio import atomic_write_text
+from mri_slice_transfer.fileio import atomic_write_json
 from mri_slice_transfer.grid.presets import ModelConfig
 
 __all__ = [
@@ -305,16 +305,7 @@ def read_marker(path: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    atomic_write_text(path, json.dumps(clean(obj), indent=2, default=str) + "\n")
+    atomic_write_json(path, obj, default=str)
 
 
 def _comparable(overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mri_slice_transfer.errors import ScanError
-from mri_slice_transfer.fileio import atomic_path, atomic_write_text
+from mri_slice_transfer.fileio import atomic_path, atomic_write_json
 from mri_slice_transfer.prepare.io import IMAGE_SUFFIXES, find_inputs
 
 __all__ = ["MANIFEST_COLUMNS", "RECORD_VERSION", "prepare_scan", "prepare_scans", "output_name"]
@@ -134,7 +134,7 @@ def _write_outputs(data: np.ndarray, transform, files: dict[str, Path]) -> None:
 
 
 def _write_json(obj: dict, path: Path) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write_json(path, obj)
 
 
 def _row(path: Path, files: dict[str, Path], **kw) -> dict:
