@@ -8,6 +8,7 @@ A tiny network (``TINY_NET``) with a checkpoint saved by the test stands in for 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,51 @@ def test_prepare_inputs_rejects_what_is_not_one_scan(tmp_path: Path) -> None:
     assert all(o["image"] == "" and o["input"] == r["image"] for o, r in zip(out, records, strict=True))
     with pytest.raises(ValueError, match="prepare_workers"):
         prepare_inputs(records, tmp_path / "prepared", workers=0)
+
+
+def test_folder_inputs_include_nhdr(tmp_path: Path) -> None:
+    """A ``.nhdr`` (NRRD, detached header) is a scan input, its ``.raw.gz`` data file is not."""
+    from mri_slice_transfer.engine import resolve_inputs
+    from mri_slice_transfer.engine.inputs import SCAN_SUFFIXES
+    from mri_slice_transfer.prepare.io import IMAGE_SUFFIXES
+
+    assert set(IMAGE_SUFFIXES) <= set(SCAN_SUFFIXES)  # every format prepare reads is found
+    img = sitk.GetImageFromArray(np.ones((6, 7, 8), np.float32))
+    sitk.WriteImage(img, str(tmp_path / "x.nhdr"), useCompression=True)
+    assert (tmp_path / "x.raw.gz").is_file()
+    for raw in (False, True):
+        assert [Path(r["image"]).name for r in resolve_inputs(str(tmp_path), raw=raw)] == ["x.nhdr"]
+
+
+def test_missing_checkpoint_fails_before_preparing(tmp_path: Path) -> None:
+    """``prepare_inputs(..., checkpoint=...)`` names a missing model.pt before any scan is prepared."""
+    from mri_slice_transfer.engine import prepare_inputs
+
+    scan = tmp_path / "a.nii.gz"
+    sitk.WriteImage(_make_scan(_template_1mm_sitk(), _pose(0), _orientation("RAS")), str(scan))
+    records = [{"image": str(scan), "image_path": str(scan)}]
+    ckpt = tmp_path / "models" / "model.pt"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"model checkpoint {ckpt} not found")):
+        prepare_inputs(records, tmp_path / "prepared", progress=False, checkpoint=str(ckpt))
+    assert not (tmp_path / "prepared").exists()  # nothing was prepared
+
+
+def test_bundle_without_model_fails_before_preparing(tmp_path: Path) -> None:
+    """``inference.json --prepare true`` on a bundle without ``models/model.pt`` stops before preparing."""
+    bundle = copy_bundle(tmp_path, "adni_ad")  # no models/ folder
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    sitk.WriteImage(_make_scan(_template_1mm_sitk(), _pose(0), _orientation("RAS")), str(raw / "a.nii.gz"))
+    with pytest.raises(Exception) as raised:  # MONAI wraps it: "Failed to evaluate ConfigExpression"
+        _infer(
+            bundle,
+            input=str(raw),
+            prepare="true",
+            prepare_dir=str(tmp_path / "prepared"),
+            predictions_csv=str(tmp_path / "pred.csv"),
+        )
+    cause = raised.value
+    while not isinstance(cause, FileNotFoundError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    assert isinstance(cause, FileNotFoundError) and str(bundle / "models" / "model.pt") in str(cause)
+    assert not (tmp_path / "prepared").exists()

@@ -268,3 +268,21 @@ def test_read_scan_errors(tmp_path):
     nib.save(nib.Nifti1Image(np.ones((8, 8, 8, 3), np.float32), np.eye(4)), tmp_path / "four.nii.gz")
     with pytest.raises(ScanError, match="3 volumes"):
         read_scan(tmp_path / "four.nii.gz")
+
+
+def test_read_nhdr_detached_header(tmp_path):
+    """NRRD with a detached header (``.nhdr`` + ``.raw.gz``) is found once and read like ``.nrrd``."""
+    data = np.random.default_rng(3).random((20, 24, 22)).astype(np.float32)
+    img = sitk.GetImageFromArray(data)
+    img.SetSpacing((1.0, 1.1, 1.2))
+    img.SetOrigin((10.0, -20.0, 30.0))
+    img.SetDirection(_orientation("PIR").flatten().tolist())
+    sitk.WriteImage(img, str(tmp_path / "a.nhdr"), useCompression=True)
+    sitk.WriteImage(img, str(tmp_path / "a.nrrd"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nhdr", "a.nrrd", "a.raw.gz"]
+    assert sorted(p.name for p in find_inputs([tmp_path])) == ["a.nhdr", "a.nrrd"]  # not the data file
+    a, b = read_scan(tmp_path / "a.nhdr"), read_scan(tmp_path / "a.nrrd")
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin())
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing())
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(a), data)

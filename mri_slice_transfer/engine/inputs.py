@@ -9,7 +9,9 @@ import pandas as pd
 
 __all__ = ["SCAN_SUFFIXES", "resolve_inputs"]
 
-SCAN_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh", ".nrrd", ".mha", ".mhd")
+#: File endings of scan files a folder input contributes (lower case); the raw formats are those that
+#: :data:`mri_slice_transfer.prepare.io.IMAGE_SUFFIXES` reads (``.nhdr``/``.mhd``: detached headers).
+SCAN_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def _is_scan(path: Path) -> bool:

@@ -75,6 +75,7 @@ def prepare_inputs(
     n4: bool = False,
     threads: int | None = None,
     progress: bool = True,
+    checkpoint: str | PathLike | None = None,
 ) -> list[dict]:
     """Prepare the raw scans of inference data dicts and point the dicts at the prepared images.
 
@@ -88,6 +89,9 @@ def prepare_inputs(
         n4: N4 bias-field correction before registration.
         threads: SimpleITK threads per worker (default: CPU cores / workers).
         progress: show a progress bar.
+        checkpoint: the model checkpoint the inference will load (``models/model.pt``); if given, it
+            must exist, which is checked before any scan is prepared, so that a missing model is not
+            found only after a long preparation.
 
     Returns:
         one data dict per record, in order: the record's keys, ``image`` and ``image_path`` replaced by
@@ -95,6 +99,7 @@ def prepare_inputs(
 
     Raises:
         ValueError: no records, no ``out_dir`` or ``workers`` below 1.
+        FileNotFoundError: ``checkpoint`` is given and is not a file.
     """
     from mri_slice_transfer.prepare.batch import prepare_scans  # SimpleITK: only when preparing
 
@@ -106,6 +111,11 @@ def prepare_inputs(
     if workers < 1:
         raise ValueError(f"prepare_inputs: prepare_workers must be at least 1, not {workers}")
     out_dir = Path(out_dir).expanduser()
+    if as_optional(checkpoint) is not None and not Path(checkpoint).expanduser().is_file():
+        raise FileNotFoundError(
+            f"model checkpoint {checkpoint} not found (checked before preparing any scan); train the "
+            "bundle first or set --ckpt_dir to the folder that holds model.pt"
+        )
 
     raw = [str(r.get("image_path") or r.get("image") or "") for r in records]
     problems: dict[str, str] = {}
