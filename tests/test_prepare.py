@@ -259,6 +259,17 @@ def test_rerun_skips_finished_scans(batch):
     assert set(table["quality"][table["status"] == "skipped"]) == {"ok", "flagged"}
 
 
+def test_cli_names_flagged_and_failed_scans_also_on_a_rerun(batch, capsys):
+    from mri_slice_transfer.cli import main
+
+    code = main(["prepare", str(batch["raw"]), "--out", str(batch["out"]), "--threads", "1", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 1  # errors remain errors
+    assert f"flagged (prepared earlier): {batch['raw'] / 'noise.nii.gz'}: " in printed
+    assert f"error: {batch['raw'] / 'corrupt.nii.gz'}: " in printed
+    assert "ras.nii.gz" not in printed  # ok scans are only counted
+
+
 def test_read_scan_errors(tmp_path):
     with pytest.raises(ScanError, match="not found"):
         read_scan(tmp_path / "missing.nii.gz")

@@ -52,8 +52,13 @@ def run(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{int(counts[s])} {s}" for s in ("ok", "flagged", "skipped", "error") if s in counts)
     print(f"prepared {len(table)} scan(s) into {args.out}: {summary or 'nothing found'}")
     print(f"manifest: {args.out}/manifest.csv   QC overview: {args.out}/qc.html")
-    for row in table[table["status"].isin(["error", "flagged"])].itertuples():
-        print(f"  {row.status}: {row.error or row.note}")
+    # errors and flagged scans by name, including flagged scans skipped now (prepared by an earlier run)
+    attention = (table["status"] == "error") | (table["quality"] == "flagged")
+    for row in table[attention].itertuples():
+        what = "error" if row.status == "error" else "flagged"
+        if row.status == "skipped":
+            what += " (prepared earlier)"
+        print(f"  {what}: {row.input}: {row.error or row.note}")
     if table.empty:
         print("no scans found in the inputs")
         return 1
