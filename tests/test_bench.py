@@ -198,3 +198,20 @@ def test_bench_quick_json(tmp_path, capsys):
 def test_bench_rejects_unknown_model():
     with pytest.raises(SystemExit, match="unknown model"):
         main(["bench", "--quick", "--models", "vgg16"])
+
+
+def test_training_peak_memory_is_read_before_flops_are_counted(monkeypatch):
+    # FlopCounterMode defeats activation checkpointing's memory saving, so the FLOP-counting step must
+    # come after the training peak has been read (it once came first and hid the memory option's effect)
+    from mri_slice_transfer.bench import measure
+
+    calls: list[str] = []
+    real_count = measure.count_flops
+    monkeypatch.setattr(measure, "peak_rss_mb", lambda: calls.append("peak") or 1.0)
+    monkeypatch.setattr(measure, "count_flops", lambda fn: calls.append("flops") or real_count(fn))
+    res = measure.measure_model(
+        "cnn5", "fast", batch_size=1, input_scale=0.15, slice_chunk_size=4, warmup=1, repeats=1, min_time=0.0
+    )
+    assert calls == ["peak", "flops", "flops"]
+    assert res["train"]["flops_per_scan"] > 0 and len(res["train"]["tflops"]) == 1
+    assert res["infer"]["flops_per_scan"] > 0

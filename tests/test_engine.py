@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -141,3 +142,28 @@ def test_channels_last_network_for_every_encoder() -> None:
     net = build_network(channels_last=True, encoder="resnet18", spatial_size=(8, 32, 32), pretrained=False)
     conv1 = net.encoder.backbone.layer1[0].conv1.weight  # 64 in-channels: layouts differ
     assert conv1.is_contiguous(memory_format=torch.channels_last) and not conv1.is_contiguous()
+
+
+_RSS_AFTER_FREE = """
+import sys, torch
+from mri_slice_transfer.engine import keep_freed_memory
+from mri_slice_transfer.bench.process import rss_mb
+applied = keep_freed_memory(sys.argv[1] == "1")
+before = rss_mb()
+x = torch.ones(64 * 2**20)  # 256 MB, written
+del x
+print(applied, rss_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+@pytest.mark.parametrize("enabled", [False, True])
+def test_keep_freed_memory_keeps_a_freed_large_tensor_resident(enabled):
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_AFTER_FREE, "1" if enabled else "0"],
+        capture_output=True, text=True, check=True, encoding="utf-8",
+    ).stdout.split()  # fmt: skip
+    applied, kept_mb = out[0] == "True", float(out[1])
+    assert applied is enabled
+    # glibc's default returns the 256 MB mapping at once; with the setting the heap keeps it for reuse
+    assert (kept_mb > 200) if enabled else (kept_mb < 50)

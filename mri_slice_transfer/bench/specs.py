@@ -6,7 +6,9 @@ A *variant* is a set of speed settings applied to the same network:
   3 channels for the ResNets (``in_channels_mode="repeat"``), eager.
 - ``fast``: the project's fast path as the bundles run it with ``amp: true``: mixed precision (bf16
   autocast on the CPU, fp16 autocast + GradScaler on CUDA), channels-last 2D conv weights (slice
-  models only, see below), the 1-channel folded ``conv1`` (``in_channels_mode="fold"``), eager.
+  models only, see below), the 1-channel folded ``conv1`` (``in_channels_mode="fold"``), the CPU
+  convolution workarounds (:mod:`mri_slice_transfer.networks.cpu_conv`), malloc keeping freed memory
+  for reuse (:func:`mri_slice_transfer.engine.keep_freed_memory`), eager.
 - ``fast+compile`` (opt-in, ``--compile``): ``fast`` with ``torch.compile``.
 - ``fast-fp32`` (opt-in, ``--fast-fp32``): ``fast`` without mixed precision, i.e. what the bundles
   run with their default ``amp: false``.
@@ -41,6 +43,10 @@ class Variant:
         channels_last: 2D conv weights in channels-last memory format (ignored for the 3D-CNN).
         in_channels_mode: ``"repeat"`` (3-channel ``conv1``) or ``"fold"`` (1-channel ``conv1``).
         compile: wrap the network in ``torch.compile``.
+        fast_cpu_convs: :func:`mri_slice_transfer.networks.cpu_conv.use_fast_cpu_convs` (acts only
+            under CPU autocast).
+        keep_freed_memory: :func:`mri_slice_transfer.engine.keep_freed_memory` in the measurement
+            process (glibc only).
     """
 
     name: str
@@ -48,24 +54,36 @@ class Variant:
     channels_last: bool
     in_channels_mode: str
     compile: bool = False
+    fast_cpu_convs: bool = True
+    keep_freed_memory: bool = True
 
     def describe(self) -> str:
         """Short human-readable summary, e.g. ``"fp32, contiguous, repeat, eager"``."""
-        return ", ".join(
-            [
-                "mixed precision" if self.amp else "fp32",
-                "channels-last" if self.channels_last else "contiguous",
-                self.in_channels_mode,
-                "torch.compile" if self.compile else "eager",
-            ]
-        )
+        parts = [
+            "mixed precision" if self.amp else "fp32",
+            "channels-last" if self.channels_last else "contiguous",
+            self.in_channels_mode,
+            "torch.compile" if self.compile else "eager",
+        ]
+        if self.amp and self.fast_cpu_convs:
+            parts.append("CPU conv workarounds")
+        if self.keep_freed_memory:
+            parts.append("malloc keeps freed memory")
+        return ", ".join(parts)
 
     def as_dict(self) -> dict:
         """The settings as a JSON-friendly dict."""
         return asdict(self)
 
 
-BASELINE = Variant("baseline", amp=False, channels_last=False, in_channels_mode="repeat")
+BASELINE = Variant(
+    "baseline",
+    amp=False,
+    channels_last=False,
+    in_channels_mode="repeat",
+    fast_cpu_convs=False,
+    keep_freed_memory=False,
+)
 FAST = Variant("fast", amp=True, channels_last=True, in_channels_mode="fold")
 #: Every variant the benchmark knows, by name.
 VARIANTS: dict[str, Variant] = {

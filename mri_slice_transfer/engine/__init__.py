@@ -5,9 +5,11 @@ demo cohort), :mod:`.network`, :mod:`.precision` (bf16 autocast on CPU), :mod:`.
 :mod:`.metrics`, :mod:`.handlers` (metrics files, best model, atomic checkpoint + resume),
 :mod:`.predictions` and :mod:`.inputs` (evaluation / inference outputs), :mod:`.raw_inputs`
 (inference on raw scans, prepared on the way), :mod:`.distributed`,
-:mod:`.seeding`, :mod:`.run_info` (the run log) and :mod:`.io` (atomic writes).
+:mod:`.seeding`, :mod:`.run_info` (the run log), :mod:`.allocator` (malloc settings for CPU
+training) and :mod:`.io` (atomic writes).
 """
 
+from mri_slice_transfer.engine.allocator import keep_freed_memory
 from mri_slice_transfer.engine.bundle_root import bundle_root
 from mri_slice_transfer.engine.datasets import DataSource, resolve_data
 from mri_slice_transfer.engine.handlers import BestModelSaver, FullCheckpoint, MetricsWriter
@@ -38,6 +40,7 @@ __all__ = [
     "bundle_root",
     "cpu_autocast_enabled",
     "cuda_amp_enabled",
+    "keep_freed_memory",
     "log_run_info",
     "make_additional_metrics",
     "make_key_metric",

@@ -14,16 +14,25 @@ __all__ = ["build_network", "set_output_bias", "to_device", "encoder_init"]
 logger = logging.getLogger(__name__)
 
 
-def build_network(channels_last: bool = False, **kwargs: Any) -> torch.nn.Module:
+def build_network(channels_last: bool = False, fast_cpu_convs: bool = True, **kwargs: Any) -> torch.nn.Module:
     """``build_model(**kwargs)``; optionally with 2D conv weights in channels-last memory format.
 
-    Only ``Conv2d`` weights are converted (the 3D-CNN's 5-D weights have no 2D channels-last layout,
-    and converting the whole model would fail on them), so ``channels_last`` is harmless for every
-    encoder.
+    Args:
+        channels_last: convert ``Conv2d`` weights to channels-last. Only ``Conv2d`` weights are
+            converted (the 3D-CNN's 5-D weights have no 2D channels-last layout, and converting the
+            whole model would fail on them), so this is harmless for every encoder.
+        fast_cpu_convs: conv layers work around slow oneDNN bf16 kernels under CPU autocast
+            (:mod:`mri_slice_transfer.networks.cpu_conv`: matrix-product weight gradients on small
+            maps, fp32 for 1-channel inputs). No effect in fp32 or on CUDA; parameters and
+            checkpoints are unchanged.
+        kwargs: :func:`mri_slice_transfer.networks.build_model` arguments.
     """
     from mri_slice_transfer.networks import build_model
+    from mri_slice_transfer.networks.cpu_conv import use_fast_cpu_convs
 
     model = build_model(**kwargs)
+    if fast_cpu_convs:
+        use_fast_cpu_convs(model)
     if channels_last:
         for module in model.modules():
             if isinstance(module, torch.nn.Conv2d):
