@@ -167,3 +167,51 @@ def test_keep_freed_memory_keeps_a_freed_large_tensor_resident(enabled):
     assert applied is enabled
     # glibc's default returns the 256 MB mapping at once; with the setting the heap keeps it for reuse
     assert (kept_mb > 200) if enabled else (kept_mb < 50)
+
+
+def test_recompute_batchnorm_stats_gives_the_data_statistics():
+    from mri_slice_transfer.engine.precise_bn import recompute_batchnorm_stats
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    net.eval()
+    batches = [{"image": torch.randn(2, 1, 6, 6) * 3 + 1} for _ in range(3)]
+    with torch.no_grad():
+        feats = torch.cat([net[0](b["image"]) for b in batches])  # [6, 4, 4, 4]
+    rng = torch.random.get_rng_state()
+    used = recompute_batchnorm_stats(net, batches + batches, num_batches=3, device="cpu")
+    assert used == 3
+    bn = net[1]
+    # cumulative average over equal batches: mean of the batch means = the mean over all 3 batches
+    torch.testing.assert_close(bn.running_mean, feats.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+    per_batch_var = torch.stack([f.var(dim=(0, 2, 3)) for f in feats.split(2)])  # unbiased, as BN keeps
+    torch.testing.assert_close(bn.running_var, per_batch_var.mean(0), rtol=1e-5, atol=1e-5)
+    assert bn.momentum == 0.1 and not net.training and not bn.training  # restored
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the training data order is unchanged
+
+
+def test_precise_batchnorm_handler_runs_when_the_evaluator_starts():
+    from ignite.engine import Engine
+
+    from mri_slice_transfer.engine import PreciseBatchNorm
+    from mri_slice_transfer.networks import SliceSetNet
+
+    torch.manual_seed(0)
+    net = SliceSetNet(encoder="resnet18", spatial_size=(16, 20, 12))
+    loader = [{"image": torch.randn(2, 1, 16, 20, 12)} for _ in range(2)]
+    seen = []
+    evaluator = Engine(lambda engine, batch: seen.append(net.encoder.backbone.bn1.running_mean.clone()))
+    PreciseBatchNorm(loader, net, "cpu", num_batches=2).attach(evaluator)
+    before = net.encoder.backbone.bn1.running_mean.clone()
+    evaluator.run([0])
+    assert not torch.equal(seen[0], before)  # recomputed before the first validation batch
+    assert net.encoder.backbone.bn1.num_batches_tracked == 2
+
+    off = SliceSetNet(encoder="resnet18", spatial_size=(16, 20, 12))
+    state = {k: v.clone() for k, v in off.state_dict().items()}
+    evaluator = Engine(lambda engine, batch: None)
+    PreciseBatchNorm(loader, off, "cpu", num_batches=0).attach(evaluator)
+    evaluator.run([0])
+    assert all(torch.equal(v, off.state_dict()[k]) for k, v in state.items())
+    with pytest.raises(ValueError, match="num_batches"):
+        PreciseBatchNorm(loader, off, "cpu", num_batches=-1)

@@ -320,3 +320,16 @@ def test_chunked_recompute_keeps_batchnorm_statistics():
     assert torch.equal(bn.running_mean, after_forward[0])
     assert torch.equal(bn.num_batches_tracked, after_forward[1])
     assert int(bn.num_batches_tracked) == 4  # 32 slices in chunks of 8: one update per chunk
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_max_pooling_stays_in_bf16_under_cpu_autocast(spatial_dims):
+    # autocast would run max_pool3d in fp32 (a copy of the 3D-CNN's largest activation); pooling only
+    # selects values, so the bf16 result must equal the fp32 one exactly
+    from mri_slice_transfer.networks.encoders import min_pool_max
+
+    x = torch.randn(2, 3, *([8] * spatial_dims)).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = min_pool_max(x, spatial_dims)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y.float(), min_pool_max(x.float(), spatial_dims))

@@ -3,6 +3,7 @@
 One concept per module: :mod:`.bundle_root` (where the bundle lives), :mod:`.datasets` (user data or
 demo cohort), :mod:`.network`, :mod:`.precision` (bf16 autocast on CPU), :mod:`.losses`,
 :mod:`.metrics`, :mod:`.handlers` (metrics files, best model, atomic checkpoint + resume),
+:mod:`.precise_bn` (BatchNorm statistics recomputed before validation),
 :mod:`.predictions` and :mod:`.inputs` (evaluation / inference outputs), :mod:`.raw_inputs`
 (inference on raw scans, prepared on the way), :mod:`.distributed`,
 :mod:`.seeding`, :mod:`.run_info` (the run log), :mod:`.allocator` (malloc settings for CPU
@@ -18,6 +19,7 @@ from mri_slice_transfer.engine.losses import make_loss
 from mri_slice_transfer.engine.metrics import make_additional_metrics, make_key_metric, metric_cmp_fn
 from mri_slice_transfer.engine.network import build_network, set_output_bias
 from mri_slice_transfer.engine.options import as_bool, as_optional, as_pretrained
+from mri_slice_transfer.engine.precise_bn import PreciseBatchNorm
 from mri_slice_transfer.engine.precision import AutocastInferer, cpu_autocast_enabled, cuda_amp_enabled
 from mri_slice_transfer.engine.predictions import PredictionWriter, SafeTransform
 from mri_slice_transfer.engine.raw_inputs import prepare_inputs
@@ -31,6 +33,7 @@ __all__ = [
     "DataSource",
     "FullCheckpoint",
     "MetricsWriter",
+    "PreciseBatchNorm",
     "PredictionWriter",
     "SafeTransform",
     "build_network",

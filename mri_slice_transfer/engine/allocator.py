@@ -3,10 +3,9 @@
 PyTorch allocates CPU tensors with ``malloc``. glibc serves every block above its mmap threshold (at
 most 32 MB) with a fresh ``mmap`` and returns it with ``munmap`` when it is freed, so each training
 step gets its large activations (hundreds of MB for a batch of 728 slices) as new pages, which the
-kernel must fault in and zero again. Measured here (``docs/benchmarks.md``, "Memory allocator"): a
-cnn5 training step took 9.8 s with glibc's defaults and 6.1 s with freed memory kept for reuse; the
-price is a higher peak resident memory (3.8 -> 5.9 GB for that step), because the heap keeps its
-largest size and can fragment.
+kernel must fault in and zero again. Measurements: ``docs/benchmarks.md``, "Why the fast path has its
+own CPU convolutions and malloc setting" (``scripts/bench_cpu_kernels.py``). The price is a higher
+peak resident memory, because the heap keeps its largest size and can fragment.
 
 The same effect is what ``LD_PRELOAD``-ing jemalloc or tcmalloc gives (Intel's usual advice for
 PyTorch on CPUs); :func:`keep_freed_memory` gets it from the running process with ``mallopt``, so a

@@ -5,13 +5,14 @@ Measured with the oneDNN that ships with torch 2.14 on this CPU class (AMX; ``do
 
 1. **Weight gradients on small feature maps.** The bf16 backward-weights kernel (``brgconv_bwd_w``) is
    slow on the ResNet shapes of slice models: many slices (``N = B * K``, e.g. 728) of small maps.
-   For ResNet-18's layer-4 3x3 conv it took 334 ms where the same work as matrix products takes 95 ms
-   (and 2-6 s when another process competes for the cores). The weight gradient of a convolution
-   (groups 1, dilation 1) is a sum over kernel offsets of matrix products: for each offset ``o``,
-   ``dW[:, :, o] = dY^T @ X_o``, ``X_o`` the zero-padded input shifted by ``o`` and subsampled by the
-   stride, both flattened to ``[N * out_positions, channels]`` (:func:`conv_weight_grad`).
+   For ResNet-18's layer-4 3x3 conv it took 536 ms where the same work as matrix products takes
+   128 ms (``scripts/bench_cpu_kernels.py``), and 2-6 s when another process competed for the cores.
+   The weight gradient of a convolution (groups 1, dilation 1) is a sum over kernel offsets of matrix
+   products: for each offset ``o``, ``dW[:, :, o] = dY^T @ X_o``, with ``X_o`` the zero-padded input
+   shifted by ``o`` and subsampled by the stride, both flattened to ``[N * out_positions, channels]``
+   (:func:`conv_weight_grad`).
 2. **Convolutions of 1-channel inputs.** In bf16 the first convolution of the 3D-CNN (1 -> 32
-   channels, 3x3x3, on 8 volumes of 91 x 109 x 91) took 1.39 s forward against 0.20 s in fp32. Layers
+   channels, 3x3x3, on 8 volumes of 91 x 109 x 91) took 1.26 s forward against 0.19 s in fp32. Layers
    with fewer than :data:`MIN_IN_CHANNELS` input channels therefore compute in fp32 under autocast
    and hand on an output in the autocast dtype.
 
@@ -122,7 +123,8 @@ class FastCPUConv:
             return super().forward(x)  # type: ignore[misc]
         if self.in_channels < MIN_IN_CHANNELS:
             with torch.autocast("cpu", enabled=False):
-                return super().forward(x.float()).to(dtype)  # type: ignore[misc]
+                y = super().forward(x.float())  # type: ignore[misc]
+            return y.to(dtype)
         if not _use_matmul_path(self):
             return super().forward(x)  # type: ignore[misc]
         weight = self.weight.to(dtype)

@@ -53,7 +53,10 @@ def min_pool_max(x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
     if all(k == 1 for k in kernel):
         return x
     pool = F.max_pool2d if spatial_dims == 2 else F.max_pool3d
-    return pool(x, kernel_size=kernel, stride=kernel)
+    # Max pooling only selects values, so it is exact in the input's precision. CPU autocast would
+    # cast a bf16 input of max_pool3d to fp32 first: a copy of the largest activation of the 3D-CNN.
+    with torch.autocast(x.device.type, enabled=False):
+        return pool(x, kernel_size=kernel, stride=kernel)
 
 
 class ConvNormPoolBlock(nn.Module):
