@@ -58,6 +58,7 @@ def recompute_batchnorm_stats(
     norms = [m for m in unwrap(network).modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not norms or num_batches < 1:
         return 0
+    run = forward or (lambda x, net: net(x))
     modes = {m: m.training for m in network.modules()}
     momenta = {m: m.momentum for m in norms}
     used = 0
@@ -70,7 +71,7 @@ def recompute_batchnorm_stats(
             for batch in itertools.islice(batches, int(num_batches)):
                 images = batch[image_key] if isinstance(batch, dict) else batch
                 images = torch.as_tensor(images).to(device)
-                (forward or (lambda x, net: net(x)))(images, network)
+                run(images, network)
                 used += 1
     finally:
         for m, momentum in momenta.items():

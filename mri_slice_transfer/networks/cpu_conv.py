@@ -1,7 +1,7 @@
 """Convolutions for bf16 / fp16 training on the CPU: two workarounds for slow oneDNN kernels.
 
 Measured with the oneDNN that ships with torch 2.14 on this CPU class (AMX; ``docs/benchmarks.md``,
-"Why the fast path has its own CPU convolutions"):
+"Why the fast path has its own CPU convolutions and malloc setting"):
 
 1. **Weight gradients on small feature maps.** The bf16 backward-weights kernel (``brgconv_bwd_w``) is
    slow on the ResNet shapes of slice models: many slices (``N = B * K``, e.g. 728) of small maps.
