@@ -3,15 +3,18 @@
 Usage (the numbers in docs/demo_data.md come from these commands)::
 
     mri-slice-transfer demo-data --task adni_ad --n 200 --seed 0 --out /tmp/demo_ad200
-    python scripts/calibrate_demo.py ad /tmp/demo_ad200
+    python scripts/calibrate_demo.py ad /tmp/demo_ad200 [bundles/adni_ad/eval/test_predictions.csv ...]
     mri-slice-transfer demo-data --task brain_age --n 200 --seed 0 --out /tmp/demo_age200
     python scripts/calibrate_demo.py age /tmp/demo_age200
 
-``ad``: 5-fold cross-validated (subject-grouped, stratified) balanced accuracy of logistic regression
-on (a) total brain volume, (b) brain + tissue volume, sex and age, (c) the z-scored image downsampled
-8x (block means), and, as a sanity check that the signal *is* in the anatomy, (d) two "oracle"
-anatomical measures (ventricle volume and medial-temporal intensity) computed with knowledge of where
-the generator puts the effects.
+``ad``: 5-fold cross-validated (subject-grouped, stratified) balanced accuracy and ROC AUC of
+logistic regression on (a) total brain volume, (b) brain + tissue volume, sex and age, (c) the
+z-scored image downsampled 8x (block means), and, as a sanity check that the signal *is* in the
+anatomy, (d) two "oracle" anatomical measures (ventricle volume and medial-temporal intensity)
+computed with knowledge of where the generator puts the effects. Then the same baselines fitted on
+the cohort's train + val scans and scored on its test split, with 95 % subject-level bootstrap
+intervals, beside the test predictions of any networks given (``eval/test_predictions.csv`` of a
+bundle's ``evaluate.json``), so that baseline and network are compared on the same scans.
 ``figure OUT.png``: the CN-vs-AD / young-vs-old picture of docs/demo_data.md (nilearn plotting)::
 
     python scripts/calibrate_demo.py figure docs/img/demo_cohort.png
@@ -30,7 +33,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegressionCV, RidgeCV
-from sklearn.metrics import balanced_accuracy_score, mean_absolute_error
+from sklearn.metrics import mean_absolute_error
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -68,47 +71,90 @@ def features(folder: Path, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
-def main(kind: str, folder: str) -> None:
+def _logistic() -> object:
+    return make_pipeline(
+        StandardScaler(), LogisticRegressionCV(Cs=10, max_iter=5000, class_weight="balanced")
+    )
+
+
+def _scores(y: np.ndarray, logit: np.ndarray, groups: np.ndarray) -> str:
+    """Balanced accuracy (probability threshold 0.5) and ROC AUC with subject-level bootstrap CIs."""
+    from mri_slice_transfer.engine.metrics import classification_metrics
+    from mri_slice_transfer.grid.summary import bootstrap_ci
+
+    m = classification_metrics(logit, y)
+    ci = bootstrap_ci("adni_ad", logit, y, groups, n_bootstrap=2000, seed=0)
+    b, a = ci["balanced_accuracy"], ci["roc_auc"]
+    return (
+        f"balanced accuracy {m['balanced_accuracy']:.3f} [{b[0]:.2f}, {b[1]:.2f}]  "
+        f"ROC AUC {m['roc_auc']:.3f} [{a[0]:.2f}, {a[1]:.2f}]"
+    )
+
+
+def ad_report(folder: Path, frame: pd.DataFrame, feats: dict, predictions: list[str]) -> None:
+    """Cross-validated baselines, then baselines and networks on the bundle's own test split."""
+    y = (frame["dx"] == "AD").to_numpy().astype(int)
+    groups = frame["subject_id"].to_numpy()
+    feats["tbv_tissue_sex_age"] = np.c_[feats["tbv_tissue"], frame["sex"] == "M", frame["age"]]
+    names = ("tbv", "tbv_tissue", "tbv_tissue_sex_age", "down8", "oracle")
+    cv = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=0)
+    print(f"{len(frame)} scans, {frame.subject_id.nunique()} subjects, {y.mean():.0%} AD scans")
+    print("5-fold cross-validation over all scans (subject-grouped, stratified):")
+    for name in names:
+        logit = cross_val_predict(
+            _logistic(), feats[name], y, cv=cv, groups=groups, method="decision_function"
+        )
+        print(f"  logistic regression on {name:20s} {_scores(y, logit, groups)}")
+    # The bundle's split: fit on train + val (more data than the network trains on), score test.
+    fit = frame["split"].isin(["train", "val"]).to_numpy()
+    test = (frame["split"] == "test").to_numpy()
+    print(
+        f"test split ({test.sum()} scans, {y[test].sum()} AD; baselines fitted on train + val, "
+        f"{fit.sum()} scans; 95% subject-level bootstrap CIs):"
+    )
+    for name in names:
+        logit = _logistic().fit(feats[name][fit], y[fit]).decision_function(feats[name][test])
+        print(f"  logistic regression on {name:20s} {_scores(y[test], logit, groups[test])}")
+    for csv in predictions:
+        # a bundle's eval/test_predictions.csv (evaluate.json) on this cohort's test split
+        from mri_slice_transfer.grid.summary import predictions_arrays
+
+        logit, label, subjects = predictions_arrays("adni_ad", csv)
+        print(f"  network {csv}: {len(label)} scans  {_scores(label, logit, subjects)}")
+    v = feats["vent"]
+    cn, ad = v[y == 0], v[y == 1]
+    r = np.corrcoef(cn, frame["age"][y == 0])[0, 1]
+    print(f"ventricle ml: CN {cn.mean():.1f} +- {cn.std():.1f}, AD {ad.mean():.1f} +- {ad.std():.1f}; ")
+    print(f"corr of ventricle volume with age (CN) {r:.2f}")
+
+
+def age_report(frame: pd.DataFrame, feats: dict) -> None:
+    """MAE of the training mean on val/test and cross-validated ridge regressions."""
+    groups = frame["subject_id"].to_numpy()
+    age = frame["age"].to_numpy()
+    train = frame["split"] == "train"
+    for split in ("val", "test"):
+        sel = frame["split"] == split
+        mae = mean_absolute_error(age[sel], np.full(sel.sum(), age[train].mean()))
+        print(f"predict the training mean ({age[train].mean():.2f}): {split} MAE {mae:.2f} years")
+    cv = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=0)
+    bins = np.digitize(age, np.quantile(age, [0.25, 0.5, 0.75]))
+    folds = list(cv.split(age, bins, groups))
+    for name in ("tbv", "down8", "oracle"):
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13)))
+        pred = cross_val_predict(model, feats[name], age, cv=folds)
+        print(f"ridge regression on {name:8s} cross-validated MAE {mean_absolute_error(age, pred):.2f} years")
+
+
+def main(kind: str, folder: str, predictions: list[str]) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     folder = Path(folder)
     frame = pd.read_csv(folder / "participants.csv")
     feats = features(folder, frame)
-    groups = frame["subject_id"].to_numpy()
     if kind == "ad":
-        y = (frame["dx"] == "AD").to_numpy().astype(int)
-        feats["tbv_tissue_sex_age"] = np.c_[feats["tbv_tissue"], frame["sex"] == "M", frame["age"]]
-        cv = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=0)
-        print(f"{len(frame)} scans, {frame.subject_id.nunique()} subjects, {y.mean():.0%} AD scans")
-        for name in ("tbv", "tbv_tissue", "tbv_tissue_sex_age", "down8", "oracle"):
-            model = make_pipeline(
-                StandardScaler(), LogisticRegressionCV(Cs=10, max_iter=5000, class_weight="balanced")
-            )
-            pred = cross_val_predict(model, feats[name], y, cv=cv, groups=groups)
-            print(
-                f"logistic regression on {name:20s} balanced accuracy {balanced_accuracy_score(y, pred):.3f}"
-            )
-        v = feats["vent"]
-        cn, ad = v[y == 0], v[y == 1]
-        r = np.corrcoef(cn, frame["age"][y == 0])[0, 1]
-        print(f"ventricle ml: CN {cn.mean():.1f} +- {cn.std():.1f}, AD {ad.mean():.1f} +- {ad.std():.1f}; ")
-        print(f"corr of ventricle volume with age (CN) {r:.2f}")
+        ad_report(folder, frame, feats, predictions)
     else:
-        age = frame["age"].to_numpy()
-        train = frame["split"] == "train"
-        for split in ("val", "test"):
-            sel = frame["split"] == split
-            mae = mean_absolute_error(age[sel], np.full(sel.sum(), age[train].mean()))
-            print(f"predict the training mean ({age[train].mean():.2f}): {split} MAE {mae:.2f} years")
-        cv = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=0)
-        bins = np.digitize(age, np.quantile(age, [0.25, 0.5, 0.75]))
-        folds = list(cv.split(age, bins, groups))
-        for name in ("tbv", "down8", "oracle"):
-            model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13)))
-            pred = cross_val_predict(model, feats[name], age, cv=folds)
-            print(
-                f"ridge regression on {name:8s} cross-validated MAE "
-                f"{mean_absolute_error(age, pred):.2f} years"
-            )
+        age_report(frame, feats)
 
 
 def figure(out: str) -> None:
@@ -157,4 +203,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "figure":
         figure(sys.argv[2])
     else:
-        main(sys.argv[1], sys.argv[2])
+        main(sys.argv[1], sys.argv[2], sys.argv[3:])

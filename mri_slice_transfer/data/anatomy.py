@@ -67,6 +67,9 @@ HEAD_SCALE_SEX = {"M": 1.035, "F": 0.965}
 HEAD_SCALE_SD = 0.035
 RANDOM_FIELD_SD = 1.6  # mm, per component at the control points
 RANDOM_FIELD_GRID = (6, 7, 6)
+BIAS_WAVES = 3  # the bias field is exp of a sum of this many cosine waves
+BIAS_WAVELENGTH_MM = (200.0, 400.0)  # uniform range of their wavelengths
+BIAS_AMP_SD = 0.08  # sd of each wave's amplitude (in log intensity)
 I_CSF, I_GM = 0.31, 0.64  # template T1 intensities of pure CSF and grey matter
 
 
@@ -144,17 +147,17 @@ def scan_acquisition(p: ScanParams) -> Acquisition:
     """Acquisition nuisance of this scan (site + ``scan_seed``)."""
     rng = np.random.default_rng([p.scan_seed, 2])
     gamma0, scale0, noise0 = SITES[p.site]
-    k = 3
+    k = BIAS_WAVES
     direction = rng.standard_normal((k, 3))
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    wavelength = rng.uniform(200.0, 400.0, size=k)
+    wavelength = rng.uniform(*BIAS_WAVELENGTH_MM, size=k)
     return Acquisition(
         gamma=gamma0 * float(np.exp(0.06 * rng.standard_normal())),
         scale=scale0 * float(rng.uniform(0.9, 1.1)),
         noise=noise0 * float(rng.uniform(0.8, 1.2)),
         bias_freq=direction / wavelength[:, None],
         bias_phase=rng.uniform(0, 2 * np.pi, size=k),
-        bias_amp=rng.normal(0.0, 0.08, size=k),
+        bias_amp=rng.normal(0.0, BIAS_AMP_SD, size=k),
     )
 
 
