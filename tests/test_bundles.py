@@ -109,12 +109,28 @@ def test_train_writes_model_checkpoint_and_metrics(trained: Path) -> None:
 
 def test_evaluate_scores_the_test_split(trained: Path, tiny_data: Path) -> None:
     configs = [str(trained / "configs" / f) for f in ("train.json", "evaluate.json")]
-    run_workflow(configs, "eval", dataset_dir=str(tiny_data), **FAST)
+    # the best epoch's validation threshold is saved beside the model, and evaluation uses it
+    record = json.loads((trained / "models" / "model.json").read_text(encoding="utf-8"))
+    rows = json.loads((trained / "eval" / "val_metrics.json").read_text(encoding="utf-8"))
+    assert record["metrics"] == {k: v for k, v in rows[record["epoch"] - 1].items() if k != "epoch"}
+    threshold = record["metrics"]["val_threshold"]
+    record["metrics"]["val_threshold"] = 0.123  # a recorded threshold, not a recomputed one, is used
+    (trained / "models" / "model.json").write_text(json.dumps(record), encoding="utf-8")
+    try:
+        run_workflow(configs, "eval", dataset_dir=str(tiny_data), **FAST)
+    finally:
+        record["metrics"]["val_threshold"] = threshold
+        (trained / "models" / "model.json").write_text(json.dumps(record), encoding="utf-8")
     metrics = json.loads((trained / "eval" / "test_metrics.json").read_text(encoding="utf-8"))
     assert metrics["n_scans"] == 4 and 0.0 <= metrics["balanced_accuracy"] <= 1.0
+    assert metrics["threshold"] == 0.123
     pred = pd.read_csv(trained / "eval" / "test_predictions.csv")
     assert {"subject_id", "session_id", "image", "label", "probability"} <= set(pred.columns)
     assert len(pred) == 4 and pred["probability"].between(0, 1).all()
+    assert (pred["predicted"] == np.where(pred["probability"] >= 0.123, "AD", "CN")).all()
+    run_workflow(configs, "eval", dataset_dir=str(tiny_data), decision_threshold=0.5, **FAST)
+    metrics = json.loads((trained / "eval" / "test_metrics.json").read_text(encoding="utf-8"))
+    assert metrics["threshold"] == 0.5
 
 
 def test_inference_survives_a_corrupt_scan(trained: Path, tiny_data: Path, tmp_path: Path) -> None:
@@ -149,6 +165,36 @@ def test_resume_gives_the_same_weights(trained: Path, tiny_data: Path, tmp_path:
     assert a["trainer"]["iteration"] == b["trainer"]["iteration"]
     rows = json.loads((bundle / "eval" / "val_metrics.json").read_text(encoding="utf-8"))
     assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_resume_after_a_crash_continues_the_cosine_schedule(tiny_data: Path, tmp_path: Path) -> None:
+    from ignite.engine import Events
+
+    cosine = {"dataset_dir": str(tiny_data), "epochs": 3, "lr_schedule": "cosine", **FAST}
+    whole = copy_bundle(tmp_path / "whole")
+    run_workflow(str(whole / "configs" / "train.json"), **cosine)
+    crashed = copy_bundle(tmp_path / "crashed")
+    # bundle_root given: the trainer is built below from the test, outside the workflow's own calls
+    cosine_crashed = {**cosine, "bundle_root": str(crashed)}
+    wf = ConfigWorkflow(config_file=str(crashed / "configs" / "train.json"), **cosine_crashed)
+    wf.initialize()
+
+    def crash(engine) -> None:  # runs after the epoch's validation, scheduler step and checkpoint
+        raise RuntimeError("simulated crash")
+
+    wf.parser.get_parsed_content("train#trainer").add_event_handler(Events.EPOCH_COMPLETED(once=2), crash)
+    with pytest.raises(RuntimeError) as info:  # MONAI wraps it in its own RuntimeError
+        wf.run()
+    assert "simulated crash" in repr(info.value) + repr(info.value.__cause__)
+    assert json.loads((crashed / "eval" / "val_metrics.json").read_text(encoding="utf-8"))[-1]["epoch"] == 2
+    run_workflow(str(crashed / "configs" / "train.json"), resume=True, **cosine_crashed)
+    a = torch.load(whole / "models" / "checkpoint.pt", weights_only=True)
+    b = torch.load(crashed / "models" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["extras"]["lr_scheduler"]["last_epoch"] == b["extras"]["lr_scheduler"]["last_epoch"] == 3
+    lrs = [g["lr"] for g in a["optimizer"]["param_groups"]]
+    assert lrs == [g["lr"] for g in b["optimizer"]["param_groups"]]
+    assert lrs[0] == pytest.approx(0.0, abs=1e-12)  # cosine: 0 after the last epoch
 
 
 def test_datalist_problems_are_all_reported_before_training(tiny_data: Path, tmp_path: Path) -> None:

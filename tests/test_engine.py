@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -49,6 +50,31 @@ def test_metrics() -> None:
     assert math.isnan(classification_metrics(np.array([1.0, 2.0]), np.array([1, 1]))["roc_auc"])
     r = regression_metrics(np.array([60.0, 70.0, 80.0]), np.array([62.0, 70.0, 77.0]))
     assert r["mae"] == pytest.approx(5 / 3) and r["pearson_r"] > 0.9
+
+
+def test_tuned_threshold_maximises_balanced_accuracy_and_is_parsed(tmp_path) -> None:
+    from mri_slice_transfer.engine.metrics import operating_threshold, threshold_setting, tune_threshold
+
+    # every logit is positive (offset), but the classes are separated between 1.0 and 2.0
+    logits, labels = np.array([0.2, 0.5, 1.0, 2.0, 2.5, 3.0]), np.array([0, 0, 0, 1, 1, 1])
+    assert classification_metrics(logits, labels)["balanced_accuracy"] == 0.5  # at 0.5: all AD
+    t = tune_threshold(logits, labels)
+    assert t == pytest.approx(1 / (1 + math.exp(-1.5)))  # half-way between 1.0 and 2.0 in logits
+    assert classification_metrics(logits, labels, t)["balanced_accuracy"] == 1.0
+    # overlapping classes: no cut beats the tuned one
+    rng = np.random.default_rng(0)
+    z, y = np.r_[rng.normal(0, 1, 40), rng.normal(1, 1, 15)], np.r_[np.zeros(40), np.ones(15)]
+    best = classification_metrics(z, y, tune_threshold(z, y))["balanced_accuracy"]
+    for p in np.linspace(0.01, 0.99, 99):
+        assert classification_metrics(z, y, p)["balanced_accuracy"] <= best + 1e-12
+    assert tune_threshold(np.array([1.0, 2.0]), np.array([1, 1])) == 0.5  # one class: the fixed one
+    assert threshold_setting("validation") is None and threshold_setting("0.3") == 0.3
+    with pytest.raises(ValueError, match="'validation' or a probability"):
+        threshold_setting(1.5)
+    record = tmp_path / "model.json"
+    assert operating_threshold("validation", record) == 0.5  # no record yet: warned, fixed 0.5
+    record.write_text(json.dumps({"epoch": 3, "metrics": {"val_threshold": 0.62}}), encoding="utf-8")
+    assert operating_threshold("validation", record) == 0.62 and operating_threshold(0.4, record) == 0.4
 
 
 def test_best_model_saver_lower_is_better(tmp_path) -> None:
@@ -215,3 +241,31 @@ def test_precise_batchnorm_handler_runs_when_the_evaluator_starts():
     assert all(torch.equal(v, off.state_dict()[k]) for k, v in state.items())
     with pytest.raises(ValueError, match="num_batches"):
         PreciseBatchNorm(loader, off, "cpu", num_batches=-1)
+
+
+def test_lr_schedules_and_resume_of_the_cosine() -> None:
+    from mri_slice_transfer.engine import make_lr_scheduler
+
+    def run(schedule: str, epochs: int, steps: int, resume_from: tuple | None = None) -> tuple:
+        """Learning rate of each of ``steps`` epochs, then the (optimizer, scheduler) states."""
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        sched = make_lr_scheduler(opt, schedule, epochs)
+        if resume_from is not None:  # as FullCheckpoint.load: optimizer first, then the extras
+            opt.load_state_dict(resume_from[0])
+            sched.load_state_dict(resume_from[1])
+        out = []
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out, (opt.state_dict(), sched.state_dict())
+
+    assert run("constant", 4, 4)[0] == [0.1] * 4
+    cos = run("cosine", 4, 4)[0]
+    assert cos == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+    assert all(a > b for a, b in zip(cos, cos[1:], strict=False)) and cos[-1] > 0
+    # stop after 2 of 4 epochs, resume from the saved states: the same curve continues
+    _, states = run("cosine", 4, 2)
+    assert run("cosine", 4, 2, resume_from=states)[0] == pytest.approx(cos[2:])
+    with pytest.raises(ValueError, match="constant, cosine"):
+        make_lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), "step", 4)

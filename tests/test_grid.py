@@ -308,8 +308,8 @@ def test_bootstrap_ci_resamples_subjects() -> None:
     assert bootstrap_ci("brain_age", pred, age, groups, n_bootstrap=300, seed=1) == by_subject  # seeded
 
 
-@pytest.mark.parametrize("task", ["adni_ad", "brain_age"])
-def test_fast_bootstrap_equals_compute_metrics_on_every_resample(task: str) -> None:
+@pytest.mark.parametrize(("task", "threshold"), [("adni_ad", 0.5), ("adni_ad", 0.7), ("brain_age", 0.5)])
+def test_fast_bootstrap_equals_compute_metrics_on_every_resample(task: str, threshold: float) -> None:
     rng = np.random.default_rng(3)
     label = (rng.random(40) < 0.3).astype(float) if task == "adni_ad" else rng.uniform(50, 80, 40).round(0)
     pred = (
@@ -318,8 +318,8 @@ def test_fast_bootstrap_equals_compute_metrics_on_every_resample(task: str) -> N
         else (label + rng.normal(0, 4, 40)).round(0)
     )
     groups = [f"s{i // 2}" for i in range(40)]  # rounded scores: many ties; some one-class resamples
-    fast = bootstrap_ci(task, pred, label, groups, n_bootstrap=60, seed=5)
-    exact = bootstrap_ci(task, pred, label, groups, n_bootstrap=60, seed=5, exact=True)
+    fast = bootstrap_ci(task, pred, label, groups, n_bootstrap=60, seed=5, threshold=threshold)
+    exact = bootstrap_ci(task, pred, label, groups, n_bootstrap=60, seed=5, exact=True, threshold=threshold)
     assert fast.keys() == exact.keys()
     for name in fast:
         assert np.allclose(fast[name], exact[name], atol=1e-9, equal_nan=True), (

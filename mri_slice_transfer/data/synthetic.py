@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 SPACES: tuple[str, ...] = ("template", "raw")
 #: Bump when the generated images change, so a resumed cohort is never a mix of versions.
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 #: Share of subjects with a second (repeat) session.
 REPEAT_FRACTION = 0.2
 #: Default split fractions (subjects), stratified by diagnosis (AD task) or age bin (brain age).

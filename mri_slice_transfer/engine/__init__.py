@@ -2,7 +2,8 @@
 
 One concept per module: :mod:`.bundle_root` (where the bundle lives), :mod:`.datasets` (user data or
 demo cohort), :mod:`.network`, :mod:`.precision` (bf16 autocast on CPU), :mod:`.losses`,
-:mod:`.metrics`, :mod:`.handlers` (metrics files, best model, atomic checkpoint + resume),
+:mod:`.metrics` (and the AD decision threshold), :mod:`.schedule` (learning-rate schedules),
+:mod:`.handlers` (metrics files, best model, atomic checkpoint + resume),
 :mod:`.precise_bn` (BatchNorm statistics recomputed before validation),
 :mod:`.predictions` and :mod:`.inputs` (evaluation / inference outputs), :mod:`.raw_inputs`
 (inference on raw scans, prepared on the way), :mod:`.distributed`,
@@ -16,7 +17,13 @@ from mri_slice_transfer.engine.datasets import DataSource, resolve_data
 from mri_slice_transfer.engine.handlers import BestModelSaver, FullCheckpoint, MetricsWriter
 from mri_slice_transfer.engine.inputs import resolve_inputs
 from mri_slice_transfer.engine.losses import make_loss
-from mri_slice_transfer.engine.metrics import make_additional_metrics, make_key_metric, metric_cmp_fn
+from mri_slice_transfer.engine.metrics import (
+    make_additional_metrics,
+    make_key_metric,
+    metric_cmp_fn,
+    operating_threshold,
+    threshold_setting,
+)
 from mri_slice_transfer.engine.network import build_network, set_output_bias
 from mri_slice_transfer.engine.options import as_bool, as_optional, as_pretrained
 from mri_slice_transfer.engine.precise_bn import PreciseBatchNorm
@@ -25,6 +32,7 @@ from mri_slice_transfer.engine.predictions import PredictionWriter, SafeTransfor
 from mri_slice_transfer.engine.raw_inputs import prepare_inputs
 from mri_slice_transfer.engine.resize import scaled_size, with_resize
 from mri_slice_transfer.engine.run_info import log_run_info
+from mri_slice_transfer.engine.schedule import make_lr_scheduler
 from mri_slice_transfer.engine.seeding import seed_everything
 
 __all__ = [
@@ -48,12 +56,15 @@ __all__ = [
     "make_additional_metrics",
     "make_key_metric",
     "make_loss",
+    "make_lr_scheduler",
     "metric_cmp_fn",
+    "operating_threshold",
     "prepare_inputs",
     "resolve_data",
     "resolve_inputs",
     "seed_everything",
     "scaled_size",
     "set_output_bias",
+    "threshold_setting",
     "with_resize",
 ]

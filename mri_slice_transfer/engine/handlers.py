@@ -55,6 +55,10 @@ def _is_number(v: Any) -> bool:
 class BestModelSaver:
     """Save the network's state dict to ``path`` whenever the evaluator's key metric improves.
 
+    Beside it, ``path`` with the suffix ``.json`` (``models/model.json``) records the epoch, the key
+    metric and all validation metrics of that epoch, among them the AD decision threshold
+    (``val_threshold``) that evaluation and inference use with ``decision_threshold: "validation"``.
+
     Args:
         network: the trained network (DDP wrapper is unwrapped).
         path: usually ``models/model.pt``.
@@ -88,6 +92,9 @@ class BestModelSaver:
         self.best, self.best_epoch = value, int(engine.state.epoch)
         if is_main_process():
             atomic_torch_save(unwrap(self.network).state_dict(), self.path)
+            metrics = {k: float(v) for k, v in engine.state.metrics.items() if _is_number(v)}
+            record = {"epoch": self.best_epoch, "key_metric": self.metric_name, "metrics": metrics}
+            write_json(record, self.path.with_suffix(".json"))
             logger.info(
                 "new best %s=%.4f at epoch %d -> %s", self.metric_name, value, self.best_epoch, self.path
             )

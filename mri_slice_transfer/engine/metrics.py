@@ -1,14 +1,21 @@
 """Validation/test metrics for both tasks, as Ignite ``EpochMetric`` objects (DDP-gathered).
 
 AD (binary, the network gives one logit): balanced accuracy (key metric), F1, average precision and
-ROC AUC, thresholding the probability at 0.5. Brain age: MAE (key metric, lower is better), RMSE and
-Pearson r. Undefined values (e.g. ROC AUC with one class present) are NaN.
+ROC AUC, and the probability threshold that balanced accuracy and F1 use. The threshold is either
+fixed (0.5, the paper's) or, with ``decision_threshold: "validation"``, chosen on each validation to
+maximise balanced accuracy there (:func:`tune_threshold`); the best epoch's threshold is saved beside
+the model (``models/model.json``, see :class:`~mri_slice_transfer.engine.handlers.BestModelSaver`) and
+evaluation and inference then use it (:func:`operating_threshold`). Brain age: MAE (key metric, lower is
+better), RMSE and Pearson r. Undefined values (e.g. ROC AUC with one class present) are NaN.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +25,11 @@ from sklearn import metrics as skm
 __all__ = [
     "KEY_METRIC",
     "LOWER_IS_BETTER",
+    "THRESHOLD",
     "flat_pred_label",
+    "tune_threshold",
+    "threshold_setting",
+    "operating_threshold",
     "classification_metrics",
     "regression_metrics",
     "compute_metrics",
@@ -31,7 +42,10 @@ __all__ = [
 KEY_METRIC = {"adni_ad": "balanced_accuracy", "brain_age": "mae"}
 #: Whether a smaller key metric is better.
 LOWER_IS_BETTER = {"adni_ad": False, "brain_age": True}
+#: The fixed probability threshold (the paper's).
 THRESHOLD = 0.5
+
+logger = logging.getLogger(__name__)
 
 
 def flat_pred_label(output: dict | Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,11 +68,90 @@ def _safe(fn: Callable[[], float]) -> float:
     return value
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Metrics of AD-vs-CN logits against 0/1 labels (probability threshold 0.5)."""
+def tune_threshold(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The probability threshold that maximises balanced accuracy on these scans.
+
+    Candidate cuts lie half-way (in logit space) between neighbouring distinct logits, so no scan sits
+    on the threshold; of several equally good cuts the middle one is taken. With one class only (or no
+    scans) the fixed :data:`THRESHOLD` is returned.
+
+    Args:
+        logits: (N,) network outputs (AD logits) of the validation scans.
+        labels: (N,) 0 = CN, 1 = AD.
+
+    Returns:
+        a probability in (0, 1): predict AD when ``sigmoid(logit) >= threshold``.
+    """
+    z = np.asarray(logits, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1) > 0.5
+    if len(z) == 0 or y.all() or not y.any():
+        return THRESHOLD
+    u = np.unique(z)
+    cuts = np.r_[u[0] - 1.0, (u[1:] + u[:-1]) / 2.0, u[-1] + 1.0]
+    tpr = (z[y][None, :] > cuts[:, None]).mean(axis=1)
+    tnr = (z[~y][None, :] < cuts[:, None]).mean(axis=1)
+    bacc = (tpr + tnr) / 2.0
+    best = np.flatnonzero(bacc == bacc.max())
+    cut = float(cuts[best[len(best) // 2]])
+    return float(1.0 / (1.0 + math.exp(-cut)))
+
+
+def threshold_setting(decision_threshold: str | float) -> float | None:
+    """Parse the bundles' ``decision_threshold``: ``"validation"`` -> None (tune), or a probability.
+
+    Raises:
+        ValueError: neither ``"validation"`` nor a number strictly between 0 and 1.
+    """
+    if isinstance(decision_threshold, str) and decision_threshold.strip().lower() == "validation":
+        return None
+    try:
+        value = float(decision_threshold)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0.0 < value < 1.0:
+        raise ValueError(
+            f"decision_threshold must be 'validation' or a probability between 0 and 1 (e.g. 0.5), "
+            f"got {decision_threshold!r}"
+        )
+    return value
+
+
+def operating_threshold(decision_threshold: str | float, model_json: str | Path) -> float:
+    """The probability threshold evaluation and inference use for a trained AD model.
+
+    Args:
+        decision_threshold: ``"validation"`` (the threshold chosen on validation for the saved model,
+            read from ``model_json``) or a fixed probability.
+        model_json: the file :class:`~mri_slice_transfer.engine.handlers.BestModelSaver` writes beside
+            ``model.pt`` (``models/model.json``).
+
+    Returns:
+        the threshold; with ``"validation"`` and no threshold recorded (a model trained with a fixed
+        threshold or by an older version) a warning is logged and :data:`THRESHOLD` returned.
+    """
+    fixed = threshold_setting(decision_threshold)
+    if fixed is not None:
+        return fixed
+    path = Path(model_json)
+    try:
+        value = float(json.loads(path.read_text(encoding="utf-8"))["metrics"]["val_threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        logger.warning(
+            "decision_threshold 'validation': no validation threshold in %s (%s: %s); using %.2f",
+            path, type(err).__name__, err, THRESHOLD,
+        )  # fmt: skip
+        return THRESHOLD
+    logger.info("decision threshold %.4f (chosen on validation, from %s)", value, path)
+    return value
+
+
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, threshold: float = THRESHOLD
+) -> dict[str, float]:
+    """Metrics of AD-vs-CN logits against 0/1 labels; balanced accuracy and F1 at ``threshold``."""
     prob = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
     y = np.asarray(labels).astype(int)
-    hat = (prob >= THRESHOLD).astype(int)
+    hat = (prob >= threshold).astype(int)
     both = len(np.unique(y)) > 1
     return {
         "balanced_accuracy": _safe(lambda: skm.balanced_accuracy_score(y, hat)),
@@ -78,31 +171,47 @@ def regression_metrics(pred: np.ndarray, age: np.ndarray) -> dict[str, float]:
     return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2))), "pearson_r": r}
 
 
-def compute_metrics(task: str, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    """All metrics of ``task`` (raw network outputs against labels)."""
+def compute_metrics(
+    task: str, pred: np.ndarray, label: np.ndarray, threshold: float = THRESHOLD
+) -> dict[str, float]:
+    """All metrics of ``task`` (raw network outputs against labels; ``threshold``: AD only)."""
     if task == "adni_ad":
-        return classification_metrics(pred, label)
+        return classification_metrics(pred, label, threshold)
     if task == "brain_age":
         return regression_metrics(pred, label)
     raise ValueError(f"unknown task {task!r}; expected 'adni_ad' or 'brain_age'")
 
 
-def _epoch_metric(task: str, name: str) -> EpochMetric:
+def _epoch_metric(task: str, name: str, threshold: float | None) -> EpochMetric:
     def fn(pred: torch.Tensor, label: torch.Tensor) -> float:
-        return compute_metrics(task, pred.numpy(), label.numpy())[name]
+        p, y = pred.numpy(), label.numpy()
+        t = THRESHOLD if task != "adni_ad" else (tune_threshold(p, y) if threshold is None else threshold)
+        return t if name == "threshold" else compute_metrics(task, p, y, t)[name]
 
     return EpochMetric(fn, output_transform=flat_pred_label, check_compute_fn=False)
 
 
-def make_key_metric(task: str, prefix: str = "val_") -> dict[str, EpochMetric]:
-    """``{"val_<key>": metric}`` for the evaluator's ``key_val_metric``."""
-    return {prefix + KEY_METRIC[task]: _epoch_metric(task, KEY_METRIC[task])}
+def make_key_metric(
+    task: str, prefix: str = "val_", threshold: float | None = THRESHOLD
+) -> dict[str, EpochMetric]:
+    """``{"val_<key>": metric}`` for the evaluator's ``key_val_metric``.
+
+    Args:
+        task: ``"adni_ad"`` or ``"brain_age"``.
+        prefix: metric name prefix (``"val_"``, ``"test_"``).
+        threshold: AD probability threshold; None = tuned on the evaluated scans (:func:`tune_threshold`).
+    """
+    return {prefix + KEY_METRIC[task]: _epoch_metric(task, KEY_METRIC[task], threshold)}
 
 
-def make_additional_metrics(task: str, prefix: str = "val_") -> dict[str, EpochMetric]:
-    """The other metrics of ``task`` for the evaluator's ``additional_metrics``."""
-    names = compute_metrics(task, np.array([0.0, 1.0]), np.array([0.0, 1.0])).keys()
-    return {prefix + n: _epoch_metric(task, n) for n in names if n != KEY_METRIC[task]}
+def make_additional_metrics(
+    task: str, prefix: str = "val_", threshold: float | None = THRESHOLD
+) -> dict[str, EpochMetric]:
+    """The other metrics of ``task`` for the evaluator's ``additional_metrics`` (AD: also the threshold
+    used, ``<prefix>threshold``; arguments as :func:`make_key_metric`)."""
+    names = list(compute_metrics(task, np.array([0.0, 1.0]), np.array([0.0, 1.0])))
+    names += ["threshold"] if task == "adni_ad" else []
+    return {prefix + n: _epoch_metric(task, n, threshold) for n in names if n != KEY_METRIC[task]}
 
 
 def metric_cmp_fn(task: str) -> Callable[[float, float], bool]:

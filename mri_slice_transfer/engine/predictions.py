@@ -88,10 +88,19 @@ class PredictionWriter:
         task: ``"adni_ad"`` (probability of AD) or ``"brain_age"`` (predicted age).
         predictions_csv: output CSV path.
         metrics_json: output metrics path, written when the scans have labels (evaluation).
+        threshold: AD probability threshold for ``predicted`` and the metrics (recorded in the metrics
+            as ``threshold``); see :func:`~mri_slice_transfer.engine.metrics.operating_threshold`.
     """
 
-    def __init__(self, task: str, predictions_csv: str, metrics_json: str | None = None) -> None:
+    def __init__(
+        self,
+        task: str,
+        predictions_csv: str,
+        metrics_json: str | None = None,
+        threshold: float = THRESHOLD,
+    ) -> None:
         self.task = task
+        self.threshold = float(threshold)
         self.predictions_csv = Path(predictions_csv)
         self.metrics_json = Path(metrics_json) if metrics_json else None
         self.rows: list[dict] = []
@@ -119,7 +128,7 @@ class PredictionWriter:
         if self.task == "adni_ad":
             prob = 1.0 / (1.0 + np.exp(-value))
             row["probability"] = prob
-            row["predicted"] = "" if np.isnan(prob) else ("AD" if prob >= THRESHOLD else "CN")
+            row["predicted"] = "" if np.isnan(prob) else ("AD" if prob >= self.threshold else "CN")
         else:
             row["predicted_age"] = value
         row["status"], row["error"] = status, item.get("error", "")
@@ -149,7 +158,9 @@ class PredictionWriter:
         if self.metrics_json is None:
             return None
         raw = np.array(self._raw, dtype=np.float64).reshape(-1, 2)
-        metrics = compute_metrics(self.task, raw[:, 0], raw[:, 1])
+        metrics = compute_metrics(self.task, raw[:, 0], raw[:, 1], self.threshold)
+        if self.task == "adni_ad":
+            metrics["threshold"] = self.threshold
         metrics.update(n_scans=len(raw), n_errors=n_err)
         write_json(metrics, self.metrics_json)
         logger.info("test metrics: %s -> %s", metrics, self.metrics_json)

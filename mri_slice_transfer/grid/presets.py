@@ -220,8 +220,9 @@ def _make_presets() -> dict[str, Preset]:
         paper=ad_paper,
         note="Paper Table 1 (ADNI): higher is better; model selection on validation balanced accuracy; "
         "mean ± std over 5 seeds.",
-        # the paper trains with plain BCE (no class weights); the bundle balances classes by default
-        overrides={"class_balance": False},
+        # the paper trains with plain BCE (no class weights) and thresholds at 0.5; the bundle balances
+        # classes and chooses the threshold on validation by default
+        overrides={"class_balance": False, "decision_threshold": 0.5},
     )
     ba = Preset(
         name="paper-brain-age",

@@ -370,8 +370,11 @@ def collect_run_result(
         raise RunFailed(f"no test metrics ({eval_dir / 'test_metrics.json'}: {err})") from err
     for k, v in test.items():
         row[f"test_{k}" if not k.startswith("test_") else k] = v
+    threshold = float(test.get("threshold", 0.5))  # AD: the threshold the test metrics used
     row.update(
-        bootstrap_from_predictions(task, eval_dir / "test_predictions.csv", n_bootstrap, bootstrap_seed)
+        bootstrap_from_predictions(
+            task, eval_dir / "test_predictions.csv", n_bootstrap, bootstrap_seed, threshold
+        )
     )
     init = "unknown"
     for line in log_tail(run_dir / "train.log", 100000).splitlines():
