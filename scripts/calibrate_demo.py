@@ -25,6 +25,7 @@ on the 8x downsampled image.
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -77,13 +78,13 @@ def _logistic() -> object:
     )
 
 
-def _scores(y: np.ndarray, logit: np.ndarray, groups: np.ndarray) -> str:
-    """Balanced accuracy (probability threshold 0.5) and ROC AUC with subject-level bootstrap CIs."""
+def _scores(y: np.ndarray, logit: np.ndarray, groups: np.ndarray, threshold: float = 0.5) -> str:
+    """Balanced accuracy (at a probability threshold) and ROC AUC with subject-level bootstrap CIs."""
     from mri_slice_transfer.engine.metrics import classification_metrics
     from mri_slice_transfer.grid.summary import bootstrap_ci
 
-    m = classification_metrics(logit, y)
-    ci = bootstrap_ci("adni_ad", logit, y, groups, n_bootstrap=2000, seed=0)
+    m = classification_metrics(logit, y, threshold)
+    ci = bootstrap_ci("adni_ad", logit, y, groups, n_bootstrap=2000, seed=0, threshold=threshold)
     b, a = ci["balanced_accuracy"], ci["roc_auc"]
     return (
         f"balanced accuracy {m['balanced_accuracy']:.3f} [{b[0]:.2f}, {b[1]:.2f}]  "
@@ -120,7 +121,14 @@ def ad_report(folder: Path, frame: pd.DataFrame, feats: dict, predictions: list[
         from mri_slice_transfer.grid.summary import predictions_arrays
 
         logit, label, subjects = predictions_arrays("adni_ad", csv)
-        print(f"  network {csv}: {len(label)} scans  {_scores(label, logit, subjects)}")
+        metrics = Path(csv).with_name("test_metrics.json")  # written beside it by evaluate.json
+        t = 0.5
+        if metrics.is_file():
+            t = json.loads(metrics.read_text(encoding="utf-8")).get("threshold", 0.5)
+        print(f"  network {csv}: {len(label)} scans")
+        print(f"    at its threshold {t:.3f}: {_scores(label, logit, subjects, t)}")
+        if t != 0.5:
+            print(f"    at 0.5:             {_scores(label, logit, subjects)}")
     v = feats["vent"]
     cn, ad = v[y == 0], v[y == 1]
     r = np.corrcoef(cn, frame["age"][y == 0])[0, 1]
