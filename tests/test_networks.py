@@ -10,6 +10,7 @@ import torch
 from mri_slice_transfer.networks import (
     AGGREGATIONS,
     AXES,
+    MODEL_NAMES,
     POSITION_ENCODINGS,
     CNN5Encoder,
     Conv3DNet,
@@ -333,3 +334,36 @@ def test_max_pooling_stays_in_bf16_under_cpu_autocast(spatial_dims):
         y = min_pool_max(x, spatial_dims)
     assert y.dtype == torch.bfloat16
     assert torch.equal(y.float(), min_pool_max(x.float(), spatial_dims))
+
+
+@pytest.mark.parametrize("task", ["adni_ad", "brain_age"])
+@pytest.mark.parametrize("encoder", MODEL_NAMES)
+def test_one_training_step_for_every_encoder_and_task(encoder, task):
+    """Every encoder x task pair the bundles accept builds, gets its output bias and trains a step."""
+    from mri_slice_transfer.data.datalist import TASKS
+    from mri_slice_transfer.engine import build_network, make_loss, set_output_bias
+
+    assert task in TASKS
+    torch.manual_seed(0)
+    model = build_network(encoder=encoder, axis="axial", pretrained=False, spatial_size=MINI)
+    label = torch.tensor([[0.0], [1.0]]) if task == "adni_ad" else torch.tensor([[60.0], [70.0]])
+    if task == "brain_age":  # as train.json: the output bias starts at the training mean age
+        torch.nn.init.zeros_(model.output_layer.weight)
+        set_output_bias(model, 65.0)
+        with torch.no_grad():
+            assert torch.equal(model(torch.randn(2, 1, *MINI)), torch.full((2, 1), 65.0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in model.parameters()]
+    model.train()
+    loss = make_loss(task)(model(torch.randn(2, 1, *MINI)), label)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_set_output_bias_needs_an_output_layer():
+    from mri_slice_transfer.engine import set_output_bias
+
+    with pytest.raises(ValueError, match="Conv3d.*output layer"):
+        set_output_bias(torch.nn.Conv3d(1, 1, 1), 3.0)

@@ -46,14 +46,37 @@ def encoder_init(model: torch.nn.Module) -> str:
 
 
 def set_output_bias(model: torch.nn.Module, value: float | None) -> torch.nn.Module:
-    """Fill the bias of the last ``nn.Linear`` (the regression head) with ``value``; None: no-op."""
+    """Fill the bias of the network's output layer with ``value`` (e.g. the training mean age).
+
+    The network declares its output layer (``output_layer``: the head's last ``Linear`` of
+    :class:`~mri_slice_transfer.networks.SliceSetNet`, the last 1x1x1 conv of
+    :class:`~mri_slice_transfer.networks.Conv3DNet`). A network without that attribute (e.g. a MONAI
+    network given as ``network_def``) falls back to its last ``nn.Linear``.
+
+    Args:
+        model: the network (a DDP wrapper is unwrapped).
+        value: the bias value; None: no-op.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ValueError: the network has no output layer with a bias.
+    """
     if value is None:
         return model
-    heads = [m for m in unwrap(model).modules() if isinstance(m, torch.nn.Linear) and m.bias is not None]
-    if not heads:
-        raise ValueError("the network has no linear output layer with a bias to initialise")
+    net = unwrap(model)
+    layer = getattr(net, "output_layer", None)
+    if layer is None:
+        linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+        layer = linears[-1] if linears else None
+    if getattr(layer, "bias", None) is None:
+        raise ValueError(
+            f"cannot initialise the output bias of {type(net).__name__}: it declares no output layer with "
+            "a bias (an `output_layer` attribute, or a last nn.Linear)"
+        )
     with torch.no_grad():
-        heads[-1].bias.fill_(float(value))
+        layer.bias.fill_(float(value))
     logger.info("output bias initialised to the training mean label %.3f", float(value))
     return model
 

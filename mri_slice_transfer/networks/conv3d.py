@@ -52,9 +52,14 @@ class Conv3DNet(nn.Module):
         self.num_outputs = num_outputs
         kaiming_init_(self)
         if output_bias is not None:
-            nn.init.constant_(self.classifier.bias, float(output_bias))
+            nn.init.constant_(self.output_layer.bias, float(output_bias))
         #: The 3D-CNN is always trained from scratch.
         self.encoder_init = "scratch"
+
+    @property
+    def output_layer(self) -> nn.Module:
+        """The last layer (the 1x1x1 ``classifier`` conv): its bias is the output bias."""
+        return self.classifier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5:

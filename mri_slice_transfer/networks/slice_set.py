@@ -314,12 +314,17 @@ class SliceSetNet(nn.Module):
         self.aggregate = build_aggregation(aggregation, EMBED_DIM)
         self.head = nn.Sequential(nn.Linear(EMBED_DIM, 64), nn.ReLU(inplace=True), nn.Linear(64, num_outputs))
         if output_bias is not None:
-            nn.init.constant_(self.head[-1].bias, float(output_bias))
+            nn.init.constant_(self.output_layer.bias, float(output_bias))
 
         if encoder in RESNET_ENCODERS:
             self.encoder_init = initialise_encoder(self.encoder.backbone, encoder, pretrained)
         else:
             self.encoder_init = initialise_encoder(self.encoder, encoder, pretrained)
+
+    @property
+    def output_layer(self) -> nn.Module:
+        """The last layer (``Linear(64, num_outputs)`` of the head): its bias is the output bias."""
+        return self.head[-1]
 
     def slices(self, x: torch.Tensor) -> torch.Tensor:
         """Cut volumes ``[B, 1, X, Y, Z]`` into slices ``[B * K, 1, H, W]`` (volume-major order)."""
