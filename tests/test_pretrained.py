@@ -7,6 +7,7 @@ download function is replaced by one that fails like an offline machine.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import urllib.error
@@ -24,6 +25,7 @@ from mri_slice_transfer.networks import (
     SliceSetNet,
     build_model,
     imagenet_weights_file,
+    pretrained,
     remap_encoder_state_dict,
 )
 from mri_slice_transfer.paths import torch_weights_dir
@@ -52,8 +54,22 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "torch_home"
 
 
+def _cache_as_torchvision_file(path: Path, monkeypatch: pytest.MonkeyPatch, arch: str = "resnet18") -> Path:
+    """Rename ``path`` to ``<arch>-<its sha256 prefix>.pth`` and make it the cached ImageNet file.
+
+    torchvision's file names carry the first 8 hex digits of the file's SHA-256, which the loader
+    checks; a fake file needs its own hash in its name.
+    """
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    named = path.with_name(f"{arch}-{digest[:8]}.pth")
+    path.rename(named)
+    real = pretrained.imagenet_weights_file
+    monkeypatch.setattr(pretrained, "imagenet_weights_file", lambda a: named if a == arch else real(a))
+    return named
+
+
 @pytest.fixture
-def fake_resnet18(torch_home: Path) -> dict[str, torch.Tensor]:
+def fake_resnet18(torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
     """A random torchvision ResNet-18 state dict stored where torchvision caches ImageNet weights."""
     torch.manual_seed(123)
     state = torchvision.models.resnet18(weights=None).state_dict()
@@ -62,6 +78,7 @@ def fake_resnet18(torch_home: Path) -> dict[str, torch.Tensor]:
     assert str(path).startswith(str(torch_home))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
+    _cache_as_torchvision_file(path, monkeypatch)
     return state
 
 
@@ -181,3 +198,76 @@ def test_remap_keys():
 def test_torch_home_is_respected(torch_home):
     assert imagenet_weights_file("resnet34") == torch_home / "hub" / "checkpoints" / "resnet34-b627a593.pth"
     assert os.environ["TORCH_HOME"] == str(torch_home)
+
+
+class _WritesMarker:
+    """Unpickling this object runs ``open(marker, "w")``: the code-execution probe."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("named", ["as torchvision names it", "with its own hash in the name"])
+@pytest.mark.parametrize("spec", [True, "auto"])
+def test_malicious_cached_imagenet_file_is_refused_and_not_run(
+    torch_home, tmp_path, monkeypatch, spec, named
+):
+    marker = tmp_path / "marker"
+    path = imagenet_weights_file("resnet18")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"conv1.weight": _WritesMarker(marker)}, path)  # a pickle whose loading writes a file
+    if named != "as torchvision names it":  # passes the hash check: weights_only must refuse it
+        path = _cache_as_torchvision_file(path, monkeypatch)
+    with pytest.raises(RuntimeError) as info:
+        build_model("resnet18", spatial_size=SMALL, pretrained=spec)
+    assert not marker.exists()
+    assert str(path) in str(info.value) and "refused" in str(info.value)
+    assert ("SHA-256 must start with 'f37072fd'" in str(info.value)) == (named == "as torchvision names it")
+
+
+def test_missing_file_message_says_how_a_copied_file_is_verified(torch_home):
+    with pytest.raises(RuntimeError, match="copy it to") as info:
+        build_model("resnet18", spatial_size=SMALL, pretrained=True)
+    assert "SHA-256 must start with 'f37072fd'" in str(info.value) and "weights_only=True" in str(info.value)
+
+
+def test_download_goes_through_torch_hub_with_the_hash_prefix(torch_home, monkeypatch):
+    """A download is hash-checked by torch.hub (temp file, then renamed) and verified again on load."""
+    calls = []
+    torch.manual_seed(5)
+    state = torchvision.models.resnet34(weights=None).state_dict()
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, Path(dst).name, hash_prefix))
+        torch.save(state, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    with pytest.raises(RuntimeError, match="SHA-256 must start with 'b627a593'"):  # our fake is not it
+        build_model("resnet34", spatial_size=SMALL, pretrained=True)
+    assert calls == [(pretrained.imagenet_weights("resnet34").url, "resnet34-b627a593.pth", "b627a593")]
+
+
+def test_wrong_depth_weights_are_refused_unless_partial_is_allowed(tmp_path, caplog):
+    torch.manual_seed(11)
+    path = tmp_path / "resnet18_weights.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match="refused a partial load: 100/180 encoder tensors match") as info:
+        build_model("resnet34", spatial_size=SMALL, pretrained=path)
+    assert "missing from the file: 80 ['layer1.2.bn1.bias'" in str(
+        info.value
+    ) and "pretrained_strict=False" in str(info.value)
+    with caplog.at_level(logging.WARNING, logger="mri_slice_transfer"):
+        model = build_model("resnet34", spatial_size=SMALL, pretrained=path, pretrained_strict=False)
+    assert model.encoder_init == f"file:{path} (partial: 100/180 tensors)"
+    assert "100/180 encoder tensors match" in caplog.text
+    source = torch.load(path, weights_only=True)
+    assert torch.equal(model.encoder.backbone.layer1[1].conv2.weight, source["layer1.1.conv2.weight"])
+    # the other way round: ResNet-34 weights hold every ResNet-18 tensor, and more
+    with pytest.raises(ValueError, match="not in the ResNet encoder: 80"):
+        torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
+        build_model("resnet18", spatial_size=SMALL, pretrained=path)
+    with pytest.raises(ValueError, match="pretrained_strict must be True or False, not 'false'"):
+        build_model("resnet18", spatial_size=SMALL, pretrained=path, pretrained_strict="false")

@@ -30,6 +30,7 @@ def build_model(
     output_bias: float | None = None,
     in_channels_mode: str = "fold",
     slice_chunk_size: int | None = None,
+    pretrained_strict: bool = True,
 ) -> nn.Module:
     """Build a :class:`~.slice_set.SliceSetNet` or, for ``encoder="conv3d"`` / ``"3dcnn"``, a
     :class:`~.conv3d.Conv3DNet`.
@@ -43,6 +44,8 @@ def build_model(
         num_outputs: output size (1 for an AD logit or an age).
         spatial_size: ``(x, y, z)`` of the input volumes, ``[B, 1, *spatial_size]``.
         output_bias: initial value of the last bias (e.g. the training mean age).
+        pretrained_strict: refuse a weights file of which only some tensors match the encoder
+            (default); False loads the matching ones and ``encoder_init`` records the partial load.
 
     Returns:
         the model; its ``encoder_init`` attribute says how the encoder was initialised.
@@ -67,6 +70,7 @@ def build_model(
         in_channels_mode=in_channels_mode,
         output_bias=output_bias,
         slice_chunk_size=slice_chunk_size,
+        pretrained_strict=pretrained_strict,
     )
 
 

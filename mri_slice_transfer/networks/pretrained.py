@@ -21,12 +21,15 @@ function of a 1-channel slice fed as 3 identical channels.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import socket
 from pathlib import Path
 
 import torch
+import torch.hub
 import torch.nn as nn
 import torchvision
 
@@ -42,6 +45,7 @@ __all__ = [
     "imagenet_weights",
     "imagenet_weights_file",
     "load_imagenet_state_dict",
+    "read_verified_weights",
     "remap_encoder_state_dict",
     "load_encoder_weights",
     "initialise_encoder",
@@ -124,40 +128,92 @@ def imagenet_weights_file(arch: str) -> Path:
 def load_imagenet_state_dict(arch: str, allow_download: bool = True) -> dict[str, torch.Tensor]:
     """ImageNet-1K state dict of a torchvision ResNet, from the cache or downloaded into it.
 
+    The file is read and verified here, not by torchvision (whose ``get_state_dict`` checks the hash
+    only on download and unpickles a cached file with ``weights_only`` off): its SHA-256 must start
+    with the hash in its name (``resnet18-f37072fd.pth``: ``f37072fd``, torch.hub's ``check_hash``
+    rule), and it is loaded with ``torch.load(weights_only=True)``.
+
     Args:
         arch: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
         allow_download: try to download when the cache file is missing (with a short socket timeout).
 
     Raises:
-        RuntimeError: the weights are neither cached nor downloadable; the message says which file to
-            put in which folder and where to get it.
+        RuntimeError: the weights are neither cached nor downloadable (the message says which file to
+            put in which folder and where to get it), or the cached file fails verification (the
+            message names the file and the problem).
     """
-    weights = imagenet_weights(arch)
+    url = imagenet_weights(arch).url
     path = imagenet_weights_file(arch)
-    if not path.is_file() and not allow_download:
-        raise RuntimeError(_missing_message(arch, path, weights.url, "downloads disabled"))
+    if not path.is_file():
+        if not allow_download:
+            raise RuntimeError(_missing_message(arch, path, url, "downloads disabled"))
+        _download(arch, url, path)
+    return read_verified_weights(path, url)
+
+
+def _download(arch: str, url: str, path: Path) -> None:
+    """Download ``url`` to ``path`` (torch.hub: temp file, hash-checked, then renamed)."""
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        # Reads $TORCH_HOME/hub/checkpoints/<file> if present, else downloads it there (hash-checked).
-        return weights.get_state_dict(progress=False, check_hash=True)
-    except Exception as err:  # URLError, timeouts, hash mismatch, a corrupt cached file, ...
-        if path.is_file():
-            raise RuntimeError(
-                f"could not read the ImageNet weights for {arch} from {path} ({type(err).__name__}: {err}); "
-                f"the file may be corrupt: delete it and download it again from {weights.url}"
-            ) from err
-        raise RuntimeError(_missing_message(arch, path, weights.url, f"{type(err).__name__}: {err}")) from err
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=_hash_prefix(path), progress=False)
+    except Exception as err:  # URLError, timeouts, hash mismatch of the download, ...
+        raise RuntimeError(_missing_message(arch, path, url, f"{type(err).__name__}: {err}")) from err
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def _hash_prefix(path: Path) -> str:
+    """The SHA-256 prefix in a torchvision weights file name (``<name>-<hex>.pth``), or ``""``."""
+    match = torch.hub.HASH_REGEX.search(path.name)
+    return match.group(1) if match else ""
+
+
+def read_verified_weights(path: Path, url: str) -> dict[str, torch.Tensor]:
+    """Read a torchvision weights file: SHA-256 prefix as in its name, then ``weights_only`` load.
+
+    Args:
+        path: the cached file, ``$TORCH_HOME/hub/checkpoints/<name>-<sha256 prefix>.pth``.
+        url: where it comes from (for the error message).
+
+    Returns:
+        the state dict.
+
+    Raises:
+        RuntimeError: the name has no hash, the content does not match it, or it is not a plain
+            state dict (``weights_only=True`` refuses other pickled objects); the file is not run.
+    """
+    prefix = _hash_prefix(path)
+    redo = f"delete it and download it again from {url}"
+    if not prefix:
+        raise RuntimeError(f"{path}: cannot verify the weights file: its name has no SHA-256 prefix")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if not digest.startswith(prefix):
+        raise RuntimeError(
+            f"{path}: refused: the file's SHA-256 must start with {prefix!r} (the hash in its name), "
+            f"not {digest[: len(prefix)]!r}; it is not the file torchvision published (corrupt or "
+            f"replaced): {redo}"
+        )
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError (a non-tensor object), truncated zip, ...
+        raise RuntimeError(
+            f"{path}: refused: not a plain PyTorch state dict ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); {redo}"
+        ) from err
+    return _unwrap_checkpoint(obj, path)
 
 
 def _missing_message(arch: str, path: Path, url: str, reason: str) -> str:
     return (
         f"ImageNet-1K weights for {arch} are not available: the file '{path.name}' is not in "
         f"'{path.parent}' and downloading it failed ({reason}). Download {url} on a machine with "
-        f"internet access and copy it to '{path}' (set $TORCH_HOME to use another cache folder), "
-        "or use pretrained='auto' (random init if missing) or pretrained=False."
+        f"internet access and copy it to '{path}' (set $TORCH_HOME to use another cache folder); it is "
+        f"verified before use (its SHA-256 must start with '{_hash_prefix(path)}', the hash in its name, "
+        "and it is loaded with torch.load(weights_only=True)). "
+        "Or use pretrained='auto' (random init if missing) or pretrained=False."
     )
 
 
@@ -203,17 +259,15 @@ def _unwrap_checkpoint(obj: object, path: Path) -> dict[str, torch.Tensor]:
     raise ValueError(f"{path}: does not hold a PyTorch state dict (a dict of tensors)")
 
 
-def load_encoder_weights(backbone: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Copy matching weights of ``state_dict`` into a torchvision ResNet ``backbone`` (``fc`` removed).
+def _is_counted(key: str) -> bool:
+    # BatchNorm's step counters are not weights (torchvision's ImageNet files predate them).
+    return not key.endswith("num_batches_tracked")
 
-    Keys are remapped with :func:`remap_encoder_state_dict`; ``conv1`` kernels are folded (3 -> 1
-    channel) or repeated / 3 (1 -> 3) to fit. Missing, unexpected and shape-mismatched keys are logged.
 
-    Raises:
-        ValueError: no encoder weight matched at all (probably not a ResNet of this depth).
-    """
-    target = backbone.state_dict()
-    remapped = remap_encoder_state_dict(state_dict)
+def _match_tensors(
+    target: dict[str, torch.Tensor], remapped: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Tensors of ``remapped`` that fit ``target`` (conv1 folded / repeated), and the shape mismatches."""
     usable: dict[str, torch.Tensor] = {}
     mismatched: list[str] = []
     for key, value in remapped.items():
@@ -229,33 +283,64 @@ def load_encoder_weights(backbone: nn.Module, state_dict: dict[str, torch.Tensor
             mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(want)}")
             continue
         usable[key] = value.to(dtype=target[key].dtype)
-    unexpected = sorted(k for k in remapped if k not in target)
-    if not any(not k.endswith("num_batches_tracked") for k in usable):
-        raise ValueError(
-            f"{source}: no weight matches the encoder ({len(remapped)} keys after remapping, e.g. "
-            f"{sorted(remapped)[:5]}; shape mismatches: {mismatched[:5]}); is it a {type(backbone).__name__} "
-            "of the chosen depth?"
-        )
-    result = backbone.load_state_dict(usable, strict=False)
-    missing = sorted(result.missing_keys)
-    level = logging.WARNING if (missing or mismatched) else logging.INFO
-    logger.log(
-        level,
-        "loaded %d/%d encoder tensors from %s; missing: %d %s; unexpected (ignored): %d %s; "
-        "shape mismatch (skipped): %d %s",
-        len(usable),
-        len(target),
-        source,
-        len(missing),
-        missing[:10],
-        len(unexpected),
-        unexpected[:10],
-        len(mismatched),
-        mismatched[:10],
+    return usable, mismatched
+
+
+def load_encoder_weights(
+    backbone: nn.Module, state_dict: dict[str, torch.Tensor], source: str, strict: bool = True
+) -> str | None:
+    """Copy the weights of ``state_dict`` into a torchvision ResNet ``backbone`` (``fc`` removed).
+
+    Keys are remapped with :func:`remap_encoder_state_dict`; ``conv1`` kernels are folded (3 -> 1
+    channel) or repeated / 3 (1 -> 3) to fit. BatchNorm ``num_batches_tracked`` counters are not
+    counted as tensors. A partial match (encoder tensors missing from the file, of another shape, or
+    file tensors the encoder does not have, e.g. ResNet-18 weights offered to a ResNet-34) is refused
+    unless ``strict`` is False: then the matching tensors are loaded and a WARNING lists the rest.
+
+    Args:
+        backbone: the encoder to initialise.
+        state_dict: the weights (any key prefixes of :func:`remap_encoder_state_dict`).
+        source: where they come from (for messages).
+        strict: refuse a partial match (default).
+
+    Returns:
+        None for a complete load, else ``"partial: <loaded>/<encoder> tensors"``.
+
+    Raises:
+        ValueError: no encoder weight matched at all, or (``strict``) only some did; the message
+            says how many matched and lists some that did not.
+    """
+    target = backbone.state_dict()
+    remapped = remap_encoder_state_dict(state_dict)
+    usable, mismatched = _match_tensors(target, remapped)
+    loaded = sum(map(_is_counted, usable))
+    total = sum(map(_is_counted, target))
+    missing = sorted(k for k in target if _is_counted(k) and k not in usable and k not in remapped)
+    unexpected = sorted(k for k in remapped if k not in target and _is_counted(k))
+    report = (
+        f"{loaded}/{total} encoder tensors match; missing from the file: {len(missing)} {missing[:5]}; "
+        f"shape mismatch: {len(mismatched)} {mismatched[:5]}; not in the {type(backbone).__name__} "
+        f"encoder: {len(unexpected)} {unexpected[:5]}"
     )
+    if loaded == 0:
+        raise ValueError(
+            f"{source}: no weight matches the encoder ({report}); is it a ResNet of the chosen depth?"
+        )
+    partial = bool(missing or mismatched or unexpected)
+    if partial and strict:
+        raise ValueError(
+            f"{source}: refused a partial load: {report}. Is it a ResNet of the chosen depth? To train from "
+            "this partly initialised encoder anyway, pass pretrained_strict=False (bundles: "
+            "--pretrained_strict false); the model then records the partial load in encoder_init."
+        )
+    backbone.load_state_dict(usable, strict=False)
+    logger.log(logging.WARNING if partial else logging.INFO, "loaded from %s: %s", source, report)
+    return f"partial: {loaded}/{total} tensors" if partial else None
 
 
-def initialise_encoder(backbone: nn.Module, arch: str, pretrained: PretrainedSpec) -> str:
+def initialise_encoder(
+    backbone: nn.Module, arch: str, pretrained: PretrainedSpec, strict: bool = True
+) -> str:
     """Initialise a slice encoder as ``pretrained`` asks; returns the ``encoder_init`` description.
 
     Args:
@@ -263,9 +348,12 @@ def initialise_encoder(backbone: nn.Module, arch: str, pretrained: PretrainedSpe
             any module when ``arch`` is ``"cnn5"``.
         arch: encoder name (``"cnn5"``, ``"resnet18"``, ``"resnet34"``, ``"resnet50"``).
         pretrained: see the module docstring.
+        strict: refuse a weights file of which only some tensors match the encoder (see
+            :func:`load_encoder_weights`); False loads the matching ones and records it.
 
     Returns:
-        ``"scratch"``, ``"imagenet"``, ``"random (ImageNet weights unavailable)"`` or ``"file:<path>"``.
+        ``"scratch"``, ``"imagenet"``, ``"random (ImageNet weights unavailable)"`` or ``"file:<path>"``,
+        followed by ``" (partial: <loaded>/<encoder> tensors)"`` after a partial load.
     """
     spec = normalise_pretrained(pretrained)
     if spec is False:
@@ -274,14 +362,13 @@ def initialise_encoder(backbone: nn.Module, arch: str, pretrained: PretrainedSpe
         if spec == "auto":
             return SCRATCH  # "auto" = use pretrained weights where they exist; cnn5 has none
         raise ValueError(f"{arch} has no pretrained weights; use pretrained=False or 'auto' with {arch}")
-    if spec is True:
-        load_encoder_weights(backbone, load_imagenet_state_dict(arch), f"ImageNet-1K {arch}")
-        return IMAGENET
-    if spec == "auto":
+    if spec in (True, "auto"):
         try:
             state = load_imagenet_state_dict(arch)
         except RuntimeError as err:
             path = imagenet_weights_file(arch)
+            if spec is True or path.is_file():  # a file that is there but fails verification is an error
+                raise
             logger.warning(
                 "pretrained='auto': ImageNet-1K weights for %s unavailable (%s); the %s encoder starts from "
                 "random weights instead. To use ImageNet, put %s (from %s) into %s.",
@@ -293,8 +380,7 @@ def initialise_encoder(backbone: nn.Module, arch: str, pretrained: PretrainedSpe
                 path.parent,
             )
             return IMAGENET_FALLBACK
-        load_encoder_weights(backbone, state, f"ImageNet-1K {arch}")
-        return IMAGENET
+        return _described(IMAGENET, load_encoder_weights(backbone, state, f"ImageNet-1K {arch}", strict))
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(
@@ -302,5 +388,10 @@ def initialise_encoder(backbone: nn.Module, arch: str, pretrained: PretrainedSpe
             "or the path of a state dict)"
         )
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    load_encoder_weights(backbone, _unwrap_checkpoint(obj, path), str(path))
-    return f"file:{path}"
+    return _described(
+        f"file:{path}", load_encoder_weights(backbone, _unwrap_checkpoint(obj, path), str(path), strict)
+    )
+
+
+def _described(init: str, partial: str | None) -> str:
+    return init if partial is None else f"{init} ({partial})"

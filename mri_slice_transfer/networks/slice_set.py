@@ -243,13 +243,17 @@ class SliceSetNet(nn.Module):
             activation memory of big encoders at the cost of a second encoder forward in backward.
             Identical results for cnn5 and for ResNets in eval mode; in training mode ResNet BatchNorm
             statistics are then computed per chunk.
+        pretrained_strict: refuse a weights file of which only some tensors match the encoder
+            (default); False loads the matching ones and ``encoder_init`` says so
+            (``"file:<path> (partial: 120/216 tensors)"``).
 
     Shapes:
         input ``[B, 1, *spatial_size]`` -> output ``[B, num_outputs]``.
 
     Attributes:
         encoder_init: what initialised the encoder: ``"scratch"``, ``"imagenet"``,
-            ``"random (ImageNet weights unavailable)"`` or ``"file:<path>"``.
+            ``"random (ImageNet weights unavailable)"`` or ``"file:<path>"`` (with ``" (partial: ...)"``
+            after a partial load).
         num_slices: ``K``.
     """
 
@@ -265,6 +269,7 @@ class SliceSetNet(nn.Module):
         in_channels_mode: str = "fold",
         output_bias: float | None = None,
         slice_chunk_size: int | None = None,
+        pretrained_strict: bool = True,
     ) -> None:
         super().__init__()
         encoder = _check_choice("encoder", encoder, ENCODERS)
@@ -277,6 +282,8 @@ class SliceSetNet(nn.Module):
             raise ValueError(f"spatial_size must be 3 positive ints (x, y, z), got {spatial_size}")
         if not isinstance(num_outputs, int) or num_outputs < 1:
             raise ValueError(f"num_outputs must be a positive int, got {num_outputs!r}")
+        if not isinstance(pretrained_strict, bool):
+            raise ValueError(f"pretrained_strict must be True or False, not {pretrained_strict!r}")
         if slice_chunk_size is not None and (not isinstance(slice_chunk_size, int) or slice_chunk_size < 1):
             raise ValueError(f"slice_chunk_size must be None or a positive int, got {slice_chunk_size!r}")
 
@@ -316,10 +323,8 @@ class SliceSetNet(nn.Module):
         if output_bias is not None:
             nn.init.constant_(self.output_layer.bias, float(output_bias))
 
-        if encoder in RESNET_ENCODERS:
-            self.encoder_init = initialise_encoder(self.encoder.backbone, encoder, pretrained)
-        else:
-            self.encoder_init = initialise_encoder(self.encoder, encoder, pretrained)
+        backbone = self.encoder.backbone if encoder in RESNET_ENCODERS else self.encoder
+        self.encoder_init = initialise_encoder(backbone, encoder, pretrained, strict=pretrained_strict)
 
     @property
     def output_layer(self) -> nn.Module:
