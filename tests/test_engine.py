@@ -59,7 +59,8 @@ def test_tuned_threshold_maximises_balanced_accuracy_and_is_parsed(tmp_path) -> 
     logits, labels = np.array([0.2, 0.5, 1.0, 2.0, 2.5, 3.0]), np.array([0, 0, 0, 1, 1, 1])
     assert classification_metrics(logits, labels)["balanced_accuracy"] == 0.5  # at 0.5: all AD
     t = tune_threshold(logits, labels)
-    assert t == pytest.approx(1 / (1 + math.exp(-1.5)))  # half-way between 1.0 and 2.0 in logits
+    assert t.logit == 1.5  # half-way between 1.0 and 2.0 in logits
+    assert t.probability == pytest.approx(1 / (1 + math.exp(-1.5)))
     assert classification_metrics(logits, labels, t)["balanced_accuracy"] == 1.0
     # overlapping classes: no cut beats the tuned one
     rng = np.random.default_rng(0)
@@ -67,14 +68,84 @@ def test_tuned_threshold_maximises_balanced_accuracy_and_is_parsed(tmp_path) -> 
     best = classification_metrics(z, y, tune_threshold(z, y))["balanced_accuracy"]
     for p in np.linspace(0.01, 0.99, 99):
         assert classification_metrics(z, y, p)["balanced_accuracy"] <= best + 1e-12
-    assert tune_threshold(np.array([1.0, 2.0]), np.array([1, 1])) == 0.5  # one class: the fixed one
+    assert tune_threshold(np.array([1.0, 2.0]), np.array([1, 1])).probability == 0.5  # one class: fixed
     assert threshold_setting("validation") is None and threshold_setting("0.3") == 0.3
     with pytest.raises(ValueError, match="'validation' or a probability"):
         threshold_setting(1.5)
     record = tmp_path / "model.json"
-    assert operating_threshold("validation", record) == 0.5  # no record yet: warned, fixed 0.5
+    assert operating_threshold("validation", record).logit == 0.0  # no record yet: warned, fixed 0.5
+    # a record of an older version: only the probability, converted to its logit
     record.write_text(json.dumps({"epoch": 3, "metrics": {"val_threshold": 0.62}}), encoding="utf-8")
-    assert operating_threshold("validation", record) == 0.62 and operating_threshold(0.4, record) == 0.4
+    assert operating_threshold("validation", record).probability == pytest.approx(0.62)
+    assert operating_threshold("validation", record).logit == pytest.approx(math.log(0.62 / 0.38))
+    assert operating_threshold(0.4, record).probability == pytest.approx(0.4)
+
+
+#: Validation logits far beyond float64 sigmoid resolution: exp(800) overflows, sigmoid(40) == 1.0.
+SATURATED = [
+    (np.array([-900.0, -850.0, -800.0, -760.0]), -825.0, 0.0),
+    (np.array([40.0, 45.0, 55.0, 60.0]), 50.0, 1.0),
+]
+
+
+@pytest.mark.parametrize(("logits", "cut", "probability"), SATURATED)
+def test_threshold_is_tuned_and_applied_in_logit_space(logits, cut, probability) -> None:
+    from mri_slice_transfer.engine.metrics import make_additional_metrics, tune_threshold
+
+    labels = np.array([0, 0, 1, 1])
+    t = tune_threshold(logits, labels)
+    assert (t.logit, t.probability) == (cut, probability)
+    metrics = classification_metrics(logits, labels, t)
+    assert metrics["balanced_accuracy"] == metrics["f1"] == metrics["roc_auc"] == 1.0
+    # what training records: the probability for people and the logit cut that decisions use
+    epoch = make_additional_metrics("adni_ad")
+    assert {"val_threshold", "val_threshold_logit"} <= set(epoch)
+
+
+def test_tied_cuts_give_the_middle_one() -> None:
+    from mri_slice_transfer.engine.metrics import tune_threshold
+
+    z = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    assert tune_threshold(z, np.array([0, 1, 0, 1, 0, 1])).logit == 2.5  # of 0.5, 2.5, 4.5
+    assert tune_threshold(z + 1000.0, np.array([0, 1, 0, 1, 0, 1])).logit == 1002.5
+
+
+def test_recorded_logit_cut_is_used_and_checked(tmp_path) -> None:
+    from mri_slice_transfer.engine.metrics import operating_threshold
+
+    record = tmp_path / "model.json"
+    metrics = {"val_threshold": 1.0, "val_threshold_logit": 50.0}
+    record.write_text(json.dumps({"epoch": 2, "metrics": metrics}), encoding="utf-8")
+    assert operating_threshold("validation", record).logit == 50.0
+    metrics["val_threshold"] = 0.3  # edited by hand: the two disagree
+    record.write_text(json.dumps({"epoch": 2, "metrics": metrics}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"model\.json: val_threshold 0\.3 and val_threshold_logit 50\.0"):
+        operating_threshold("validation", record)
+
+
+def test_saturated_outputs_are_predicted_and_bootstrapped_exactly(tmp_path) -> None:
+    from mri_slice_transfer.engine.metrics import DecisionThreshold, metrics_threshold
+    from mri_slice_transfer.engine.predictions import PredictionWriter
+    from mri_slice_transfer.grid.summary import bootstrap_ci, bootstrap_from_predictions
+
+    writer = PredictionWriter(
+        "adni_ad", str(tmp_path / "p.csv"), str(tmp_path / "m.json"), DecisionThreshold(50.0)
+    )
+    for i, (z, y) in enumerate([(40.0, 0), (45.0, 0), (55.0, 1), (60.0, 1)]):
+        item = {"subject_id": f"s{i}", "image_path": f"{i}.nii", "label": torch.tensor([float(y)])}
+        writer.rows.append(writer._row(item, torch.tensor([z])))
+    metrics = writer.write()
+    assert metrics["threshold"] == 1.0 and metrics["threshold_logit"] == 50.0
+    assert metrics["balanced_accuracy"] == metrics["roc_auc"] == 1.0
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert table["predicted"].tolist() == ["CN", "CN", "AD", "AD"] and (table["probability"] == 1.0).all()
+    # the grid bootstraps at the run's threshold, read back from test_metrics.json
+    threshold = metrics_threshold(json.loads((tmp_path / "m.json").read_text(encoding="utf-8")))
+    row = bootstrap_from_predictions("adni_ad", tmp_path / "p.csv", 50, 0, threshold)
+    assert row["test_balanced_accuracy_ci_low"] == row["test_roc_auc_ci_low"] == 1.0
+    exact = bootstrap_ci("adni_ad", table["logit"], table["label"], None, 50, exact=True, threshold=threshold)
+    assert exact["balanced_accuracy"] == (1.0, 1.0)
+    assert metrics_threshold({"threshold": 0.5}).logit == 0.0  # a test_metrics.json of an older version
 
 
 def test_best_model_saver_lower_is_better(tmp_path) -> None:

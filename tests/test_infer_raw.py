@@ -26,7 +26,7 @@ from mri_slice_transfer.prepare import prepare_scan  # noqa: E402
 
 GOOD = ("a.nii.gz", "b.nrrd")
 #: Columns of the predictions CSV without ``--prepare`` (unchanged by this feature).
-PLAIN_COLUMNS = ["subject_id", "session_id", "image", "probability", "predicted", "status", "error"]
+PLAIN_COLUMNS = ["subject_id", "session_id", "image", "probability", "logit", "predicted", "status", "error"]
 
 
 def _bundle_with_model(root: Path, name: str) -> Path:
@@ -119,7 +119,7 @@ def test_corrupt_raw_scan_gets_an_error_row(runs: dict) -> None:
 def test_predictions_csv_reports_the_preparation(runs: dict) -> None:
     table = runs["from_raw"]
     assert list(table.columns) == [
-        "subject_id", "session_id", "input", "image", "probability", "predicted", "status", "error",
+        "subject_id", "session_id", "input", "image", "probability", "logit", "predicted", "status", "error",
         "prepare_status", "flagged", "prepare_correlation", "qc_png", "prepare_note",
     ]  # fmt: skip
     for name in GOOD:

@@ -1,12 +1,20 @@
 """Validation/test metrics for both tasks, as Ignite ``EpochMetric`` objects (DDP-gathered).
 
 AD (binary, the network gives one logit): balanced accuracy (key metric), F1, average precision and
-ROC AUC, and the probability threshold that balanced accuracy and F1 use. The threshold is either
+ROC AUC, and the decision threshold that balanced accuracy and F1 use. The threshold is either
 fixed (0.5, the paper's) or, with ``decision_threshold: "validation"``, chosen on each validation to
 maximise balanced accuracy there (:func:`tune_threshold`); the best epoch's threshold is saved beside
 the model (``models/model.json``, see :class:`~mri_slice_transfer.engine.handlers.BestModelSaver`) and
-evaluation and inference then use it (:func:`operating_threshold`). Brain age: MAE (key metric, lower is
-better), RMSE and Pearson r. Undefined values (e.g. ROC AUC with one class present) are NaN.
+evaluation and inference then use it (:func:`operating_threshold`).
+
+Decisions are made in logit space (:class:`DecisionThreshold`: AD when ``logit >= cut``), so that
+saturated outputs (logits beyond about +-37, whose probabilities round to 0 or 1) are still decided
+and scored exactly; the probability ``sigmoid(cut)`` is a derived value for people (``threshold``
+beside ``threshold_logit`` in the metrics, ``val_threshold`` beside ``val_threshold_logit`` in
+``model.json``). Average precision and ROC AUC rank the logits, not the rounded probabilities.
+
+Brain age: MAE (key metric, lower is better), RMSE and Pearson r. Undefined values (e.g. ROC AUC with
+one class present) are NaN.
 """
 
 from __future__ import annotations
@@ -15,17 +23,23 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.metrics import EpochMetric
+from scipy.special import expit
+from scipy.special import logit as _logit
 from sklearn import metrics as skm
 
 __all__ = [
     "KEY_METRIC",
     "LOWER_IS_BETTER",
     "THRESHOLD",
+    "DecisionThreshold",
+    "as_threshold",
+    "metrics_threshold",
     "flat_pred_label",
     "tune_threshold",
     "threshold_setting",
@@ -48,6 +62,42 @@ THRESHOLD = 0.5
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class DecisionThreshold:
+    """The AD decision rule: AD when the network's logit is ``>= logit`` (a cut in logit space).
+
+    Args:
+        logit: the cut; any float, also beyond the range where ``sigmoid`` is distinguishable from
+            0 or 1 (``-inf``: every scan is AD).
+    """
+
+    logit: float
+
+    @classmethod
+    def from_probability(cls, probability: float) -> DecisionThreshold:
+        """The cut ``logit(probability)`` of a probability threshold in [0, 1]."""
+        p = float(probability)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"a probability threshold must be between 0 and 1, not {probability!r}")
+        return cls(float(_logit(p)))
+
+    @property
+    def probability(self) -> float:
+        """``sigmoid(logit)`` for display (0.0 or 1.0 for saturated cuts)."""
+        return float(expit(self.logit))
+
+    def decide(self, logits: np.ndarray) -> np.ndarray:
+        """Boolean AD decisions of ``logits`` (``logit >= cut``)."""
+        return np.asarray(logits, dtype=np.float64) >= self.logit
+
+
+def as_threshold(threshold: float | DecisionThreshold) -> DecisionThreshold:
+    """``threshold`` as a :class:`DecisionThreshold`; a float is a probability threshold (e.g. 0.5)."""
+    if isinstance(threshold, DecisionThreshold):
+        return threshold
+    return DecisionThreshold.from_probability(threshold)
+
+
 def flat_pred_label(output: dict | Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """Engine output (batched dict or decollated list) -> fp32 ``(pred, label)`` of shape ``(N,)``."""
     if isinstance(output, dict):
@@ -68,32 +118,40 @@ def _safe(fn: Callable[[], float]) -> float:
     return value
 
 
-def tune_threshold(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The probability threshold that maximises balanced accuracy on these scans.
+def metrics_threshold(metrics: dict) -> DecisionThreshold:
+    """The threshold a ``test_metrics.json`` was computed at: ``threshold_logit`` (or, written by older
+    versions, the probability ``threshold``; 0.5 when neither is there)."""
+    if metrics.get("threshold_logit") is not None:
+        return DecisionThreshold(float(metrics["threshold_logit"]))
+    return as_threshold(metrics.get("threshold", THRESHOLD))
+
+
+def tune_threshold(logits: np.ndarray, labels: np.ndarray) -> DecisionThreshold:
+    """The decision threshold that maximises balanced accuracy on these scans.
 
     Candidate cuts lie half-way (in logit space) between neighbouring distinct logits, so no scan sits
     on the threshold; of several equally good cuts the middle one is taken. With one class only (or no
-    scans) the fixed :data:`THRESHOLD` is returned.
+    scans) the fixed :data:`THRESHOLD` is returned. The cut stays a logit, so it separates scans whose
+    probabilities round to the same value (``|logit|`` above about 37) and any finite logit works.
 
     Args:
         logits: (N,) network outputs (AD logits) of the validation scans.
         labels: (N,) 0 = CN, 1 = AD.
 
     Returns:
-        a probability in (0, 1): predict AD when ``sigmoid(logit) >= threshold``.
+        the threshold: predict AD when ``logit >= threshold.logit``.
     """
     z = np.asarray(logits, dtype=np.float64).reshape(-1)
     y = np.asarray(labels).reshape(-1) > 0.5
     if len(z) == 0 or y.all() or not y.any():
-        return THRESHOLD
+        return as_threshold(THRESHOLD)
     u = np.unique(z)
-    cuts = np.r_[u[0] - 1.0, (u[1:] + u[:-1]) / 2.0, u[-1] + 1.0]
+    cuts = np.r_[u[0] - 1.0, u[:-1] + (u[1:] - u[:-1]) / 2.0, u[-1] + 1.0]
     tpr = (z[y][None, :] > cuts[:, None]).mean(axis=1)
     tnr = (z[~y][None, :] < cuts[:, None]).mean(axis=1)
     bacc = (tpr + tnr) / 2.0
     best = np.flatnonzero(bacc == bacc.max())
-    cut = float(cuts[best[len(best) // 2]])
-    return float(1.0 / (1.0 + math.exp(-cut)))
+    return DecisionThreshold(float(cuts[best[len(best) // 2]]))
 
 
 def threshold_setting(decision_threshold: str | float) -> float | None:
@@ -116,48 +174,87 @@ def threshold_setting(decision_threshold: str | float) -> float | None:
     return value
 
 
-def operating_threshold(decision_threshold: str | float, model_json: str | Path) -> float:
-    """The probability threshold evaluation and inference use for a trained AD model.
+def operating_threshold(decision_threshold: str | float, model_json: str | Path) -> DecisionThreshold:
+    """The decision threshold evaluation and inference use for a trained AD model.
 
     Args:
         decision_threshold: ``"validation"`` (the threshold chosen on validation for the saved model,
             read from ``model_json``) or a fixed probability.
         model_json: the file :class:`~mri_slice_transfer.engine.handlers.BestModelSaver` writes beside
-            ``model.pt`` (``models/model.json``).
+            ``model.pt`` (``models/model.json``): ``val_threshold_logit`` (the cut), or in records of
+            older versions only ``val_threshold`` (a probability, converted to its logit).
 
     Returns:
         the threshold; with ``"validation"`` and no threshold recorded (a model trained with a fixed
         threshold or by an older version) a warning is logged and :data:`THRESHOLD` returned.
+
+    Raises:
+        ValueError: the record's ``val_threshold`` and ``val_threshold_logit`` disagree (one was
+            edited by hand) or are not numbers; the message names the file.
     """
     fixed = threshold_setting(decision_threshold)
     if fixed is not None:
-        return fixed
+        return as_threshold(fixed)
     path = Path(model_json)
     try:
-        value = float(json.loads(path.read_text(encoding="utf-8"))["metrics"]["val_threshold"])
+        metrics = json.loads(path.read_text(encoding="utf-8"))["metrics"]
+        problem = None if "val_threshold" in metrics else "no val_threshold"
     except (OSError, ValueError, KeyError, TypeError) as err:
+        problem = f"{type(err).__name__}: {err}"
+    if problem is not None:
         logger.warning(
-            "decision_threshold 'validation': no validation threshold in %s (%s: %s); using %.2f",
-            path, type(err).__name__, err, THRESHOLD,
+            "decision_threshold 'validation': no validation threshold in %s (%s); using %.2f",
+            path, problem, THRESHOLD,
         )  # fmt: skip
-        return THRESHOLD
-    logger.info("decision threshold %.4f (chosen on validation, from %s)", value, path)
+        return as_threshold(THRESHOLD)
+    value = _recorded_threshold(metrics, path)
+    logger.info(
+        "decision threshold: logit %.6g (probability %.4f, chosen on validation, from %s)",
+        value.logit, value.probability, path,
+    )  # fmt: skip
+    return value
+
+
+def _recorded_threshold(metrics: dict, path: Path) -> DecisionThreshold:
+    """``val_threshold_logit`` of a model record, checked against ``val_threshold``."""
+    prob, cut = metrics["val_threshold"], metrics.get("val_threshold_logit")
+    try:
+        value = DecisionThreshold(float(cut)) if cut is not None else as_threshold(prob)
+        shown = float(prob)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: val_threshold must be a probability, not {prob!r} ({err})") from err
+    if math.isnan(value.logit) or not math.isclose(value.probability, shown, rel_tol=1e-6, abs_tol=1e-9):
+        raise ValueError(
+            f"{path}: val_threshold {prob!r} and val_threshold_logit {cut!r} (probability "
+            f"{value.probability!r}) must agree; the logit is the one decisions use: correct or delete "
+            "val_threshold_logit, or pass --decision_threshold <probability>"
+        )
     return value
 
 
 def classification_metrics(
-    logits: np.ndarray, labels: np.ndarray, threshold: float = THRESHOLD
+    logits: np.ndarray, labels: np.ndarray, threshold: float | DecisionThreshold = THRESHOLD
 ) -> dict[str, float]:
-    """Metrics of AD-vs-CN logits against 0/1 labels; balanced accuracy and F1 at ``threshold``."""
-    prob = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    """Metrics of AD-vs-CN logits against 0/1 labels; balanced accuracy and F1 at ``threshold``.
+
+    Args:
+        logits: (N,) network outputs.
+        labels: (N,) 0 = CN, 1 = AD.
+        threshold: a :class:`DecisionThreshold` or a probability threshold.
+
+    Returns:
+        balanced accuracy, F1, average precision and ROC AUC (the last two rank the logits; NaN
+        with one class only).
+    """
+    z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels).astype(int)
-    hat = (prob >= threshold).astype(int)
+    hat = as_threshold(threshold).decide(z).astype(int)
     both = len(np.unique(y)) > 1
     return {
         "balanced_accuracy": _safe(lambda: skm.balanced_accuracy_score(y, hat)),
         "f1": _safe(lambda: skm.f1_score(y, hat, zero_division=0)),
-        "average_precision": _safe(lambda: skm.average_precision_score(y, prob)) if both else math.nan,
-        "roc_auc": _safe(lambda: skm.roc_auc_score(y, prob)) if both else math.nan,
+        "average_precision": _safe(lambda: skm.average_precision_score(y, z)) if both else math.nan,
+        "roc_auc": _safe(lambda: skm.roc_auc_score(y, z)) if both else math.nan,
     }
 
 
@@ -172,7 +269,7 @@ def regression_metrics(pred: np.ndarray, age: np.ndarray) -> dict[str, float]:
 
 
 def compute_metrics(
-    task: str, pred: np.ndarray, label: np.ndarray, threshold: float = THRESHOLD
+    task: str, pred: np.ndarray, label: np.ndarray, threshold: float | DecisionThreshold = THRESHOLD
 ) -> dict[str, float]:
     """All metrics of ``task`` (raw network outputs against labels; ``threshold``: AD only)."""
     if task == "adni_ad":
@@ -182,35 +279,43 @@ def compute_metrics(
     raise ValueError(f"unknown task {task!r}; expected 'adni_ad' or 'brain_age'")
 
 
-def _epoch_metric(task: str, name: str, threshold: float | None) -> EpochMetric:
+def _epoch_metric(task: str, name: str, threshold: float | DecisionThreshold | None) -> EpochMetric:
     def fn(pred: torch.Tensor, label: torch.Tensor) -> float:
         p, y = pred.numpy(), label.numpy()
-        t = THRESHOLD if task != "adni_ad" else (tune_threshold(p, y) if threshold is None else threshold)
-        return t if name == "threshold" else compute_metrics(task, p, y, t)[name]
+        if task != "adni_ad":
+            return compute_metrics(task, p, y)[name]
+        t = tune_threshold(p, y) if threshold is None else as_threshold(threshold)
+        if name == "threshold":
+            return t.probability
+        if name == "threshold_logit":
+            return t.logit
+        return compute_metrics(task, p, y, t)[name]
 
     return EpochMetric(fn, output_transform=flat_pred_label, check_compute_fn=False)
 
 
 def make_key_metric(
-    task: str, prefix: str = "val_", threshold: float | None = THRESHOLD
+    task: str, prefix: str = "val_", threshold: float | DecisionThreshold | None = THRESHOLD
 ) -> dict[str, EpochMetric]:
     """``{"val_<key>": metric}`` for the evaluator's ``key_val_metric``.
 
     Args:
         task: ``"adni_ad"`` or ``"brain_age"``.
         prefix: metric name prefix (``"val_"``, ``"test_"``).
-        threshold: AD probability threshold; None = tuned on the evaluated scans (:func:`tune_threshold`).
+        threshold: AD decision threshold (a :class:`DecisionThreshold` or a probability); None = tuned
+            on the evaluated scans (:func:`tune_threshold`).
     """
     return {prefix + KEY_METRIC[task]: _epoch_metric(task, KEY_METRIC[task], threshold)}
 
 
 def make_additional_metrics(
-    task: str, prefix: str = "val_", threshold: float | None = THRESHOLD
+    task: str, prefix: str = "val_", threshold: float | DecisionThreshold | None = THRESHOLD
 ) -> dict[str, EpochMetric]:
     """The other metrics of ``task`` for the evaluator's ``additional_metrics`` (AD: also the threshold
-    used, ``<prefix>threshold``; arguments as :func:`make_key_metric`)."""
+    used, as a probability ``<prefix>threshold`` and as the logit cut ``<prefix>threshold_logit``;
+    arguments as :func:`make_key_metric`)."""
     names = list(compute_metrics(task, np.array([0.0, 1.0]), np.array([0.0, 1.0])))
-    names += ["threshold"] if task == "adni_ad" else []
+    names += ["threshold", "threshold_logit"] if task == "adni_ad" else []
     return {prefix + n: _epoch_metric(task, n, threshold) for n in names if n != KEY_METRIC[task]}
 
 

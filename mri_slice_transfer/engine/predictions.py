@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from scipy.special import expit
 
 from mri_slice_transfer.engine.distributed import is_main_process
 from mri_slice_transfer.engine.io import write_csv, write_json
-from mri_slice_transfer.engine.metrics import THRESHOLD, compute_metrics
+from mri_slice_transfer.engine.metrics import THRESHOLD, DecisionThreshold, as_threshold, compute_metrics
 
 __all__ = ["SafeTransform", "PredictionWriter"]
 
@@ -78,8 +79,8 @@ def _plain(value: Any) -> Any:
 class PredictionWriter:
     """Collect one row per scan during an evaluator run and write them (and metrics) at the end.
 
-    Columns: ``subject_id``, ``session_id``, ``image``, ``label`` (evaluation), ``probability`` and
-    ``predicted`` (AD) or ``predicted_age``, ``status``, ``error``. Scans prepared on the way
+    Columns: ``subject_id``, ``session_id``, ``image``, ``label`` (evaluation), ``probability``,
+    ``logit`` and ``predicted`` (AD) or ``predicted_age``, ``status``, ``error``. Scans prepared on the way
     (``inference.json --prepare true``) also get ``input`` (the raw scan; ``image`` is then the prepared
     one) and, after ``error``, ``prepare_status``, ``flagged``, ``prepare_correlation``, ``qc_png`` and
     ``prepare_note`` (see :data:`~mri_slice_transfer.engine.raw_inputs.PREPARE_KEYS`).
@@ -88,8 +89,10 @@ class PredictionWriter:
         task: ``"adni_ad"`` (probability of AD) or ``"brain_age"`` (predicted age).
         predictions_csv: output CSV path.
         metrics_json: output metrics path, written when the scans have labels (evaluation).
-        threshold: AD probability threshold for ``predicted`` and the metrics (recorded in the metrics
-            as ``threshold``); see :func:`~mri_slice_transfer.engine.metrics.operating_threshold`.
+        threshold: AD decision threshold for ``predicted`` and the metrics: a
+            :class:`~mri_slice_transfer.engine.metrics.DecisionThreshold` (AD when ``logit >= cut``; see
+            :func:`~mri_slice_transfer.engine.metrics.operating_threshold`) or a probability; recorded
+            in the metrics as ``threshold`` (probability) and ``threshold_logit``.
     """
 
     def __init__(
@@ -97,10 +100,10 @@ class PredictionWriter:
         task: str,
         predictions_csv: str,
         metrics_json: str | None = None,
-        threshold: float = THRESHOLD,
+        threshold: float | DecisionThreshold = THRESHOLD,
     ) -> None:
         self.task = task
-        self.threshold = float(threshold)
+        self.threshold = as_threshold(threshold)
         self.predictions_csv = Path(predictions_csv)
         self.metrics_json = Path(metrics_json) if metrics_json else None
         self.rows: list[dict] = []
@@ -125,10 +128,9 @@ class PredictionWriter:
             row["label"] = float(torch.as_tensor(item["label"]).reshape(-1)[0])
         status = item.get("status", "ok")
         value = float(torch.as_tensor(pred).float().reshape(-1)[0]) if status == "ok" else np.nan
-        if self.task == "adni_ad":
-            prob = 1.0 / (1.0 + np.exp(-value))
-            row["probability"] = prob
-            row["predicted"] = "" if np.isnan(prob) else ("AD" if prob >= self.threshold else "CN")
+        if self.task == "adni_ad":  # the logit too: the decision, exact also where probabilities saturate
+            row["probability"], row["logit"] = float(expit(value)), value
+            row["predicted"] = "" if np.isnan(value) else ("AD" if self.threshold.decide(value) else "CN")
         else:
             row["predicted_age"] = value
         row["status"], row["error"] = status, item.get("error", "")
@@ -160,7 +162,10 @@ class PredictionWriter:
         raw = np.array(self._raw, dtype=np.float64).reshape(-1, 2)
         metrics = compute_metrics(self.task, raw[:, 0], raw[:, 1], self.threshold)
         if self.task == "adni_ad":
-            metrics["threshold"] = self.threshold
+            metrics["threshold"], metrics["threshold_logit"] = (
+                self.threshold.probability,
+                self.threshold.logit,
+            )
         metrics.update(n_scans=len(raw), n_errors=n_err)
         write_json(metrics, self.metrics_json)
         logger.info("test metrics: %s -> %s", metrics, self.metrics_json)

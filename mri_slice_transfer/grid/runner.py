@@ -342,7 +342,7 @@ def collect_run_result(
     Raises:
         RunFailed: a result file is missing or unreadable.
     """
-    from mri_slice_transfer.engine.metrics import KEY_METRIC, LOWER_IS_BETTER
+    from mri_slice_transfer.engine.metrics import KEY_METRIC, LOWER_IS_BETTER, metrics_threshold
     from mri_slice_transfer.grid.summary import bootstrap_from_predictions
 
     eval_dir = run_dir / "eval"
@@ -370,7 +370,7 @@ def collect_run_result(
         raise RunFailed(f"no test metrics ({eval_dir / 'test_metrics.json'}: {err})") from err
     for k, v in test.items():
         row[f"test_{k}" if not k.startswith("test_") else k] = v
-    threshold = float(test.get("threshold", 0.5))  # AD: the threshold the test metrics used
+    threshold = metrics_threshold(test)  # AD: the threshold the test metrics used
     row.update(
         bootstrap_from_predictions(
             task, eval_dir / "test_predictions.csv", n_bootstrap, bootstrap_seed, threshold

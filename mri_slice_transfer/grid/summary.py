@@ -63,7 +63,8 @@ _TAIL_COLUMNS: tuple[str, ...] = ("stage", "error", "log_tail", "run_dir", "row"
 def predictions_arrays(task: str, csv_path: str | os.PathLike) -> tuple[Any, Any, Any]:
     """``(raw network outputs, labels, subject groups)`` of the readable scans of a predictions CSV.
 
-    For ``adni_ad`` the output is the logit recovered from ``probability``; for ``brain_age`` it is
+    For ``adni_ad`` the output is the ``logit`` column (in CSVs of older versions: the logit recovered
+    from ``probability``, inexact where probabilities round to 0 or 1); for ``brain_age`` it is
     ``predicted_age``. Rows with ``status`` other than ``ok`` are left out (as in ``test_metrics.json``).
 
     Raises:
@@ -76,7 +77,9 @@ def predictions_arrays(task: str, csv_path: str | os.PathLike) -> tuple[Any, Any
     if not path.is_file():
         raise FileNotFoundError(f"{path}: test predictions not found")
     frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    column = "probability" if task == "adni_ad" else "predicted_age"
+    column = "predicted_age"
+    if task == "adni_ad":
+        column = "logit" if "logit" in frame.columns else "probability"
     missing = [c for c in ("label", column) if c not in frame.columns]
     if missing:
         raise KeyError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -84,7 +87,7 @@ def predictions_arrays(task: str, csv_path: str | os.PathLike) -> tuple[Any, Any
         frame = frame[frame["status"].astype(str) == "ok"]
     frame = frame.dropna(subset=["label", column])
     value = frame[column].to_numpy(dtype=np.float64)
-    if task == "adni_ad":
+    if column == "probability":
         with np.errstate(divide="ignore"):
             value = np.log(value) - np.log1p(-value)
     groups = (
@@ -95,14 +98,15 @@ def predictions_arrays(task: str, csv_path: str | os.PathLike) -> tuple[Any, Any
     return value, frame["label"].to_numpy(dtype=np.float64), groups
 
 
-def _weighted_metrics(task: str, pred: Any, label: Any, counts: Any, threshold: float) -> dict[str, Any]:
+def _weighted_metrics(task: str, pred: Any, label: Any, counts: Any, threshold: Any) -> dict[str, Any]:
     """Every metric of ``task`` for many resamples at once; resample ``b`` holds scan ``i``
     ``counts[b, i]`` times.
 
-    The same definitions as :func:`~mri_slice_transfer.engine.metrics.compute_metrics` (probability
-    ``threshold``; balanced accuracy over the classes present; F1 with zero division 0; average
-    precision and ROC AUC with tied scores grouped, NaN unless both classes are present; MAE, RMSE,
-    Pearson r), vectorised: one resample costs microseconds instead of the ~12 ms of four sklearn calls.
+    The same definitions as :func:`~mri_slice_transfer.engine.metrics.compute_metrics` (decisions at
+    ``threshold``, a ``DecisionThreshold`` or a probability, compared in logit space; average precision
+    and ROC AUC rank the logits, tied scores grouped, NaN unless both classes are present; balanced
+    accuracy over the classes present; F1 with zero division 0; MAE, RMSE, Pearson r), vectorised: one
+    resample costs microseconds instead of the ~12 ms of four sklearn calls.
     ``tests/test_grid.py`` checks that both give the same intervals.
     """
     import numpy as np
@@ -117,9 +121,10 @@ def _weighted_metrics(task: str, pred: Any, label: Any, counts: Any, threshold: 
         defined = (n > 1) & (sxx > 0) & (syy > 0)
         r = np.where(defined, sxy / np.sqrt(np.where(defined, sxx * syy, 1.0)), np.nan)
         return {"mae": (w @ np.abs(err)) / n, "rmse": np.sqrt((w @ err**2) / n), "pearson_r": r}
-    prob = 1.0 / (1.0 + np.exp(-pred))
+    from mri_slice_transfer.engine.metrics import as_threshold
+
     y = (label > 0.5).astype(np.float64)
-    hat = (prob >= threshold).astype(np.float64)
+    hat = as_threshold(threshold).decide(pred).astype(np.float64)
     pos, neg = w @ y, w @ (1.0 - y)
     tp, fp = w @ (y * hat), w @ ((1.0 - y) * hat)
     fn, tn = pos - tp, neg - fp
@@ -129,8 +134,8 @@ def _weighted_metrics(task: str, pred: Any, label: Any, counts: Any, threshold: 
     bacc = np.where(both, (rec_pos + rec_neg) / 2.0, np.where(pos > 0, rec_pos, rec_neg))
     denom = 2.0 * tp + fp + fn
     f1 = np.divide(2.0 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    order = np.argsort(-prob, kind="mergesort")
-    ps, ys, ws = prob[order], y[order], w[:, order]
+    order = np.argsort(-pred, kind="mergesort")
+    ps, ys, ws = pred[order], y[order], w[:, order]
     last = np.flatnonzero(np.r_[ps[1:] != ps[:-1], True])  # end of each group of tied scores
     tps = np.cumsum(ws * ys, axis=1)[:, last]
     fps = np.cumsum(ws * (1.0 - ys), axis=1)[:, last]
@@ -159,7 +164,7 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
     exact: bool = False,
-    threshold: float = 0.5,
+    threshold: Any = 0.5,
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap confidence interval of every metric of ``task``.
 
@@ -172,8 +177,9 @@ def bootstrap_ci(
         level: coverage (0.95: the 2.5th and 97.5th percentiles).
         exact: score every resample with :func:`~mri_slice_transfer.engine.metrics.compute_metrics`
             itself (slow: about 12 ms per AD resample) instead of its vectorised equivalent.
-        threshold: AD probability threshold of balanced accuracy and F1 (the run's ``threshold`` in
-            ``test_metrics.json``).
+        threshold: AD decision threshold of balanced accuracy and F1: a
+            :class:`~mri_slice_transfer.engine.metrics.DecisionThreshold` (the run's
+            ``threshold_logit`` in ``test_metrics.json``) or a probability.
 
     Returns:
         ``{metric: (low, high)}``; NaN when fewer than half the resamples give a defined value (e.g.
@@ -223,7 +229,7 @@ def bootstrap_from_predictions(
     csv_path: str | os.PathLike,
     n_bootstrap: int = 1000,
     seed: int = 0,
-    threshold: float = 0.5,
+    threshold: Any = 0.5,
 ) -> dict[str, Any]:
     """``test_<metric>_ci_low`` / ``_ci_high`` columns of one run (see :func:`bootstrap_ci`)."""
     pred, label, groups = predictions_arrays(task, csv_path)
