@@ -29,6 +29,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -78,8 +79,9 @@ def _logistic() -> object:
     )
 
 
-def _scores(y: np.ndarray, logit: np.ndarray, groups: np.ndarray, threshold: float = 0.5) -> str:
-    """Balanced accuracy (at a probability threshold) and ROC AUC with subject-level bootstrap CIs."""
+def _scores(y: np.ndarray, logit: np.ndarray, groups: np.ndarray, threshold: Any = 0.5) -> str:
+    """Balanced accuracy (at a decision threshold: a DecisionThreshold or a probability) and ROC AUC
+    with subject-level bootstrap CIs."""
     from mri_slice_transfer.engine.metrics import classification_metrics
     from mri_slice_transfer.grid.summary import bootstrap_ci
 
@@ -122,12 +124,14 @@ def ad_report(folder: Path, frame: pd.DataFrame, feats: dict, predictions: list[
 
         logit, label, subjects = predictions_arrays("adni_ad", csv)
         metrics = Path(csv).with_name("test_metrics.json")  # written beside it by evaluate.json
-        t = 0.5
-        if metrics.is_file():
-            t = json.loads(metrics.read_text(encoding="utf-8")).get("threshold", 0.5)
+        from mri_slice_transfer.engine.metrics import as_threshold, metrics_threshold
+
+        t = as_threshold(0.5)
+        if metrics.is_file():  # the logit cut (or, written by older versions, the probability)
+            t = metrics_threshold(json.loads(metrics.read_text(encoding="utf-8")))
         print(f"  network {csv}: {len(label)} scans")
-        print(f"    at its threshold {t:.3f}: {_scores(label, logit, subjects, t)}")
-        if t != 0.5:
+        print(f"    at its threshold {t.probability:.3f}: {_scores(label, logit, subjects, t)}")
+        if t.logit != 0.0:
             print(f"    at 0.5:             {_scores(label, logit, subjects)}")
     v = feats["vent"]
     cn, ad = v[y == 0], v[y == 1]
