@@ -7,12 +7,17 @@
   (``ResNet18_Weights.IMAGENET1K_V1`` etc.). They are read from torchvision's cache
   ``$TORCH_HOME/hub/checkpoints/<file>`` (see :func:`mri_slice_transfer.paths.torch_weights_dir`) or
   downloaded there; if neither works a :class:`RuntimeError` names the file, the folder and the URL,
-  so the file can be copied onto an offline machine by hand.
+  so the file can be copied onto an offline machine by hand. The file is verified before use, however
+  it got there: its SHA-256 must start with the hash in its name and it is loaded with
+  ``torch.load(weights_only=True)`` (:func:`read_verified_weights`).
 - ``"auto"``: ImageNet if available (cache or download), otherwise random initialisation with a
   logging WARNING; ``encoder_init`` records which one happened.
 - a path (``str`` / :class:`~pathlib.Path`): a local ``torch.save``-d state dict for the 2D encoder,
   e.g. a RadImageNet or RadiologyNET ResNet ported to PyTorch. Common wrapper prefixes and
   ``nn.Sequential(*list(resnet.children())[:-1])`` index keys are mapped to torchvision names.
+
+A file of which only some tensors match the encoder is refused unless ``strict=False``
+(``pretrained_strict`` of :func:`~.factory.build_model`); see :func:`load_encoder_weights`.
 
 A 3-channel ``conv1`` kernel loaded into a folded 1-channel ``conv1`` is summed over its input
 channels (and a 1-channel kernel loaded into a 3-channel ``conv1`` is repeated / 3), which keeps the
