@@ -222,7 +222,10 @@ def _recorded_threshold(metrics: dict, path: Path) -> DecisionThreshold:
         value = DecisionThreshold(float(cut)) if cut is not None else as_threshold(prob)
         shown = float(prob)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: val_threshold must be a probability, not {prob!r} ({err})") from err
+        raise ValueError(
+            f"{path}: val_threshold must be a probability and val_threshold_logit a number, not "
+            f"{prob!r} and {cut!r} ({err})"
+        ) from err
     if math.isnan(value.logit) or not math.isclose(value.probability, shown, rel_tol=1e-6, abs_tol=1e-9):
         raise ValueError(
             f"{path}: val_threshold {prob!r} and val_threshold_logit {cut!r} (probability "

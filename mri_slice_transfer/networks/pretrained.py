@@ -193,7 +193,10 @@ def read_verified_weights(path: Path, url: str) -> dict[str, torch.Tensor]:
     redo = f"delete it and download it again from {url}"
     if not prefix:
         raise RuntimeError(f"{path}: cannot verify the weights file: its name has no SHA-256 prefix")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:  # permission denied, a folder, ...
+        raise RuntimeError(f"{path}: cannot read the weights file ({type(err).__name__}: {err})") from err
     digest = hashlib.sha256(data).hexdigest()
     if not digest.startswith(prefix):
         raise RuntimeError(
@@ -376,7 +379,8 @@ def initialise_encoder(
                 raise
             logger.warning(
                 "pretrained='auto': ImageNet-1K weights for %s unavailable (%s); the %s encoder starts from "
-                "random weights instead. To use ImageNet, put %s (from %s) into %s.",
+                "random weights instead. To use ImageNet, put %s (from %s) into %s (it is verified: its "
+                "SHA-256 must start with the hash in its name).",
                 arch,
                 err.__cause__ or err,
                 arch,
