@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         f"data lists: {out / 'train.csv'}, {out / 'val.csv'}, {out / 'test.csv'} "
         "(ground truth: participants.csv)"
     )
-    label = "diagnosis" if args.task == "adni_ad" else "age"
-    print(f"site x {label} (sites are balanced by diagnosis):")
+    label = "diagnosis (sites are balanced by diagnosis)" if args.task == "adni_ad" else "age"
+    print(f"site x {label}:")
     print(site_summary(pd.read_csv(out / "participants.csv"), args.task).to_string())
     return 0
