@@ -20,7 +20,8 @@ How subjects are dealt out (deterministic for a given ``seed``):
    the subject's own number of scans, so subjects with repeat scans are spread like the others.
 
 Before anything is written the leakage guard
-(:func:`~mri_slice_transfer.data.datalist.check_subject_leakage`) runs on the new splits, and the
+(:func:`~mri_slice_transfer.data.datalist.check_leakage`: subjects ignoring case, image files and
+image contents) runs on the new splits, and the
 written lists are read back with :func:`~mri_slice_transfer.data.datalist.read_split_datalists`, the
 same check every bundle runs before training.
 """
@@ -187,6 +188,20 @@ def _deal(order: Sequence[str], weights: dict[str, int], fractions: Sequence[flo
     return out
 
 
+def _refuse_case_variants(frame: pd.DataFrame, source: str) -> None:
+    """Raise ``ValueError`` if two subject ids differ only in case (one subject for the leakage guard)."""
+    from mri_slice_transfer.data.datalist import subject_key
+
+    ids = frame["subject_id"].astype(str)
+    variants = [sorted(set(g)) for _, g in ids.groupby(ids.map(subject_key), sort=True) if g.nunique() > 1]
+    if variants:
+        listed = "; ".join(" / ".join(map(repr, v)) for v in variants)
+        raise ValueError(
+            f"{source}: subject ids that differ only in case: {listed}; the leakage guard compares ids "
+            "ignoring case, so write each subject's id the same way in every row"
+        )
+
+
 def split_by_subject(
     frame: pd.DataFrame,
     task: str,
@@ -216,12 +231,14 @@ def split_by_subject(
         the :class:`SplitResult` (its ``report`` filled by :func:`split_report`).
 
     Raises:
-        ValueError: bad arguments, a missing column, fewer than three subjects, or an empty split.
-        DataListError: a subject in two splits (cannot happen by construction; the guard is run anyway).
+        ValueError: bad arguments, a missing column, subject ids that differ only in case, fewer than
+            three subjects, or an empty split.
+        DataListError: a subject in two splits (cannot happen by construction; the guard is run anyway),
+            or one image file or content listed under two subjects that landed in different splits.
     """
     import numpy as np
 
-    from mri_slice_transfer.data.datalist import check_subject_leakage, task_spec
+    from mri_slice_transfer.data.datalist import check_leakage, task_spec
 
     task_spec(task)
     if unit not in UNITS:
@@ -230,6 +247,7 @@ def split_by_subject(
         raise ValueError(f"age_bins must be at least 1, got {age_bins}")
     if "subject_id" not in frame.columns:
         raise ValueError(f"{source}: missing column 'subject_id'")
+    _refuse_case_variants(frame, source)
     if fractions is None:
         fr, note = default_fractions(task)
     else:
@@ -260,7 +278,7 @@ def split_by_subject(
         )
     split_of = frame["subject_id"].astype(str).map(assignment)
     frames = {s: frame[split_of == s] for s in SPLIT_NAMES}
-    check_subject_leakage(frames)
+    check_leakage(frames, {s: f"{source} ({s} split)" for s in SPLIT_NAMES})
     result = SplitResult(frames, assignment, strata, fr, note, strat, unit, int(seed))
     result.report = split_report(result, task)
     return result

@@ -116,10 +116,10 @@ s5,e.nii.gz,64.2
 
 
 def test_split_lists_report_all_problems_together(tmp_path):
-    _touch(tmp_path, "a.nii.gz", "b.nii.gz", "c.nii.gz")
+    _touch(tmp_path, "a.nii.gz", "b.nii.gz", "c.nii.gz", "d.nii.gz")
     _write(tmp_path / "train.csv", "subject_id,image,dx\ns1,a.nii.gz,AD\ns2,b.nii.gz,XX\n")
     _write(tmp_path / "val.csv", "subject_id,image\ns3,c.nii.gz\n")  # no dx column
-    _write(tmp_path / "test.csv", "subject_id,image,dx\ns1,c.nii.gz,AD\ns4,gone.nii.gz,CN\n")  # s1 leaks
+    _write(tmp_path / "test.csv", "subject_id,image,dx\ns1,d.nii.gz,AD\ns4,gone.nii.gz,CN\n")  # s1 leaks
     with pytest.raises(DataListError) as info:
         read_split_datalists(tmp_path, "adni_ad")
     problems = info.value.problems
@@ -135,15 +135,79 @@ def test_split_lists_report_all_problems_together(tmp_path):
 
 
 def test_missing_split_file_is_a_problem(tmp_path):
-    _touch(tmp_path, "a.nii.gz")
+    _touch(tmp_path, "a.nii.gz", "b.nii.gz")
     _write(tmp_path / "train.csv", "subject_id,image,age\ns1,a.nii.gz,70\n")
-    _write(tmp_path / "val.csv", "subject_id,image,age\ns2,a.nii.gz,71\n")
+    _write(tmp_path / "val.csv", "subject_id,image,age\ns2,b.nii.gz,71\n")
     with pytest.raises(DataListError) as info:
         read_split_datalists(tmp_path, "brain_age")
     assert len(info.value.problems) == 1
     assert "test.csv" in info.value.problems[0] and "not found" in info.value.problems[0]
     frames = read_split_datalists(tmp_path, "brain_age", splits=("train", "val"))
     assert set(frames) == {"train", "val"}
+
+
+def _lists(root: Path, **rows: str) -> None:
+    """Write ``<split>.csv`` (brain_age) with one ``subject,image`` pair per comma-separated item."""
+    for split, items in rows.items():
+        lines = [f"{item.split(':')[0]},{item.split(':')[1]},70" for item in items.split()]
+        _write(root / f"{split}.csv", "subject_id,image,age\n" + "\n".join(lines) + "\n")
+
+
+def _leaks(root: Path) -> list[str]:
+    with pytest.raises(DataListError) as info:
+        read_split_datalists(root, "brain_age")
+    return [p for p in info.value.problems if "leakage" in p]
+
+
+def test_one_image_file_in_two_splits_is_leakage_however_it_is_written(tmp_path):
+    (tmp_path / "images").mkdir()
+    for name in ("x", "y", "z"):
+        (tmp_path / "images" / f"{name}.nii.gz").write_bytes(name.encode() * 10)
+    (tmp_path / "link.nii.gz").symlink_to(tmp_path / "images" / "x.nii.gz")
+    _lists(
+        tmp_path,
+        train="s1:./images/x.nii.gz s2:images/y.nii.gz",
+        val="s3:images/z.nii.gz s4:images/x.nii.gz",
+        test="s5:link.nii.gz",
+    )
+    leaks = _leaks(tmp_path)
+    assert len(leaks) == 1, leaks
+    assert str((tmp_path / "images" / "x.nii.gz").resolve()) in leaks[0]
+    for where in ("train.csv row 1 (line 2)", "val.csv row 2 (line 3)", "test.csv row 1 (line 2)"):
+        assert where in leaks[0], leaks[0]
+
+
+def test_identical_content_under_two_names_in_two_splits_is_leakage(tmp_path):
+    head, tail = b"h" * 50_000, b"t" * 50_000  # the quick digest samples 16 blocks, not this middle
+    files = {
+        "a.nii.gz": head + b"scan a" + tail,
+        "copy_of_a.nii.gz": head + b"scan a" + tail,
+        "b.nii.gz": head + b"scan b" + tail,  # same size and quick digest as a: only the full hash tells
+        "c.nii.gz": b"scan c",
+        "c_again.nii.gz": b"scan c",  # identical to c, but in the same split: not leakage
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    _lists(
+        tmp_path,
+        train="s1:a.nii.gz s2:c.nii.gz s3:c_again.nii.gz",
+        val="s4:b.nii.gz",
+        test="s5:copy_of_a.nii.gz",
+    )
+    leaks = _leaks(tmp_path)
+    assert len(leaks) == 1, leaks
+    assert "identical image content" in leaks[0] and "sha256" in leaks[0]
+    assert "train.csv row 1 (line 2)" in leaks[0] and "test.csv row 1 (line 2)" in leaks[0]
+    assert "copy_of_a.nii.gz" in leaks[0] and "b.nii.gz" not in leaks[0].replace("copy_of_a", "")
+
+
+def test_subject_ids_are_compared_ignoring_case(tmp_path):
+    _touch(tmp_path, "a.nii.gz", "b.nii.gz", "c.nii.gz", "d.nii.gz")
+    _lists(tmp_path, train="sub-0003:a.nii.gz sub-0001:b.nii.gz", val="SUB-0003:c.nii.gz", test="s4:d.nii.gz")
+    leaks = _leaks(tmp_path)
+    assert len(leaks) == 1, leaks
+    assert "'sub-0003'" in leaks[0] and "'SUB-0003'" in leaks[0] and "ignoring case" in leaks[0]
+    assert "train.csv row 1 (line 2)" in leaks[0] and "val.csv row 1 (line 2)" in leaks[0]
 
 
 def test_unknown_task(tmp_path):

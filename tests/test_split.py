@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mri_slice_transfer.cli import main
-from mri_slice_transfer.data.datalist import check_subject_leakage, read_split_datalists
+from mri_slice_transfer.data.datalist import check_leakage, read_split_datalists
 from mri_slice_transfer.errors import DataListError
 from mri_slice_transfer.split import (
     PAPER_SPLIT_SCANS,
@@ -77,7 +77,7 @@ def test_split_is_by_subject_stratified_and_leak_free_for_many_seeds(task: str) 
                 for f, part in zip(res.fractions, res.frames.values(), strict=True):
                     got = part["subject_id"].isin(members).sum()
                     assert abs(got - f * total) <= 2 * max_w + 1, (task, seed, stratum, got, f * total)
-            check_subject_leakage(res.frames)  # the guard agrees
+            check_leakage(res.frames)  # the guard agrees
 
 
 def test_split_is_reproducible_and_seed_dependent() -> None:
@@ -125,7 +125,7 @@ def test_leakage_guard_names_the_subjects(tmp_path: Path) -> None:
         "test": pd.DataFrame({"subject_id": ["c", "e"]}),
     }
     with pytest.raises(DataListError) as info:
-        check_subject_leakage(frames, {"train": "lists/train.csv"})
+        check_leakage(frames, {"train": "lists/train.csv"})
     problems = info.value.problems
     assert len(problems) == 2
     assert (
@@ -134,7 +134,7 @@ def test_leakage_guard_names_the_subjects(tmp_path: Path) -> None:
         and "val row 2" in problems[0]
     )
     assert "'c'" in problems[1] and "leakage" in problems[1] and "test row 1 (line 2)" in problems[1]
-    check_subject_leakage({"train": frames["train"], "val": pd.DataFrame({"subject_id": ["x"]})})
+    check_leakage({"train": frames["train"], "val": pd.DataFrame({"subject_id": ["x"]})})
 
     # the bundles' reader runs the same guard on files
     for split, subs in (("train", "a,b"), ("val", "c"), ("test", "b")):
@@ -142,6 +142,14 @@ def test_leakage_guard_names_the_subjects(tmp_path: Path) -> None:
         (tmp_path / f"{split}.csv").write_text(f"subject_id,image,dx\n{rows}\n")
     with pytest.raises(DataListError, match=r"subject 'b' appears in more than one split \(leakage\)"):
         read_split_datalists(tmp_path, "adni_ad", check_files=False)
+
+
+def test_split_refuses_subject_ids_that_differ_only_in_case() -> None:
+    frame = all_scans(30, 0)
+    frame.loc[frame["subject_id"] == "sub-003", "subject_id"] = "SUB-003"
+    frame.loc[frame.index[frame["subject_id"] == "SUB-003"][0], "subject_id"] = "sub-003"
+    with pytest.raises(ValueError, match=r"differ only in case: 'SUB-003' / 'sub-003'"):
+        split_by_subject(frame, "adni_ad", source="all.csv")
 
 
 def test_split_command_writes_checked_lists_and_a_report(tmp_path: Path, capsys) -> None:

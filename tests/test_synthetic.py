@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
+from mri_slice_transfer.cli import main
 from mri_slice_transfer.data import plan_cohort, read_split_datalists
 from mri_slice_transfer.data.anatomy import ScanParams, _world
-from mri_slice_transfer.data.synthetic import datalist_csvs, generate_cohort, synthesize_scan
+from mri_slice_transfer.data.synthetic import datalist_csvs, generate_cohort, site_summary, synthesize_scan
 from mri_slice_transfer.template import TEMPLATE_AFFINE, TEMPLATE_SHAPE
 
 
@@ -53,7 +54,18 @@ def test_plan_split_is_subject_level_and_stratified(task):
     assert (second > first.loc[second.index]).all()
 
 
-def test_generation_is_deterministic_and_lists_are_valid(tmp_path):
+@pytest.mark.parametrize("n", [60, 200])
+def test_sites_are_balanced_by_diagnosis(n):
+    for seed in range(5):
+        subjects = plan_cohort("adni_ad", n=n, seed=seed).drop_duplicates("subject_id")
+        ad_fraction = (subjects["dx"] == "AD").mean()
+        for site, group in subjects.groupby("site"):
+            balanced = ad_fraction * len(group)
+            assert abs((group["dx"] == "AD").sum() - balanced) <= 1, (n, seed, site, len(group), balanced)
+        assert subjects["site"].value_counts().agg(np.ptp) <= 1  # and the sites are the same size
+
+
+def test_generation_is_deterministic_and_lists_are_valid(tmp_path, capsys):
     a = generate_cohort("adni_ad", "template", n=6, seed=7, out=tmp_path / "a", workers=1, progress=False)
     b = generate_cohort("adni_ad", "template", n=6, seed=7, out=tmp_path / "b", workers=2, progress=False)
     fa, fb = _files(a), _files(b)
@@ -75,6 +87,18 @@ def test_generation_is_deterministic_and_lists_are_valid(tmp_path):
     assert _files(a) == fa
     with pytest.raises(ValueError, match="different cohort"):
         generate_cohort("adni_ad", "template", n=6, seed=8, out=a, workers=1, progress=False)
+
+    # the demo-data command (resuming here: nothing to render) prints the site x diagnosis counts
+    assert (
+        main(["demo-data", "--n", "6", "--seed", "7", "--out", str(a), "--workers", "1", "--no-progress"])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert (
+        "site x diagnosis" in printed
+        and site_summary(plan_cohort("adni_ad", 6, 7), "adni_ad").to_string() in printed
+    )
+    assert _files(a) == fa
 
     other = plan_cohort("adni_ad", n=6, seed=8).iloc[0].to_dict()
     params = ScanParams(**{k: other[k] for k in ("age", "dx", "sex", "site", "subject_seed", "scan_seed")})

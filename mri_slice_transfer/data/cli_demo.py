@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mri_slice_transfer.data.synthetic import generate_cohort
+    import pandas as pd
+
+    from mri_slice_transfer.data.synthetic import generate_cohort, site_summary
 
     if args.n < 1:
         raise SystemExit("demo-data: --n must be at least 1")
@@ -54,4 +56,7 @@ def run(args: argparse.Namespace) -> int:
         f"data lists: {out / 'train.csv'}, {out / 'val.csv'}, {out / 'test.csv'} "
         "(ground truth: participants.csv)"
     )
+    label = "diagnosis (sites are balanced by diagnosis)" if args.task == "adni_ad" else "age"
+    print(f"site x {label}:")
+    print(site_summary(pd.read_csv(out / "participants.csv"), args.task).to_string())
     return 0

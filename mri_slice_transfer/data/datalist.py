@@ -1,8 +1,8 @@
 """Data lists: one CSV per split (``train.csv``, ``val.csv``, ``test.csv``), checked up front.
 
 The format is defined in ``docs/data_lists.md``. :func:`read_datalist` and :func:`read_split_datalists`
-collect *every* problem (missing columns, bad labels, missing files, duplicates, subjects shared between
-splits) and raise one :class:`~mri_slice_transfer.errors.DataListError` naming file and row, so a
+collect *every* problem (missing columns, bad labels, missing files, duplicates, subjects or images shared
+between splits) and raise one :class:`~mri_slice_transfer.errors.DataListError` naming file and row, so a
 researcher fixes all of them in one go instead of one per run.
 
 Rows are reported as ``row N (line L)``: ``N`` is the 1-based data row (the header is not counted) and
@@ -12,7 +12,9 @@ several lines).
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -27,9 +29,12 @@ __all__ = [
     "TASKS",
     "TaskSpec",
     "SPLITS",
-    "check_subject_leakage",
+    "check_leakage",
+    "image_leakage_problems",
+    "leakage_problems",
     "read_datalist",
     "read_split_datalists",
+    "subject_key",
     "subject_leakage_problems",
     "task_spec",
 ]
@@ -257,7 +262,8 @@ def read_split_datalists(
     """Read ``<datalist_dir>/<split>.csv`` for every split and check them together.
 
     Besides the per-file checks of :func:`read_datalist`, a missing split file is a problem, and so is
-    a subject that appears in more than one split (leakage between training and evaluation).
+    a subject, an image file or an image's content that appears in more than one split (leakage
+    between training and evaluation; see :func:`leakage_problems`).
 
     Args:
         datalist_dir: folder holding ``train.csv``, ``val.csv``, ``test.csv``.
@@ -283,22 +289,51 @@ def read_split_datalists(
         if frame is not None:
             frames[split] = _check_frame(frame, str(path), spec, root, check_files, problems)
 
-    # Subject-level leakage: a subject may have several scans, but all in one split.
-    problems.extend(subject_leakage_problems(frames, {s: str(folder / f"{s}.csv") for s in frames}))
+    # Leakage: a subject may have several scans, but all in one split; an image file (or its content) too.
+    problems.extend(leakage_problems(frames, {s: str(folder / f"{s}.csv") for s in frames}))
 
     if problems:
         raise DataListError(problems)
     return frames
 
 
+def subject_key(subject_id: object) -> str:
+    """How subject ids are compared across splits: ``sub-0003`` and ``SUB-0003`` are one subject.
+
+    Args:
+        subject_id: a subject id as written in a data list.
+
+    Returns:
+        the id stripped of surrounding white space and case-folded.
+    """
+    return str(subject_id).strip().casefold()
+
+
+def _located(frames: Mapping[str, pd.DataFrame], column: str) -> dict[str, list[tuple[int, str]]]:
+    """``{split: [(0-based data row, value), ...]}`` of the non-empty cells of ``column``."""
+    out: dict[str, list[tuple[int, str]]] = {}
+    for split, frame in frames.items():
+        if column not in frame.columns:
+            continue
+        for pos, (i, value) in enumerate(frame[column].items()):
+            if str(value) != "":
+                row = i if isinstance(i, (int, np.integer)) else pos
+                out.setdefault(split, []).append((int(row), str(value)))
+    return out
+
+
+def _places(by_split: Mapping[str, Sequence[int]], names: Mapping[str, str]) -> str:
+    return " and ".join(f"{names.get(s, s)} {_rows(sorted(idx))}" for s, idx in by_split.items())
+
+
 def subject_leakage_problems(
     frames: Mapping[str, pd.DataFrame], sources: Mapping[str, str] | None = None
 ) -> list[str]:
-    """The leakage guard: one problem line per subject that appears in more than one split.
+    """One problem line per subject that appears in more than one split.
 
-    Used by :func:`read_split_datalists` (so by every bundle) and by ``mri-slice-transfer split``
-    before it writes anything. Frames without a ``subject_id`` column are skipped; empty subject ids
-    are ignored (they are reported by the per-file checks).
+    Subject ids are compared with :func:`subject_key` (ignoring case), and the message spells out the
+    differing spellings. Frames without a ``subject_id`` column are skipped; empty subject ids are
+    ignored (they are reported by the per-file checks).
 
     Args:
         frames: ``{split: DataFrame}`` with a ``subject_id`` column; the index is the 0-based data row.
@@ -309,34 +344,147 @@ def subject_leakage_problems(
         test.csv row 1 (line 2)"]``; empty when no subject is shared.
     """
     where: dict[str, dict[str, list[int]]] = {}
-    for split, frame in frames.items():
-        if "subject_id" not in frame.columns:
-            continue
-        for pos, (i, sub) in enumerate(frame["subject_id"].items()):
-            if sub != "":
-                row = i if isinstance(i, (int, np.integer)) else pos
-                where.setdefault(str(sub), {}).setdefault(split, []).append(int(row))
+    spellings: dict[str, dict[str, None]] = {}
+    for split, cells in _located(frames, "subject_id").items():
+        for row, sub in cells:
+            key = subject_key(sub)
+            where.setdefault(key, {}).setdefault(split, []).append(row)
+            spellings.setdefault(key, {})[sub] = None
     names = dict(sources or {})
     problems = []
-    for sub, by_split in where.items():
+    for key, by_split in where.items():
         if len(by_split) > 1:
-            places = " and ".join(f"{names.get(s, s)} {_rows(idx)}" for s, idx in by_split.items())
-            problems.append(f"subject {sub!r} appears in more than one split (leakage): {places}")
+            spelled = list(spellings[key])
+            note = ""
+            if len(spelled) > 1:
+                note = (
+                    f"; ids are compared ignoring case, so {' and '.join(map(repr, spelled))} are one subject"
+                )
+            problems.append(
+                f"subject {spelled[0]!r} appears in more than one split (leakage{note}): "
+                f"{_places(by_split, names)}"
+            )
     return problems
 
 
-def check_subject_leakage(
+#: The quick content digest reads this many blocks of :data:`_QUICK_BLOCK` bytes, evenly spread over
+#: the file (header, brain and background alike); a full sha256 follows only where quick digests match.
+_QUICK_BLOCKS = 16
+_QUICK_BLOCK = 4096
+
+
+def _digest(path: str, quick: bool) -> str:
+    """sha256 of the whole file, or (``quick``) of its size and :data:`_QUICK_BLOCKS` sampled blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if quick:
+            size = os.fstat(f.fileno()).st_size
+            h.update(str(size).encode())
+            last = max(size - _QUICK_BLOCK, 0)
+            for k in range(_QUICK_BLOCKS):
+                f.seek(last * k // (_QUICK_BLOCKS - 1))
+                h.update(f.read(_QUICK_BLOCK))
+        else:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _by_digest(paths: Sequence[str], quick: bool) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for p in paths:
+        out.setdefault(_digest(p, quick), []).append(p)
+    return out
+
+
+def _same_content(paths: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """Groups of >= 2 of ``paths`` (distinct, existing files) with identical, non-empty bytes.
+
+    Cheap: files are grouped by size first; only equal sizes are read (a quick digest of 16 sampled
+    4 KiB blocks, then a full sha256 where that matches).
+
+    Returns:
+        ``[(sha256, [path, ...]), ...]``.
+    """
+    by_size: dict[int, list[str]] = {}
+    for p in paths:
+        by_size.setdefault(os.path.getsize(p), []).append(p)
+    sized = [g for size, g in by_size.items() if size > 0 and len(g) > 1]
+    quick = [g for group in sized for g in _by_digest(group, quick=True).values() if len(g) > 1]
+    return [(h, g) for group in quick for h, g in _by_digest(group, quick=False).items() if len(g) > 1]
+
+
+def image_leakage_problems(
     frames: Mapping[str, pd.DataFrame], sources: Mapping[str, str] | None = None
-) -> None:
-    """Raise if any subject appears in more than one split (see :func:`subject_leakage_problems`).
+) -> list[str]:
+    """One problem line per image file, or per identical file content, in more than one split.
+
+    Paths are compared as the loader opens them (:func:`os.path.realpath` of the ``image`` cell, which
+    :func:`read_split_datalists` has already made absolute): ``./images/x.nii.gz``, ``images/x.nii.gz``
+    and a symlink to it are one file. Files with identical bytes under different names are found by
+    size, then hash (see :func:`_same_content`); missing and empty files are skipped (the per-file
+    checks and the loader report them).
 
     Args:
-        frames: ``{split: DataFrame}`` with a ``subject_id`` column.
+        frames: ``{split: DataFrame}`` with an ``image`` column; the index is the 0-based data row.
+        sources: ``{split: file name}`` used in the messages (default: the split name).
+
+    Returns:
+        one line per shared file, naming every row in every file; empty when nothing is shared.
+    """
+    where: dict[str, dict[str, list[int]]] = {}
+    for split, cells in _located(frames, "image").items():
+        for row, image in cells:
+            path = os.path.realpath(image) if os.path.isabs(image) else os.path.normpath(image)
+            where.setdefault(path, {}).setdefault(split, []).append(row)
+    names = dict(sources or {})
+    problems = [
+        f"image {path} is listed in more than one split (leakage): {_places(by_split, names)}"
+        for path, by_split in where.items()
+        if len(by_split) > 1
+    ]
+    files = [p for p in where if os.path.isfile(p)]
+    for digest, same in _same_content(files):
+        if len({s for p in same for s in where[p]}) > 1:
+            places = " and ".join(
+                f"{names.get(s, s)} {_rows(sorted(idx))} ({p})" for p in same for s, idx in where[p].items()
+            )
+            problems.append(
+                "identical image content under different file names in more than one split "
+                f"(leakage; same size and sha256 {digest[:12]}...): {places}"
+            )
+    return problems
+
+
+def leakage_problems(
+    frames: Mapping[str, pd.DataFrame], sources: Mapping[str, str] | None = None
+) -> list[str]:
+    """The leakage guard: :func:`subject_leakage_problems` and :func:`image_leakage_problems`.
+
+    Used by :func:`read_split_datalists` (so by every bundle) and by ``mri-slice-transfer split``
+    before it writes anything.
+
+    Args:
+        frames: ``{split: DataFrame}`` with ``subject_id`` and ``image`` columns.
+        sources: ``{split: file name}`` used in the messages (default: the split name).
+
+    Returns:
+        every shared subject, image file and image content, each naming its rows in every file.
+    """
+    return subject_leakage_problems(frames, sources) + image_leakage_problems(frames, sources)
+
+
+def check_leakage(frames: Mapping[str, pd.DataFrame], sources: Mapping[str, str] | None = None) -> None:
+    """Raise if a subject, an image file or an image's content is in more than one split.
+
+    Args:
+        frames: ``{split: DataFrame}`` with ``subject_id`` and ``image`` columns.
         sources: ``{split: file name}`` used in the messages (default: the split name).
 
     Raises:
-        DataListError: naming every shared subject and where it appears.
+        DataListError: naming every shared subject or image and where it appears
+            (see :func:`leakage_problems`).
     """
-    problems = subject_leakage_problems(frames, sources)
+    problems = leakage_problems(frames, sources)
     if problems:
         raise DataListError(problems)

@@ -41,6 +41,7 @@ __all__ = [
     "GENERATOR_VERSION",
     "plan_cohort",
     "datalist_csvs",
+    "site_summary",
     "generate_cohort",
     "synthesize_scan",
     "write_nifti",
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 SPACES: tuple[str, ...] = ("template", "raw")
 #: Bump when the generated images change, so a resumed cohort is never a mix of versions.
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 #: Share of subjects with a second (repeat) session.
 REPEAT_FRACTION = 0.2
 #: Default split fractions (subjects), stratified by diagnosis (AD task) or age bin (brain age).
@@ -67,11 +68,37 @@ def _age_model(task: str, dx: str, rng: np.random.Generator) -> float:
     return float(np.clip(rng.normal(mean, 6.5), 55.0, 90.0))
 
 
+def _deal_sites(dx: np.ndarray, rng: np.random.Generator) -> list[str]:
+    """A site per subject, balanced by diagnosis: every site gets its share of AD and of CN, +-1 subject.
+
+    The subjects of each diagnosis are shuffled and dealt to the sites in turn (AD first, the CN deal
+    continuing where AD stopped, so the site sizes differ by at most one subject too), in a random
+    order of sites.
+    """
+    sites = [str(s) for s in rng.permutation(list(SITES))]
+    order = [i for d in ("AD", "CN") for i in rng.permutation(np.flatnonzero(dx == d)).tolist()]
+    out = [""] * len(dx)
+    for pos, i in enumerate(order):
+        out[i] = sites[pos % len(sites)]
+    return out
+
+
 def plan_cohort(task: str, n: int = 100, seed: int = 0) -> pd.DataFrame:
     """Plan ``n`` scans: one row per scan with subject, session, split, covariates and seeds.
 
     About :data:`REPEAT_FRACTION` of the subjects have a second session 1-2.5 years later (same split).
-    For ``adni_ad`` round(27 %) of the subjects are AD; ``brain_age`` subjects are all CN.
+    For ``adni_ad`` round(27 %) of the subjects are AD; ``brain_age`` subjects are all CN. Sites are
+    balanced by diagnosis (each site's share of AD subjects is the cohort's, +-1 subject), so a model
+    cannot learn the diagnosis from the site.
+
+    Args:
+        task: ``"adni_ad"`` or ``"brain_age"``.
+        n: number of scans.
+        seed: random seed.
+
+    Returns:
+        one row per scan: ``subject_id``, ``session_id``, ``image``, ``split``, ``dx``, ``age``, ``sex``,
+        ``site``, ``subject_seed``, ``scan_seed``, ``severity``.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -83,7 +110,7 @@ def plan_cohort(task: str, n: int = 100, seed: int = 0) -> pd.DataFrame:
     n_ad = round(AD_FRACTION * n_sub) if task == "adni_ad" else 0
     dx = np.array(["AD"] * n_ad + ["CN"] * (n_sub - n_ad))
     rng.shuffle(dx)
-    sites = list(SITES)
+    sites = _deal_sites(dx, rng)
     subjects = []
     for i in range(n_sub):
         d = str(dx[i])
@@ -93,7 +120,7 @@ def plan_cohort(task: str, n: int = 100, seed: int = 0) -> pd.DataFrame:
                 "dx": d,
                 "age": _age_model(task, d, rng),
                 "sex": "M" if rng.random() < 0.5 else "F",
-                "site": sites[int(rng.integers(len(sites)))],
+                "site": sites[i],
                 "subject_seed": int(rng.integers(2**31)),
                 "severity": float(np.exp(rng.normal(0.0, 0.3))) if d == "AD" else 0.0,
             }
@@ -320,6 +347,38 @@ def datalist_csvs(plan: pd.DataFrame, task: str) -> dict[str, str]:
         )
         for split in SPLITS
     }
+
+
+def site_summary(plan: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Site x label counts of a planned cohort (what ``demo-data`` prints).
+
+    Args:
+        plan: the output of :func:`plan_cohort` (or ``participants.csv``).
+        task: ``"adni_ad"`` (subjects and scans per site and diagnosis, and the AD share of subjects) or
+            ``"brain_age"`` (subjects, scans and age per site).
+
+    Returns:
+        one row per site plus an ``all`` row.
+    """
+    subjects = plan.drop_duplicates("subject_id")
+    table = pd.DataFrame(index=pd.Index(sorted(plan["site"].unique()), name="site"))
+    if task == "adni_ad":
+        for dx in TASKS["adni_ad"].classes or {}:
+            table[f"{dx} subjects"] = subjects[subjects["dx"] == dx].groupby("site").size()
+            table[f"{dx} scans"] = plan[plan["dx"] == dx].groupby("site").size()
+        table = table.fillna(0).astype(int)
+        table.loc["all"] = table.sum()
+        table["AD share (subjects)"] = (
+            table["AD subjects"] / (table["AD subjects"] + table["CN subjects"])
+        ).round(3)
+        return table
+    table["subjects"] = subjects.groupby("site").size()
+    table["scans"] = plan.groupby("site").size()
+    table.loc["all"] = [len(subjects), len(plan)]
+    ages = pd.concat([plan, plan.assign(site="all")]).groupby("site")["age"]
+    table["age mean"] = ages.mean().round(1)
+    table["age sd"] = ages.std().round(1)
+    return table
 
 
 def _write_lists(plan: pd.DataFrame, task: str, space: str, out: Path) -> None:
