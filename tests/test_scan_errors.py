@@ -112,3 +112,40 @@ def test_permission_denied_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(ScanError, match="permission denied") as info:
         load_scan(path)
     assert "corrupt" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_folder_inference_gives_every_input_a_row(trained: Path, tiny_data: Path, tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    (scans / "site2" / "sub-x").mkdir(parents=True)
+    (scans / ".hidden_folder").mkdir()
+    images = sorted((tiny_data / "images").glob("*.nii"))
+    shutil.copy(images[0], scans / "a.nii")
+    shutil.copy(images[1], scans / "site2" / "sub-x" / "a.nii")  # nested, same name
+    shutil.copy(images[2], scans / ".a.nii.tmp1234.nii.gz")  # our own atomic temp file: skipped
+    shutil.copy(images[2], scans / ".hidden_folder" / "c.nii")  # hidden folder: skipped
+    (scans / "dangling.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    (scans / "loop.nii.gz").symlink_to(scans / "loop.nii.gz")
+    out_csv = tmp_path / "pred.csv"
+    override = {"input": str(scans), "predictions_csv": str(out_csv), "network_def": TINY_NET}
+    run_workflow(str(trained / "configs" / "inference.json"), "infer", **override)
+    pred = pd.read_csv(out_csv, keep_default_na=False)
+    rows = {str(Path(r["image"]).relative_to(scans)): r for r in pred.to_dict("records")}
+    assert sorted(rows) == ["a.nii", "dangling.nii.gz", "loop.nii.gz", "site2/sub-x/a.nii"]
+    assert rows["a.nii"]["status"] == rows["site2/sub-x/a.nii"]["status"] == "ok"
+    assert rows["dangling.nii.gz"]["status"] == "error"
+    assert "dangling symbolic link" in rows["dangling.nii.gz"]["error"]
+    assert "gone.nii.gz" in rows["dangling.nii.gz"]["error"]
+    assert rows["loop.nii.gz"]["status"] == "error" and "link loop" in rows["loop.nii.gz"]["error"]
+
+
+def test_folder_inference_fails_when_no_scan_succeeds(trained: Path, tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "broken.nii.gz").write_bytes(b"not a NIfTI file")
+    (scans / "dangling.nii").symlink_to(tmp_path / "gone.nii")
+    out_csv = tmp_path / "pred.csv"
+    override = {"input": str(scans), "predictions_csv": str(out_csv), "network_def": TINY_NET}
+    with pytest.raises(Exception) as info:
+        run_workflow(str(trained / "configs" / "inference.json"), "infer", **override)
+    assert "no scan could be predicted: all 2 failed" in _chain(info.value)
+    assert (pd.read_csv(out_csv)["status"] == "error").all()
