@@ -15,7 +15,7 @@ from mri_slice_transfer.engine.allocator import keep_freed_memory
 from mri_slice_transfer.engine.bundle_root import bundle_root
 from mri_slice_transfer.engine.datasets import DataSource, resolve_data
 from mri_slice_transfer.engine.handlers import BestModelSaver, FullCheckpoint, MetricsWriter
-from mri_slice_transfer.engine.inputs import resolve_inputs
+from mri_slice_transfer.engine.inputs import resolve_inputs, run_name
 from mri_slice_transfer.engine.losses import make_loss
 from mri_slice_transfer.engine.metrics import (
     make_additional_metrics,
@@ -62,6 +62,7 @@ __all__ = [
     "prepare_inputs",
     "resolve_data",
     "resolve_inputs",
+    "run_name",
     "seed_everything",
     "scaled_size",
     "set_output_bias",
