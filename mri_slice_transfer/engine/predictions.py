@@ -71,8 +71,8 @@ def _reason(exc: BaseException) -> str:
 def _non_finite(value: float) -> str:
     """The error text of a scan whose network output is NaN or infinite."""
     return (
-        f"non-finite network output ({value}): the model weights may be damaged (check models/model.pt "
-        "against its recorded checksum, or retrain) or the scan's intensities are extreme"
+        f"non-finite network output ({value}): the model weights may be damaged (restore or retrain "
+        "models/model.pt) or the scan's intensities are extreme"
     )
 
 

@@ -66,7 +66,7 @@ def missing_problem(filename: str) -> str:
             os.stat(filename)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                return "is a symbolic link loop (the link resolves to itself); fix or remove the link"
+                return "is a symbolic link loop (following it never reaches a file); fix or remove the link"
         return (
             f"is a dangling symbolic link: it points to {os.readlink(filename)!r}, which does not "
             "exist; fix the link or copy the scan in"
@@ -77,13 +77,13 @@ def missing_problem(filename: str) -> str:
 
 
 def permission_problem(exc: BaseException) -> str | None:
-    """ "permission denied ..." if ``exc`` (or an exception it wraps) is an access error, else None.
+    """A "permission denied" problem text if ``exc`` (or an exception it wraps) is an access error.
 
     Args:
         exc: what a reader raised.
 
     Returns:
-        the problem text for :class:`~mri_slice_transfer.errors.ScanError`, or None.
+        the problem text for :class:`~mri_slice_transfer.errors.ScanError`, or None for other errors.
     """
     err: BaseException | None = exc
     while err is not None:  # readers may wrap the OS error
