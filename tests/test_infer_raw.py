@@ -232,3 +232,31 @@ def test_bundle_without_model_fails_before_preparing(tmp_path: Path) -> None:
         cause = cause.__cause__
     assert isinstance(cause, FileNotFoundError) and str(bundle / "models" / "model.pt") in str(cause)
     assert not (tmp_path / "prepared").exists()
+
+
+def test_two_sites_with_the_same_file_names_keep_their_own_outputs(tmp_path: Path) -> None:
+    """``--prepare`` with the default output names: a second site never overwrites the first's outputs."""
+    bundle = _bundle_with_model(tmp_path, "adni_ad")
+    scan = _make_scan(_template_1mm_sitk(), _pose(0), _orientation("RAS"))
+    sites = [tmp_path / "site1", tmp_path / "site2"]
+    for site in sites:
+        site.mkdir()
+        sitk.WriteImage(scan, str(site / "sub-01_T1w.nii.gz"))  # same name at both sites
+    for site in sites:
+        run_workflow(
+            str(bundle / "configs" / "inference.json"),
+            "infer",
+            network_def=TINY_NET,
+            input=str(site),
+            prepare="true",
+        )
+    csvs = sorted((bundle / "eval").glob("predictions-*.csv"))
+    assert [p.name.split("-")[1] for p in csvs] == ["site1", "site2"]
+    prepared = sorted(p for p in (bundle / "eval" / "prepared").iterdir())
+    assert [p.name.split("-")[0] for p in prepared] == ["site1", "site2"]
+    for site, csv, folder in zip(sites, csvs, prepared, strict=True):
+        row = pd.read_csv(csv, keep_default_na=False).iloc[0]
+        assert row["status"] == "ok" and Path(row["input"]).parent == site
+        assert Path(row["image"]).parent == folder and Path(row["image"]).is_file()
+        manifest = pd.read_csv(folder / "manifest.csv")
+        assert [Path(p).parent for p in manifest["input"]] == [site]

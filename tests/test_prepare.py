@@ -17,7 +17,7 @@ import pytest
 sitk = pytest.importorskip("SimpleITK")
 
 from mri_slice_transfer.errors import ScanError  # noqa: E402
-from mri_slice_transfer.prepare import find_inputs, prepare_scans, read_scan  # noqa: E402
+from mri_slice_transfer.prepare import find_inputs, prepare_scan, prepare_scans, read_scan  # noqa: E402
 from mri_slice_transfer.template import TEMPLATE_AFFINE, load_template, load_template_1mm  # noqa: E402
 
 _RAS = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
@@ -297,3 +297,43 @@ def test_read_nhdr_detached_header(tmp_path):
     np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing())
     np.testing.assert_allclose(a.GetDirection(), b.GetDirection())
     np.testing.assert_array_equal(sitk.GetArrayFromImage(a), data)
+
+
+def test_truncated_output_is_prepared_again(batch, caplog):
+    """A finished scan is recognised by the size + sha256 recorded for its outputs, not by its header."""
+    import hashlib
+    import logging
+
+    import pandas as pd
+
+    table = pd.read_csv(batch["out"] / "manifest.csv", keep_default_na=False)
+    row = table[table["input"].map(lambda p: Path(p).name) == "ras.nii.gz"].iloc[0]
+    output = Path(row["output"])
+    data = output.read_bytes()
+    assert row["output_sha256"] == hashlib.sha256(data).hexdigest()
+    assert int(row["output_bytes"]) == len(data)
+    output.write_bytes(data[: len(data) // 2])  # truncated later: the header still reads
+    assert nib.load(str(output)).shape == (91, 109, 91)
+    with caplog.at_level(logging.WARNING):
+        again = prepare_scan(batch["raw"] / "ras.nii.gz", batch["out"], name="ras")
+    assert again["status"] == "ok"
+    assert "no longer match" in caplog.text and "ras.nii.gz" in caplog.text
+    assert output.read_bytes() == data  # the same registration, written again in full
+    assert prepare_scan(batch["raw"] / "ras.nii.gz", batch["out"], name="ras")["status"] == "skipped"
+
+
+def test_read_scan_names_permission_denied_and_broken_links(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), path)
+    (tmp_path / "dangling.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    with pytest.raises(ScanError, match="dangling symbolic link"):
+        read_scan(tmp_path / "dangling.nii.gz")
+    (tmp_path / "loop.nii.gz").symlink_to(tmp_path / "loop.nii.gz")
+    with pytest.raises(ScanError, match="link loop"):
+        read_scan(tmp_path / "loop.nii.gz")
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)  # root ignores chmod 000: simulate it
+    with pytest.raises(ScanError, match="permission denied") as info:
+        read_scan(path)
+    assert "corrupt" not in str(info.value) and str(path) in str(info.value)

@@ -5,8 +5,8 @@ demo cohort), :mod:`.network`, :mod:`.precision` (bf16 autocast on CPU), :mod:`.
 :mod:`.metrics` (and the AD decision threshold), :mod:`.schedule` (learning-rate schedules),
 :mod:`.handlers` (metrics files, best model, atomic checkpoint + resume),
 :mod:`.precise_bn` (BatchNorm statistics recomputed before validation),
-:mod:`.predictions` and :mod:`.inputs` (evaluation / inference outputs), :mod:`.raw_inputs`
-(inference on raw scans, prepared on the way), :mod:`.distributed`,
+:mod:`.predictions`, :mod:`.inputs` and :mod:`.progress` (evaluation / inference outputs, inputs and
+progress), :mod:`.raw_inputs` (inference on raw scans, prepared on the way), :mod:`.distributed`,
 :mod:`.seeding`, :mod:`.run_info` (the run log), :mod:`.allocator` (malloc settings for CPU
 training) and :mod:`.io` (atomic writes).
 """
@@ -15,7 +15,7 @@ from mri_slice_transfer.engine.allocator import keep_freed_memory
 from mri_slice_transfer.engine.bundle_root import bundle_root
 from mri_slice_transfer.engine.datasets import DataSource, resolve_data
 from mri_slice_transfer.engine.handlers import BestModelSaver, FullCheckpoint, MetricsWriter
-from mri_slice_transfer.engine.inputs import resolve_inputs
+from mri_slice_transfer.engine.inputs import resolve_inputs, run_name
 from mri_slice_transfer.engine.losses import make_loss
 from mri_slice_transfer.engine.metrics import (
     make_additional_metrics,
@@ -29,6 +29,7 @@ from mri_slice_transfer.engine.options import as_bool, as_optional, as_pretraine
 from mri_slice_transfer.engine.precise_bn import PreciseBatchNorm
 from mri_slice_transfer.engine.precision import AutocastInferer, cpu_autocast_enabled, cuda_amp_enabled
 from mri_slice_transfer.engine.predictions import PredictionWriter, SafeTransform
+from mri_slice_transfer.engine.progress import ScanProgress
 from mri_slice_transfer.engine.raw_inputs import prepare_inputs
 from mri_slice_transfer.engine.resize import scaled_size, with_resize
 from mri_slice_transfer.engine.run_info import log_run_info
@@ -44,6 +45,7 @@ __all__ = [
     "PreciseBatchNorm",
     "PredictionWriter",
     "SafeTransform",
+    "ScanProgress",
     "build_network",
     "as_bool",
     "as_optional",
@@ -62,6 +64,7 @@ __all__ = [
     "prepare_inputs",
     "resolve_data",
     "resolve_inputs",
+    "run_name",
     "seed_everything",
     "scaled_size",
     "set_output_bias",

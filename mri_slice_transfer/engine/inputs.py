@@ -3,40 +3,91 @@
 from __future__ import annotations
 
 import glob
+import hashlib
+import os
+import re
 from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["SCAN_SUFFIXES", "resolve_inputs"]
+__all__ = ["SCAN_SUFFIXES", "resolve_inputs", "run_name"]
 
 #: File endings of scan files a folder input contributes (lower case); the raw formats are those that
 #: :data:`mri_slice_transfer.prepare.io.IMAGE_SUFFIXES` reads (``.nhdr``/``.mhd``: detached headers).
 SCAN_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-def _is_scan(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(SCAN_SUFFIXES)
+def run_name(source: str) -> str:
+    """A stable short name of an inference input, for its output names: ``<stem>-<hash8>``.
+
+    ``stem`` is the input folder's name (a glob: the folder of its pattern; a CSV: its file name without
+    ``.csv``), ``hash8`` the first 8 hex digits of the sha256 of the input's absolute path, so two sites
+    whose folders or files share names still get different outputs, and a re-run of one input the same.
+
+    Args:
+        source: the inference input as given (folder, glob or CSV).
+
+    Returns:
+        e.g. ``"site1-3f2a9c1b"`` for ``/data/site1``.
+
+    Raises:
+        ValueError: no source.
+    """
+    if not source:
+        raise ValueError("no inference input: set --input to a folder, a glob pattern or a CSV file")
+    path = os.path.abspath(Path(str(source)).expanduser())
+    plain = Path(path)
+    while glob.has_magic(plain.name) and plain.parent != plain:
+        plain = plain.parent
+    stem = plain.stem if plain.suffix.lower() == ".csv" else plain.name
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "input"
+    return f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
 
 
-def _dicom_series(folder: Path) -> list[str]:
-    """``folder`` itself if it is a DICOM series, else the DICOM series folders directly inside it."""
-    from mri_slice_transfer.prepare.io import is_dicom_folder  # SimpleITK: only for raw inputs
+def _is_scan_name(name: str) -> bool:
+    """A scan file name: a scan ending, and not hidden (``.`` names include our atomic temp files)."""
+    return not name.startswith(".") and name.lower().endswith(SCAN_SUFFIXES)
 
-    if is_dicom_folder(folder):
-        return [str(folder.resolve())]
-    return [str(p.resolve()) for p in folder.iterdir() if p.is_dir() and is_dicom_folder(p)]
+
+def _folder_scans(folder: Path, raw: bool) -> list[str]:
+    """Scans in ``folder`` and its sub-folders (hidden ones skipped), as absolute paths, sorted.
+
+    Entries with a scan name are kept even when they cannot be read (a dangling symbolic link, a link
+    loop), so that they get an error row; symbolic links to folders are not followed. With ``raw``, a
+    DICOM series folder (``folder`` itself or any sub-folder) is one scan.
+    """
+    if raw:
+        from mri_slice_transfer.prepare.io import is_dicom_folder  # SimpleITK: only for raw inputs
+    found: list[str] = []
+    for root, dirs, files in os.walk(folder):
+        if raw and is_dicom_folder(Path(root)):
+            found.append(os.path.abspath(root))
+            dirs[:] = []
+            continue
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [os.path.abspath(os.path.join(root, f)) for f in files if _is_scan_name(f)]
+    return sorted(found)
 
 
 def resolve_inputs(source: str, dataset_dir: str | None = None, raw: bool = False) -> list[dict]:
     """Data dicts (``image``, ``image_path``, ``subject_id``, ``session_id``) for inference.
 
     Args:
-        source: a folder (scans directly inside it, sorted), a glob (``"scans/*.nii.gz"``) or a CSV
-            with an ``image`` column (optional ``subject_id``/``session_id``; relative paths are
-            taken from ``dataset_dir`` or else the CSV's folder). Files that do not exist are kept
-            so that they get an error row.
+        source: a folder (scans in it and in its sub-folders, sorted; names starting with ``.``, such
+            as temporary files, are skipped), a glob (``"scans/*.nii.gz"``) or a CSV with an ``image``
+            column (optional ``subject_id``/``session_id``; relative paths are taken from
+            ``dataset_dir`` or else the CSV's folder). Paths are absolute but symbolic links are not
+            resolved; files that do not exist or cannot be read (dangling links, link loops) are
+            kept so that they get an error row.
+        dataset_dir: base folder of a CSV's relative paths.
         raw: the scans are raw (``inference.json --prepare true``): a folder then also contributes
-            the DICOM series folders directly inside it (or is itself one DICOM series).
+            the DICOM series folders in it (or is itself one DICOM series).
+
+    Returns:
+        one data dict per scan.
+
+    Raises:
+        ValueError: no source, a CSV without an ``image`` column, or nothing found.
     """
     if not source:
         raise ValueError(
@@ -48,15 +99,14 @@ def resolve_inputs(source: str, dataset_dir: str | None = None, raw: bool = Fals
         if "image" not in frame.columns:
             raise ValueError(f"{path}: the CSV needs an 'image' column (found {list(frame.columns)})")
         base = Path(dataset_dir).expanduser() if dataset_dir else path.parent
-        images = [str(p if Path(p).is_absolute() else (base / p).resolve()) for p in frame["image"]]
+        images = [str(p if Path(p).is_absolute() else os.path.abspath(base / p)) for p in frame["image"]]
         subjects = frame["subject_id"].tolist() if "subject_id" in frame else [""] * len(frame)
         sessions = frame["session_id"].tolist() if "session_id" in frame else [""] * len(frame)
     else:
         if path.is_dir():
-            found = [str(p.resolve()) for p in path.iterdir() if _is_scan(p)]
-            found = sorted(found + _dicom_series(path)) if raw else sorted(found)
+            found = _folder_scans(path, raw)
         else:
-            found = sorted(str(Path(p).resolve()) for p in glob.glob(str(path), recursive=True))
+            found = sorted(os.path.abspath(p) for p in glob.glob(str(path), recursive=True))
         if not found:
             looked = ", ".join(SCAN_SUFFIXES) + (", DICOM series folders" if raw else "")
             raise ValueError(f"no scans found for input {source!r} (looked for {looked})")

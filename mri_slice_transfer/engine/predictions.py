@@ -69,6 +69,14 @@ def _reason(exc: BaseException) -> str:
     return f"{type(err).__name__}: {err}".replace("\n", " ")
 
 
+def _non_finite(value: float) -> str:
+    """The error text of a scan whose network output is NaN or infinite."""
+    return (
+        f"non-finite network output ({value}): the model weights may be damaged (restore or retrain "
+        "models/model.pt) or the scan's intensities are extreme"
+    )
+
+
 def _plain(value: Any) -> Any:
     """A decollated batch value as a plain Python value for the CSV."""
     if torch.is_tensor(value):
@@ -108,6 +116,7 @@ class PredictionWriter:
         self.metrics_json = Path(metrics_json) if metrics_json else None
         self.rows: list[dict] = []
         self._raw: list[tuple[float, float]] = []  # (network output, label) of readable labelled scans
+        self.n_non_finite = 0  # scans whose network output was NaN or infinite
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.reset)
@@ -117,6 +126,7 @@ class PredictionWriter:
     def reset(self, engine: Engine | None = None) -> None:
         self.rows.clear()
         self._raw.clear()
+        self.n_non_finite = 0
 
     def _row(self, item: dict, pred: Any) -> dict:
         row = {k: item.get(k, "") for k in ("subject_id", "session_id")}
@@ -126,14 +136,18 @@ class PredictionWriter:
         row["image"] = item.get("image_path", "")
         if "label" in item:
             row["label"] = float(torch.as_tensor(item["label"]).reshape(-1)[0])
-        status = item.get("status", "ok")
+        status, error = item.get("status", "ok"), item.get("error", "")
         value = float(torch.as_tensor(pred).float().reshape(-1)[0]) if status == "ok" else np.nan
+        if status == "ok" and not np.isfinite(value):
+            status, error, value = "error", _non_finite(value), np.nan
+            self.n_non_finite += 1
+            logger.warning("%s: %s", row["image"], error)
         if self.task == "adni_ad":  # the logit too: the decision, exact also where probabilities saturate
             row["probability"], row["logit"] = float(expit(value)), value
             row["predicted"] = "" if np.isnan(value) else ("AD" if self.threshold.decide(value) else "CN")
         else:
             row["predicted_age"] = value
-        row["status"], row["error"] = status, item.get("error", "")
+        row["status"], row["error"] = status, error
         if prepared:
             prep = _plain(item["prepare_status"])
             row["prepare_status"] = prep
@@ -152,13 +166,28 @@ class PredictionWriter:
         self.rows.extend(self._row(item, out["pred"]) for item, out in zip(batch, output, strict=True))
 
     def write(self, engine: Engine | None = None) -> dict | None:
+        """Write the predictions CSV (and the metrics JSON over the readable scans).
+
+        Returns:
+            the metrics (None without ``metrics_json`` or off the main process).
+
+        Raises:
+            RuntimeError: no scan could be predicted (after writing the CSV, whose rows say why).
+        """
         if not is_main_process():
             return None
         write_csv(self.rows, self.predictions_csv)
         n_err = sum(r["status"] != "ok" for r in self.rows)
         logger.info("wrote %d predictions (%d errors) to %s", len(self.rows), n_err, self.predictions_csv)
-        if self.metrics_json is None:
-            return None
+        metrics = self._write_metrics(n_err) if self.metrics_json is not None else None
+        if self.rows and n_err == len(self.rows):
+            raise RuntimeError(
+                f"no scan could be predicted: all {n_err} failed ({self.n_non_finite} with non-finite "
+                f"network outputs); the 'error' column of {self.predictions_csv} says why for each"
+            )
+        return metrics
+
+    def _write_metrics(self, n_err: int) -> dict:
         raw = np.array(self._raw, dtype=np.float64).reshape(-1, 2)
         metrics = compute_metrics(self.task, raw[:, 0], raw[:, 1], self.threshold)
         if self.task == "adni_ad":
@@ -166,7 +195,18 @@ class PredictionWriter:
                 self.threshold.probability,
                 self.threshold.logit,
             )
-        metrics.update(n_scans=len(raw), n_errors=n_err)
+        n_skipped = sum(r["status"] != "ok" and "label" in r for r in self.rows)
+        metrics.update(n_scans=len(raw), n_errors=n_err, n_skipped=n_skipped, n_non_finite=self.n_non_finite)
         write_json(metrics, self.metrics_json)
+        if n_skipped:
+            logger.warning(
+                "test metrics are over the %d readable scans: %d scan(s) skipped (%d unreadable, %d with "
+                "non-finite network outputs); see the 'error' column of %s",
+                len(raw),
+                n_skipped,
+                n_skipped - self.n_non_finite,
+                self.n_non_finite,
+                self.predictions_csv,
+            )
         logger.info("test metrics: %s -> %s", metrics, self.metrics_json)
         return metrics

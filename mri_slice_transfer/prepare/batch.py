@@ -5,8 +5,9 @@ For each scan, in ``out_dir``::
     <name>.nii.gz    the scan on the 91x109x91 2 mm template grid, template brain mask applied (float32)
     <name>.tfm       ITK transform file: template physical point (LPS mm) -> scan physical point (LPS mm)
     <name>_qc.png    three orthogonal views with the template brain outline
-    <name>.json      record of the preparation (input, settings, metric, flags, RAS 4x4 matrix); written
-                     last, so its presence (with matching input and settings) marks the scan as done
+    <name>.json      record of the preparation (input, settings, metric, flags, RAS 4x4 matrix, size and
+                     sha256 of each output); written last, so its presence (with matching input, settings
+                     and output checksums) marks the scan as done
 
 and for a batch ``manifest.csv`` (one row per input) and ``qc.html`` (all QC images, problems first).
 Every file is written to a temporary name and renamed, so an interrupted run leaves no half-written output.
@@ -39,8 +40,10 @@ log = logging.getLogger(__name__)
 #: rows; ``note`` says why a scan was flagged or skipped).
 MANIFEST_COLUMNS = (
     "input", "output", "transform", "qc", "status", "metric", "correlation", "seconds", "error",
-    "quality", "note",
+    "quality", "note", "output_bytes", "output_sha256",
 )  # fmt: skip
+#: Outputs of one scan whose size and sha256 the record keeps (a re-run checks them).
+_CHECKED = ("output", "transform", "qc")
 #: Bump when the preparation changes, so that a re-run redoes scans prepared by an older version.
 RECORD_VERSION = 1
 
@@ -92,8 +95,33 @@ def _paths(out_dir: Path, name: str) -> dict[str, Path]:
     }
 
 
+def _digest(path: Path) -> dict:
+    """Size and sha256 of a file, as the record keeps them."""
+    with open(path, "rb") as fh:
+        sha = hashlib.file_digest(fh, "sha256").hexdigest()
+    return {"bytes": path.stat().st_size, "sha256": sha}
+
+
+def _changed_outputs(files: dict[str, Path], record: dict) -> list[str]:
+    """Outputs whose size or sha256 differ from the record (or are missing, or were never recorded)."""
+    recorded = record.get("files") or {}
+    changed = []
+    for key in _CHECKED:
+        try:
+            same = key in recorded and _digest(files[key]) == recorded[key]
+        except OSError:
+            same = False
+        if not same:
+            changed.append(files[key].name)
+    return changed
+
+
 def _done(path: Path, files: dict[str, Path], settings: dict) -> dict | None:
-    """The record of an earlier preparation of ``path`` with these settings, if its outputs are valid."""
+    """The record of an earlier preparation of ``path`` with these settings, if its outputs are intact.
+
+    Intact: each output has the size and sha256 recorded when it was written; a mismatch (e.g. an output
+    truncated after the run) is logged and the scan is prepared again.
+    """
     try:
         record = json.loads(files["record"].read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -102,17 +130,17 @@ def _done(path: Path, files: dict[str, Path], settings: dict) -> dict | None:
         record.get("input") != os.path.abspath(path)
         or record.get("settings") != settings
         or record.get("fingerprint") != _fingerprint(path)
-        or not all(files[k].is_file() for k in ("output", "transform", "qc"))
     ):
         return None
-    try:
-        import nibabel as nib
-
-        from mri_slice_transfer.template import TEMPLATE_SHAPE
-
-        if tuple(nib.load(str(files["output"])).shape) != TEMPLATE_SHAPE:
-            return None
-    except Exception:
+    changed = _changed_outputs(files, record)
+    if changed:
+        log.warning(
+            "%s: prepared earlier, but %s no longer match(es) the size/sha256 recorded in %s; preparing "
+            "it again",
+            path,
+            ", ".join(changed),
+            files["record"].name,
+        )
         return None
     return record
 
@@ -192,6 +220,8 @@ def prepare_scan(
                 quality=record.get("status", ""),
                 note=f"prepared earlier ({record.get('status')})"
                 + (": " + "; ".join(record["flags"]) if record.get("flags") else ""),
+                output_bytes=record["files"]["output"]["bytes"],
+                output_sha256=record["files"]["output"]["sha256"],
                 **done_files,
             )
     try:
@@ -239,8 +269,10 @@ def _prepare(
     # QC shows the scan *before* masking, so one can see whether the brain's edge follows the outline.
     qc_png(unmasked, mask, files["qc"], title=title, flagged=reg.flagged)
     seconds = round(time.perf_counter() - start, 3)
+    digests = {key: _digest(files[key]) for key in _CHECKED}
     record = {
         "input": os.path.abspath(path),
+        "files": digests,
         "fingerprint": _fingerprint(path),
         "settings": settings,
         "status": status,
@@ -264,6 +296,8 @@ def _prepare(
         seconds=seconds,
         quality=status,
         note="; ".join(reg.flags),
+        output_bytes=digests["output"]["bytes"],
+        output_sha256=digests["output"]["sha256"],
         **{k: str(v) for k, v in files.items() if k != "record"},
     )
 
@@ -274,8 +308,14 @@ def _init_worker(threads: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, int(threads)))
 
 
-def _write_manifest(rows: list[dict], out_dir: Path) -> None:
+def _manifest(rows: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    table["output_bytes"] = table["output_bytes"].astype("Int64")  # empty for errors, not a float
+    return table
+
+
+def _write_manifest(rows: list[dict], out_dir: Path) -> None:
+    table = _manifest(rows)
     path = out_dir / "manifest.csv"
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
@@ -362,7 +402,7 @@ def prepare_scans(
     done = [r for r in rows if r is not None]
     _write_manifest(done, out_dir)
     write_overview(done, out_dir / "qc.html")
-    table = pd.DataFrame(done, columns=list(MANIFEST_COLUMNS))
+    table = _manifest(done)
     counts = table["status"].value_counts().to_dict()
     log.info("prepared %d scan(s) into %s: %s", len(table), out_dir, counts)
     return table

@@ -12,6 +12,7 @@ Every problem with a scan is raised as :class:`~mri_slice_transfer.errors.ScanEr
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
 from os import PathLike
@@ -22,6 +23,7 @@ import SimpleITK as sitk
 
 from mri_slice_transfer.checks import check_voxel_values
 from mri_slice_transfer.errors import ScanError
+from mri_slice_transfer.transforms.io import missing_problem, permission_problem
 
 __all__ = ["IMAGE_SUFFIXES", "find_inputs", "read_scan", "is_dicom_folder"]
 
@@ -169,8 +171,10 @@ def read_scan(path: str | PathLike) -> sitk.Image:
     """
     p = Path(path)
     if not p.exists():
-        raise ScanError(p, "not found; check the path")
+        raise ScanError(p, missing_problem(str(p)))
     try:
+        if p.is_file() and not os.access(p, os.R_OK):  # ITK's errors do not say why it cannot open
+            raise PermissionError(errno.EACCES, "not readable by this user", str(p))
         if p.is_dir():
             if not is_dicom_folder(p):
                 raise ScanError(p, f"is a folder without DICOM slices; supported: {_FORMATS}")
@@ -195,6 +199,9 @@ def read_scan(path: str | PathLike) -> sitk.Image:
     except ScanError:
         raise
     except Exception as exc:
+        denied = permission_problem(exc)
+        if denied is not None:
+            raise ScanError(p, denied) from exc
         msg = str(exc).strip().splitlines()
         detail = next((m for m in msg if "Description" in m or "ERROR" in m), msg[-1] if msg else "")
         raise ScanError(

@@ -12,6 +12,7 @@ and what to change.
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from collections.abc import Hashable, Mapping
@@ -28,7 +29,14 @@ from monai.transforms import MapTransform
 from mri_slice_transfer.checks import check_voxel_values
 from mri_slice_transfer.errors import ScanError
 
-__all__ = ["SUPPORTED_SUFFIXES", "load_scan", "LoadScand"]
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "load_scan",
+    "LoadScand",
+    "missing_problem",
+    "permission_problem",
+    "read_failure",
+]
 
 #: File name endings :func:`load_scan` accepts (NIfTI-1 and NIfTI-2, optionally gzipped).
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
@@ -42,6 +50,70 @@ _CONVERT_HINT = (
 def _has_supported_suffix(path: Path) -> bool:
     name = path.name.lower()
     return any(name.endswith(s) for s in SUPPORTED_SUFFIXES)
+
+
+def missing_problem(filename: str) -> str:
+    """Why a path that does not exist cannot be read: missing, a dangling symbolic link or a link loop.
+
+    Args:
+        filename: the path (``os.path.exists`` is False for it).
+
+    Returns:
+        the problem text for :class:`~mri_slice_transfer.errors.ScanError`.
+    """
+    if os.path.islink(filename):
+        try:
+            os.stat(filename)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "is a symbolic link loop (following it never reaches a file); fix or remove the link"
+        return (
+            f"is a dangling symbolic link: it points to {os.readlink(filename)!r}, which does not "
+            "exist; fix the link or copy the scan in"
+        )
+    return (
+        f"file not found; check the path (relative paths are read from the current directory, {os.getcwd()})"
+    )
+
+
+def permission_problem(exc: BaseException) -> str | None:
+    """A "permission denied" problem text if ``exc`` (or an exception it wraps) is an access error.
+
+    Args:
+        exc: what a reader raised.
+
+    Returns:
+        the problem text for :class:`~mri_slice_transfer.errors.ScanError`, or None for other errors.
+    """
+    err: BaseException | None = exc
+    while err is not None:  # readers may wrap the OS error
+        if isinstance(err, PermissionError) or getattr(err, "errno", None) in (errno.EACCES, errno.EPERM):
+            return (
+                f"permission denied ({type(err).__name__}: {err}); make the file readable for this user "
+                "(e.g. `chmod a+r`), or run as a user who may read it"
+            )
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def read_failure(exc: BaseException) -> str:
+    """The problem text for a scan file that exists but could not be read (``ScanError.problem``).
+
+    Args:
+        exc: what the reader raised.
+
+    Returns:
+        "permission denied ..." for a file the user may not read, else "could not be read ...: the file
+        may be corrupt or truncated ..." with the reader's error.
+    """
+    denied = permission_problem(exc)
+    if denied is not None:
+        return denied
+    return (
+        f"could not be read as {_FORMATS}: {type(exc).__name__}: {exc}. The file may be corrupt or "
+        "truncated (e.g. an interrupted download or copy), or not a NIfTI image despite its name; "
+        "check it opens in a viewer (fsleyes, ITK-SNAP) or re-export it."
+    )
 
 
 def _squeeze_to_3d(data: np.ndarray, path: str) -> np.ndarray:
@@ -97,11 +169,7 @@ def load_scan(path: str | PathLike) -> MetaTensor:
     filename = os.fspath(path)
     p = Path(filename)
     if not p.exists():
-        raise ScanError(
-            filename,
-            "file not found; check the path (relative paths are read from the "
-            f"current directory, {os.getcwd()})",
-        )
+        raise ScanError(filename, missing_problem(filename))
     if p.is_dir():
         raise ScanError(
             filename,
@@ -124,12 +192,7 @@ def load_scan(path: str | PathLike) -> MetaTensor:
     except ScanError:
         raise
     except Exception as exc:  # nibabel raises many types for broken files (gzip, EOF, header...)
-        raise ScanError(
-            filename,
-            f"could not be read as {_FORMATS}: {type(exc).__name__}: {exc}. The file may be corrupt or "
-            "truncated (e.g. an interrupted download or copy), or not a NIfTI image despite its name; "
-            "check it opens in a viewer (fsleyes, ITK-SNAP) or re-export it.",
-        ) from exc
+        raise ScanError(filename, read_failure(exc)) from exc
 
     data = _squeeze_to_3d(data, filename)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
