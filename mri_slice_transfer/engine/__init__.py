@@ -3,7 +3,9 @@
 One concept per module: :mod:`.bundle_root` (where the bundle lives), :mod:`.datasets` (user data or
 demo cohort), :mod:`.network`, :mod:`.precision` (bf16 autocast on CPU), :mod:`.losses`,
 :mod:`.metrics` (and the AD decision threshold), :mod:`.schedule` (learning-rate schedules),
-:mod:`.handlers` (metrics files, best model, atomic checkpoint + resume),
+:mod:`.handlers` (metrics files, best model, atomic checkpoint + resume, the per-epoch training log, the
+stop on a non-finite loss), :mod:`.checkpoint` (weight files checked by their sha256, one loader),
+:mod:`.lock` and :mod:`.run_guard` (one training per bundle folder, no silent overwrite),
 :mod:`.precise_bn` (BatchNorm statistics recomputed before validation),
 :mod:`.predictions` and :mod:`.inputs` (evaluation / inference outputs), :mod:`.raw_inputs`
 (inference on raw scans, prepared on the way), :mod:`.distributed`,
@@ -13,9 +15,23 @@ training) and :mod:`.io` (atomic writes).
 
 from mri_slice_transfer.engine.allocator import keep_freed_memory
 from mri_slice_transfer.engine.bundle_root import bundle_root
+from mri_slice_transfer.engine.checkpoint import (
+    WeightFileError,
+    WeightsLoader,
+    load_model_weights,
+    load_weights,
+)
 from mri_slice_transfer.engine.datasets import DataSource, resolve_data
-from mri_slice_transfer.engine.handlers import BestModelSaver, FullCheckpoint, MetricsWriter
+from mri_slice_transfer.engine.handlers import (
+    BestModelSaver,
+    FullCheckpoint,
+    MetricsWriter,
+    NonFiniteLossError,
+    StopOnNonFiniteLoss,
+    TrainingLog,
+)
 from mri_slice_transfer.engine.inputs import resolve_inputs
+from mri_slice_transfer.engine.lock import RunLock, RunLockedError
 from mri_slice_transfer.engine.losses import make_loss
 from mri_slice_transfer.engine.metrics import (
     make_additional_metrics,
@@ -31,11 +47,23 @@ from mri_slice_transfer.engine.precision import AutocastInferer, cpu_autocast_en
 from mri_slice_transfer.engine.predictions import PredictionWriter, SafeTransform
 from mri_slice_transfer.engine.raw_inputs import prepare_inputs
 from mri_slice_transfer.engine.resize import scaled_size, with_resize
+from mri_slice_transfer.engine.run_guard import ExistingRunError, TrainingGuard
 from mri_slice_transfer.engine.run_info import log_run_info
 from mri_slice_transfer.engine.schedule import make_lr_scheduler
 from mri_slice_transfer.engine.seeding import seed_everything
 
 __all__ = [
+    "load_weights",
+    "load_model_weights",
+    "WeightsLoader",
+    "WeightFileError",
+    "TrainingLog",
+    "TrainingGuard",
+    "StopOnNonFiniteLoss",
+    "RunLockedError",
+    "RunLock",
+    "NonFiniteLossError",
+    "ExistingRunError",
     "AutocastInferer",
     "BestModelSaver",
     "DataSource",
