@@ -10,7 +10,7 @@ work is lost and nothing unsafe passes silently:
   the previous checkpoint is intact, the temporary file is swept by the resumed run, weights identical;
 - kill -9 during ``mri-slice-transfer prepare``, then the same command again: finished scans are
   skipped, the interrupted one is redone, every scan ends ``ok``;
-- two trainings started into one ``bundle_root``: the second refuses (lock), the first finishes;
+- two trainings started together into one ``bundle_root``: one refuses (lock), the other finishes;
 - a fresh training into a trained ``bundle_root``: refused without ``--overwrite true``;
 - truncated / corrupt (same-size random bytes) ``model.pt`` into evaluate and inference and
   ``checkpoint.pt`` into resume: non-zero exit with one error naming the file.
@@ -239,17 +239,16 @@ def probe_kill_during_prepare(pr: Probes) -> tuple[bool, str]:
 
 def probe_two_trainings(pr: Probes) -> tuple[bool, str]:
     b = pr.bundle("two_trainings")
-    first = pr.start(pr.cmd(b), b.parent / "two_trainings_first.log")
-    wait_for(lambda: (b / "models" / "train.lock").is_file(), proc=first)
-    second = pr.run(pr.cmd(b))
-    first.wait()
-    said = [ln for ln in (second.stdout + second.stderr).splitlines() if "train.lock" in ln]
-    ok = second.returncode != 0 and bool(said) and first.returncode == 0
+    logs = [b.parent / f"two_trainings_{i}.log" for i in (1, 2)]
+    procs = [pr.start(pr.cmd(b), log) for log in logs]  # started together
+    codes = [p.wait() for p in procs]
+    texts = [log.read_text(encoding="utf-8", errors="replace") for log in logs]
+    refused = [i for i in (0, 1) if codes[i] != 0]
+    said = [ln for i in refused for ln in texts[i].splitlines() if "RunLockedError" in ln]
+    ok = sorted(codes)[0] == 0 and len(refused) == 1 and bool(said)
     ok = ok and epochs_done(b) == list(range(1, EPOCHS + 1)) and not (b / "models" / "train.lock").exists()
-    return (
-        ok,
-        f"second run exit {second.returncode}: {said[-1].strip()[-160:] if said else 'no lock message'}",
-    )
+    first = said[-1].split(": ", 1)[-1][:150] if said else "no lock message"
+    return ok, f"exit codes {codes}; the refused run said: {first}"
 
 
 def probe_fresh_run_over_trained(pr: Probes) -> tuple[bool, str]:
@@ -281,7 +280,7 @@ def damage(path: Path, how: str) -> None:
 
 
 def probe_broken_file(pr: Probes, file: str, how: str, job: str) -> tuple[bool, str]:
-    b = pr.bundle(f"{how}_{file}_{job}".replace(".", "_"), like=pr.trained_reference())
+    b = pr.bundle(f"{how}_{file}_{job}".replace(".", "_").replace(" ", "_"), like=pr.trained_reference())
     target = b / "models" / file
     damage(target, how)
     if job == "evaluate":
@@ -296,7 +295,7 @@ def probe_broken_file(pr: Probes, file: str, how: str, job: str) -> tuple[bool, 
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("mri_slice_transfer.engine.checkpoint.")]
     named = bool(errors) and str(target) in errors[-1]
     ok = res.returncode != 0 and named
-    detail = errors[-1].split(": ", 1)[-1][len(str(target)) + 2 :][:120] if errors else res.stderr[-200:]
+    detail = errors[-1].split(": ", 1)[-1].replace(str(b), "<bundle>")[:160] if errors else res.stderr[-200:]
     return ok, f"exit {res.returncode}; {'error names the file' if named else 'file not named'}: {detail}"
 
 

@@ -106,7 +106,8 @@ def load_weights(
     Args:
         path: the file (``model.pt``, ``checkpoint.pt``, a state dict).
         map_location: passed to ``torch.load``.
-        sha256: expected SHA-256 of the file's bytes (from ``record``), checked before loading.
+        sha256: expected SHA-256 of the file's bytes (from ``record``), checked after loading (so a
+            truncated file is reported as such).
         record: the file ``sha256`` comes from, named in the error.
         hint: what the user should do, appended to every error.
 
@@ -119,13 +120,6 @@ def load_weights(
     path = Path(path)
     if not path.is_file():
         raise _fail(path, "weight file not found", hint)
-    if sha256 is not None and file_sha256(path) != sha256:
-        raise _fail(
-            path,
-            f"its sha256 differs from the one recorded in {record}: the file is corrupt, or the two files "
-            "come from different runs or epochs (e.g. a kill between their writes)",
-            hint,
-        )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - every reader error means the same to the user
@@ -136,6 +130,13 @@ def load_weights(
             "truncated, corrupt or not a weights-only file",
             hint,
         ) from None
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise _fail(
+            path,
+            f"its sha256 differs from the one recorded in {record}: the file is corrupt, or the two files "
+            "come from different runs or epochs (e.g. a kill between their writes)",
+            hint,
+        )
     if isinstance(obj, dict) and DIGEST_KEY in obj:
         stored = obj.pop(DIGEST_KEY)
         if stored != state_digest(obj):
