@@ -239,3 +239,43 @@ def test_training_log_has_one_info_line_per_epoch(tiny_data: Path, tmp_path: Pat
     assert epoch_lines[1].startswith("epoch 2/2: train_loss ") and "lr " in epoch_lines[1]
     assert "val_balanced_accuracy" in epoch_lines[1]
     assert not [m for m in lines if "Epoch[" in m or "Iter:" in m], lines
+
+
+def test_a_broken_model_file_is_one_message_on_the_command_line(
+    trained: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    bundle = copy_trained(trained, tmp_path)
+    model = bundle / "models" / "model.pt"
+    model.write_bytes(model.read_bytes()[:300])
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(bundle / "configs" / "inference.json"),
+    ]
+    cmd += ["--input", str(tiny_data / "images"), "--network_def", json.dumps(TINY_NET)]
+    env = {k: v for k, v in os.environ.items() if k != "MRI_SLICE_TRANSFER_TRACEBACK"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR ")]
+    assert errors, proc.stderr[-2000:]
+    assert errors == [f"ERROR WeightFileError: {errors[0].split(': ', 1)[1]}"] and str(model) in errors[0]
+    assert "Traceback" not in proc.stderr + proc.stdout  # was ~80 lines of traceback
+
+
+def test_short_errors_leaves_other_errors_alone(monkeypatch, capsys) -> None:
+    from mri_slice_transfer.engine.short_errors import short_errors, user_error
+
+    seen = []
+    monkeypatch.setattr(sys, "excepthook", lambda *a: seen.append(a[1]))
+    short_errors()
+    wrapped = RuntimeError("Failed to evaluate ConfigExpression")
+    wrapped.__cause__ = WeightFileError("/x/model.pt: truncated. Train again.")
+    assert user_error(wrapped) is wrapped.__cause__
+    sys.excepthook(RuntimeError, wrapped, None)
+    assert "ERROR WeightFileError: /x/model.pt: truncated. Train again." in capsys.readouterr().err
+    other = KeyError("a bug")
+    sys.excepthook(KeyError, other, None)
+    assert seen == [other]  # the full traceback, as before

@@ -6,6 +6,7 @@ demo cohort), :mod:`.network`, :mod:`.precision` (bf16 autocast on CPU), :mod:`.
 :mod:`.handlers` (metrics files, best model, atomic checkpoint + resume, the per-epoch training log, the
 stop on a non-finite loss), :mod:`.checkpoint` (weight files checked by their sha256, one loader),
 :mod:`.lock` and :mod:`.run_guard` (one training per bundle folder, no silent overwrite),
+:mod:`.short_errors` (one message, not a traceback, for errors a user can act on),
 :mod:`.precise_bn` (BatchNorm statistics recomputed before validation),
 :mod:`.predictions` and :mod:`.inputs` (evaluation / inference outputs), :mod:`.raw_inputs`
 (inference on raw scans, prepared on the way), :mod:`.distributed`,
@@ -51,6 +52,7 @@ from mri_slice_transfer.engine.run_guard import ExistingRunError, TrainingGuard
 from mri_slice_transfer.engine.run_info import log_run_info
 from mri_slice_transfer.engine.schedule import make_lr_scheduler
 from mri_slice_transfer.engine.seeding import seed_everything
+from mri_slice_transfer.engine.short_errors import short_errors
 
 __all__ = [
     "load_weights",
@@ -91,6 +93,7 @@ __all__ = [
     "resolve_data",
     "resolve_inputs",
     "seed_everything",
+    "short_errors",
     "scaled_size",
     "set_output_bias",
     "threshold_setting",

@@ -176,6 +176,10 @@ def load_model_weights(path: str | os.PathLike, map_location: str | torch.device
     return load_weights(path, map_location, sha256=sha256, record=record, hint=hint)
 
 
+def _reraise(engine: Engine, err: BaseException) -> None:
+    raise err
+
+
 class WeightsLoader:
     """Load ``models/model.pt`` into the network when an evaluation or inference engine starts.
 
@@ -197,6 +201,9 @@ class WeightsLoader:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
+        # first EXCEPTION_RAISED handler: re-raise at once, so that a StatsHandler attached later does
+        # not log the traceback of a broken weight file before the error itself is reported
+        engine.add_event_handler(Events.EXCEPTION_RAISED, _reraise)
 
     def __call__(self, engine: Engine | None = None) -> None:
         state = load_model_weights(self.load_path, self.map_location)
