@@ -13,7 +13,7 @@ work is lost and nothing unsafe passes silently:
 - two trainings started together into one ``bundle_root``: one refuses (lock), the other finishes;
 - a fresh training into a trained ``bundle_root``: refused without ``--overwrite true``;
 - truncated / corrupt (same-size random bytes) ``model.pt`` into evaluate and inference and
-  ``checkpoint.pt`` into resume: non-zero exit with one error naming the file.
+  ``checkpoint.pt`` into resume: non-zero exit with one error line (no traceback) naming the file.
 
 It prints one line per probe, ``survived`` or ``NOT SURVIVED`` with the evidence, and exits 1 if any
 probe was not survived. About 5 minutes on 2 CPU cores.
@@ -292,11 +292,16 @@ def probe_broken_file(pr: Probes, file: str, how: str, job: str) -> tuple[bool, 
     else:
         cmd = pr.cmd(b, extra=("--resume", "true", "--demo_epochs", str(EPOCHS + 1)))
     res = pr.run(cmd)
-    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("mri_slice_transfer.engine.checkpoint.")]
-    named = bool(errors) and str(target) in errors[-1]
-    ok = res.returncode != 0 and named
-    detail = errors[-1].split(": ", 1)[-1].replace(str(b), "<bundle>")[:160] if errors else res.stderr[-200:]
-    return ok, f"exit {res.returncode}; {'error names the file' if named else 'file not named'}: {detail}"
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("ERROR WeightFileError: ")]
+    named = len(errors) == 1 and str(target) in errors[0]
+    short = "Traceback" not in res.stderr
+    ok = res.returncode != 0 and named and short
+    detail = errors[0].split(": ", 1)[-1].replace(str(b), "<bundle>")[:150] if errors else res.stderr[-300:]
+    how_said = "one error line" if short else "a traceback"
+    return (
+        ok,
+        f"exit {res.returncode}; {how_said}, {'naming the file' if named else 'file not named'}: {detail}",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
