@@ -16,7 +16,7 @@ work is lost and nothing unsafe passes silently:
   ``checkpoint.pt`` into resume: non-zero exit with one error line (no traceback) naming the file.
 
 It prints one line per probe, ``survived`` or ``NOT SURVIVED`` with the evidence, and exits 1 if any
-probe was not survived. About 5 minutes on 2 CPU cores.
+probe was not survived. About 3 minutes on an idle 2-core CPU (172 s measured), longer under load.
 
 Usage::
 
