@@ -1,8 +1,12 @@
-"""Atomic file writes: a half-written file never takes the place of a good one.
+"""Atomic, durable file writes: a half-written file never takes the place of a good one.
 
 Every writer in the project (template cache, demo cohorts, prepared scans, QC pages, checkpoints)
-writes to a temporary file in the destination folder and renames it into place with ``os.replace``,
-which is atomic on POSIX and Windows when both names are on one file system.
+writes to a temporary file ``.<name>.XXXXXXXX<suffixes>`` in the destination folder, flushes it to
+disk (``fsync``) and renames it into place with ``os.replace``, which is atomic on POSIX and Windows
+when both names are on one file system; the folder is then fsynced too (POSIX), so that after a power
+cut the new name points at complete data. New files get the permissions the umask gives (as ``open``
+would), not the ``0600`` of ``tempfile.mkstemp``. A process killed during a write leaves its temporary
+file behind: :func:`sweep_temp_files` removes those of given destinations.
 """
 
 from __future__ import annotations
@@ -10,21 +14,53 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "fsync_file",
+    "sweep_temp_files",
+]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush ``path``'s data to the disk (``os.fsync``); a folder too where the OS allows it (POSIX)."""
+    path = Path(path)
+    if path.is_dir():
+        if os.name != "posix":  # Windows cannot open a folder for fsync
+            return
+        fd = os.open(path, os.O_RDONLY)
+    else:
+        fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it.
+    """Yield a temporary path beside ``path``; on success make it durable and rename it onto ``path``.
 
-    The temporary name keeps ``path``'s suffixes (``.nii.gz``, ``.png``, ...) so writers that pick the
-    format from the file name work unchanged. Parent folders are created.
+    On error the temporary file is deleted. The temporary name keeps ``path``'s suffixes (``.nii.gz``,
+    ``.png``, ...) so writers that pick the format from the file name work unchanged. Parent folders are
+    created. After the writer returns, the file is fsynced, gets mode ``0o666 & ~umask``, is renamed with
+    ``os.replace``, and the folder is fsynced.
 
     Example::
 
@@ -37,10 +73,46 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        fsync_file(tmp)  # before chmod: the writer's 0600 file is still writable by us
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_file(path.parent)
+
+
+def _temp_name_pattern(path: Path) -> re.Pattern:
+    """The names :func:`atomic_path` gives temporary files for ``path`` (``tempfile`` uses [a-z0-9_])."""
+    suffix = re.escape("".join(path.suffixes))
+    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}{suffix}")
+
+
+def sweep_temp_files(paths: list[str | os.PathLike], older_than: float | None = None) -> list[Path]:
+    """Delete temporary files :func:`atomic_path` left for ``paths`` (a writer killed mid-write).
+
+    Only files named as :func:`atomic_path` names them for exactly these destinations are touched. Call
+    it when no other process can be writing them (e.g. while holding a
+    :class:`~mri_slice_transfer.engine.lock.RunLock`).
+
+    Args:
+        paths: destination files, e.g. ``models/checkpoint.pt``.
+        older_than: only files last modified before this time (``time.time()`` seconds); default: now.
+
+    Returns:
+        the deleted files.
+    """
+    cutoff = time.time() if older_than is None else float(older_than)
+    removed = []
+    for dest in map(Path, paths):
+        if not dest.parent.is_dir():
+            continue
+        pattern = _temp_name_pattern(dest)
+        for cand in dest.parent.iterdir():
+            if pattern.fullmatch(cand.name) and cand.is_file() and cand.stat().st_mtime < cutoff:
+                cand.unlink(missing_ok=True)
+                removed.append(cand)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -3,7 +3,10 @@
 One concept per module: :mod:`.bundle_root` (where the bundle lives), :mod:`.datasets` (user data or
 demo cohort), :mod:`.network`, :mod:`.precision` (bf16 autocast on CPU), :mod:`.losses`,
 :mod:`.metrics` (and the AD decision threshold), :mod:`.schedule` (learning-rate schedules),
-:mod:`.handlers` (metrics files, best model, atomic checkpoint + resume),
+:mod:`.handlers` (metrics files, best model, atomic checkpoint + resume, the per-epoch training log, the
+stop on a non-finite loss), :mod:`.checkpoint` (weight files checked by their sha256, one loader),
+:mod:`.lock` and :mod:`.run_guard` (one training per bundle folder, no silent overwrite),
+:mod:`.short_errors` (one message, not a traceback, for errors a user can act on),
 :mod:`.precise_bn` (BatchNorm statistics recomputed before validation),
 :mod:`.predictions`, :mod:`.inputs` and :mod:`.progress` (evaluation / inference outputs, inputs and
 progress), :mod:`.raw_inputs` (inference on raw scans, prepared on the way), :mod:`.distributed`,
@@ -13,9 +16,23 @@ training) and :mod:`.io` (atomic writes).
 
 from mri_slice_transfer.engine.allocator import keep_freed_memory
 from mri_slice_transfer.engine.bundle_root import bundle_root
+from mri_slice_transfer.engine.checkpoint import (
+    WeightFileError,
+    WeightsLoader,
+    load_model_weights,
+    load_weights,
+)
 from mri_slice_transfer.engine.datasets import DataSource, resolve_data
-from mri_slice_transfer.engine.handlers import BestModelSaver, FullCheckpoint, MetricsWriter
+from mri_slice_transfer.engine.handlers import (
+    BestModelSaver,
+    FullCheckpoint,
+    MetricsWriter,
+    NonFiniteLossError,
+    StopOnNonFiniteLoss,
+    TrainingLog,
+)
 from mri_slice_transfer.engine.inputs import resolve_inputs, run_name
+from mri_slice_transfer.engine.lock import RunLock, RunLockedError
 from mri_slice_transfer.engine.losses import make_loss
 from mri_slice_transfer.engine.metrics import (
     make_additional_metrics,
@@ -32,11 +49,24 @@ from mri_slice_transfer.engine.predictions import PredictionWriter, SafeTransfor
 from mri_slice_transfer.engine.progress import ScanProgress
 from mri_slice_transfer.engine.raw_inputs import prepare_inputs
 from mri_slice_transfer.engine.resize import scaled_size, with_resize
+from mri_slice_transfer.engine.run_guard import ExistingRunError, TrainingGuard
 from mri_slice_transfer.engine.run_info import log_run_info
 from mri_slice_transfer.engine.schedule import make_lr_scheduler
 from mri_slice_transfer.engine.seeding import seed_everything
+from mri_slice_transfer.engine.short_errors import short_errors
 
 __all__ = [
+    "load_weights",
+    "load_model_weights",
+    "WeightsLoader",
+    "WeightFileError",
+    "TrainingLog",
+    "TrainingGuard",
+    "StopOnNonFiniteLoss",
+    "RunLockedError",
+    "RunLock",
+    "NonFiniteLossError",
+    "ExistingRunError",
     "AutocastInferer",
     "BestModelSaver",
     "DataSource",
@@ -66,6 +96,7 @@ __all__ = [
     "resolve_inputs",
     "run_name",
     "seed_everything",
+    "short_errors",
     "scaled_size",
     "set_output_bias",
     "threshold_setting",

@@ -1,4 +1,5 @@
-"""Ignite handlers of the bundles: per-epoch metrics files, best model, atomic full checkpoint/resume.
+"""Ignite handlers of the bundles: per-epoch metrics files, best model, atomic full checkpoint/resume,
+the per-epoch training log and the stop on a non-finite loss.
 
 None of them runs a collective in its constructor, so every DDP rank can build them; only rank 0
 writes files.
@@ -9,17 +10,27 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 
+from mri_slice_transfer.engine.checkpoint import DIGEST_KEY, file_sha256, load_weights, save_checkpoint
 from mri_slice_transfer.engine.distributed import is_main_process, unwrap
 from mri_slice_transfer.engine.io import atomic_torch_save, write_csv, write_json
 from mri_slice_transfer.engine.seeding import rng_state, set_rng_state
 
-__all__ = ["MetricsWriter", "BestModelSaver", "FullCheckpoint"]
+__all__ = [
+    "MetricsWriter",
+    "BestModelSaver",
+    "FullCheckpoint",
+    "NonFiniteLossError",
+    "StopOnNonFiniteLoss",
+    "TrainingLog",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +66,12 @@ def _is_number(v: Any) -> bool:
 class BestModelSaver:
     """Save the network's state dict to ``path`` whenever the evaluator's key metric improves.
 
-    Beside it, ``path`` with the suffix ``.json`` (``models/model.json``) records the epoch, the key
-    metric and all validation metrics of that epoch, among them the AD decision threshold
-    (``val_threshold``) that evaluation and inference use with ``decision_threshold: "validation"``.
+    Beside it, ``path`` with the suffix ``.json`` (``models/model.json``, :attr:`record_path`) records
+    the epoch, the key metric and all validation metrics of that epoch, among them the AD decision
+    threshold (``val_threshold``) that evaluation and inference use with ``decision_threshold:
+    "validation"``, and the ``sha256`` of ``model.pt``. The model is written first and the record last,
+    so a kill between the two is detected when the model is loaded
+    (:func:`~mri_slice_transfer.engine.checkpoint.load_model_weights`).
 
     Args:
         network: the trained network (DDP wrapper is unwrapped).
@@ -69,6 +83,7 @@ class BestModelSaver:
     def __init__(self, network: torch.nn.Module, path: str, metric_name: str, lower_is_better: bool) -> None:
         self.network = network
         self.path = Path(path)
+        self.record_path = self.path.with_suffix(".json")
         self.metric_name = metric_name
         self.lower_is_better = bool(lower_is_better)
         self.best: float | None = None
@@ -94,8 +109,9 @@ class BestModelSaver:
             atomic_torch_save(unwrap(self.network).state_dict(), self.path)
             metrics = {k: float(v) for k, v in engine.state.metrics.items() if _is_number(v)}
             record = {"epoch": self.best_epoch, "key_metric": self.metric_name, "metrics": metrics}
-            write_json(record, self.path.with_suffix(".json"))
-            logger.info(
+            record[DIGEST_KEY] = file_sha256(self.path)
+            write_json(record, self.record_path)
+            logger.debug(
                 "new best %s=%.4f at epoch %d -> %s", self.metric_name, value, self.best_epoch, self.path
             )
 
@@ -108,6 +124,10 @@ class BestModelSaver:
 
 class FullCheckpoint:
     """Atomic full checkpoint (model, optimizer, trainer, RNG, extras) each epoch; optional resume.
+
+    The file embeds the digest of its content
+    (:func:`~mri_slice_transfer.engine.checkpoint.save_checkpoint`); a truncated or corrupt checkpoint
+    is refused on resume with one error naming it.
 
     Attach it after the ``ValidationHandler`` so that the saved state follows validation and the
     best-model bookkeeping: a resumed CPU run with the same seed then ends with the same weights.
@@ -148,7 +168,7 @@ class FullCheckpoint:
             "rng": rng_state(),
             "extras": {k: v.state_dict() for k, v in self.extras.items()},
         }
-        atomic_torch_save(state, self.path)
+        save_checkpoint(state, self.path)
 
     def load(self, engine: Engine) -> None:
         if not self.resume:
@@ -156,7 +176,11 @@ class FullCheckpoint:
         if not self.path.is_file():
             logger.warning("resume requested but %s does not exist: starting from scratch", self.path)
             return
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        hint = (
+            f"Restore it from a backup, or start again without --resume (with --overwrite true); "
+            f"the best model so far is {self.path.with_name('model.pt')}."
+        )
+        state = load_weights(self.path, map_location="cpu", hint=hint)
         unwrap(self.network).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for k, v in self.extras.items():
@@ -166,3 +190,117 @@ class FullCheckpoint:
         engine.load_state_dict(trainer_state)
         set_rng_state(state["rng"])
         logger.info("resumed from %s at epoch %d", self.path, engine.state.epoch)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message says where and what to try."""
+
+
+def _loss_of(engine: Engine, output_transform: Callable[[Any], Any]) -> float:
+    loss = output_transform(engine.state.output)
+    return float(loss.detach().float().mean()) if torch.is_tensor(loss) else float(loss)
+
+
+class StopOnNonFiniteLoss:
+    """Stop training with :class:`NonFiniteLossError` as soon as the loss is NaN or infinite.
+
+    Like ignite's ``TerminateOnNan``, but an error (the run exits non-zero) with the epoch and
+    iteration in the message, before a checkpoint of NaN weights is written.
+
+    Args:
+        output_transform: ``engine.state.output`` -> loss (bundles: ``from_engine(["loss"], first=True)``).
+    """
+
+    def __init__(self, output_transform: Callable[[Any], Any] = lambda out: out) -> None:
+        self.output_transform = output_transform
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        loss = _loss_of(engine, self.output_transform)
+        if math.isfinite(loss):
+            return
+        per_epoch = engine.state.epoch_length or 0
+        in_epoch = (engine.state.iteration - 1) % per_epoch + 1 if per_epoch else engine.state.iteration
+        raise NonFiniteLossError(
+            f"training loss is {loss} at epoch {engine.state.epoch}, iteration {in_epoch} of the epoch "
+            f"({engine.state.iteration} overall): training stopped. Lower the learning rate (--lr), check "
+            "the inputs for NaN / inf values, or turn off mixed precision (--amp false); resume from the "
+            "last good epoch with --resume true."
+        )
+
+
+class _DemoteToDebug(logging.Filter):
+    """Turn a logger's records into DEBUG records (ignite's per-epoch lines under :class:`TrainingLog`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+class TrainingLog:
+    """One INFO line per epoch: mean train loss, learning rate, validation metrics, time.
+
+    Per-iteration losses and ignite's own per-epoch lines go to DEBUG, so the log does not interleave
+    with the progress bar.
+
+    Args:
+        optimizer: for the epoch's learning rate (read when the epoch starts).
+        evaluator: the validation engine whose metrics the line shows (None: none shown).
+        output_transform: ``engine.state.output`` -> loss.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        evaluator: Engine | None = None,
+        output_transform: Callable[[Any], Any] = lambda out: out,
+    ) -> None:
+        self.optimizer = optimizer
+        self.evaluator = evaluator
+        self.output_transform = output_transform
+        self.losses: list[float] = []
+        self.lr = math.nan
+        self.t0 = time.perf_counter()
+
+    def attach(self, engine: Engine) -> None:
+        for eng in (engine, self.evaluator):
+            if eng is not None and not any(isinstance(f, _DemoteToDebug) for f in eng.logger.filters):
+                eng.logger.addFilter(_DemoteToDebug())
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def epoch_started(self, engine: Engine) -> None:
+        self.losses, self.t0 = [], time.perf_counter()
+        self.lr = float(self.optimizer.param_groups[0]["lr"])
+
+    def iteration_completed(self, engine: Engine) -> None:
+        self.losses.append(_loss_of(engine, self.output_transform))
+        logger.debug(
+            "epoch %d iteration %d: train_loss %.4f",
+            engine.state.epoch,
+            engine.state.iteration,
+            self.losses[-1],
+        )
+
+    def validation_text(self, epoch: int) -> str:
+        """The evaluator's metrics of ``epoch`` and the best so far ("" if it did not validate then)."""
+        ev = self.evaluator
+        if ev is None or ev.state.epoch != epoch or not ev.state.metrics:
+            return ""
+        text = ", " + " ".join(f"{k} {float(v):.4f}" for k, v in ev.state.metrics.items() if _is_number(v))
+        best, best_epoch = getattr(ev.state, "best_metric", None), getattr(ev.state, "best_metric_epoch", -1)
+        if best is not None and best_epoch > 0:
+            text += f" (best {ev.state.key_metric_name} {float(best):.4f} at epoch {best_epoch})"
+        return text
+
+    def epoch_completed(self, engine: Engine) -> None:
+        mean = sum(self.losses) / len(self.losses) if self.losses else math.nan
+        logger.info(
+            "epoch %d/%d: train_loss %.4f, lr %.3g%s, %.1f s",
+            engine.state.epoch, engine.state.max_epochs, mean, self.lr,
+            self.validation_text(engine.state.epoch), time.perf_counter() - self.t0,
+        )  # fmt: skip

@@ -270,10 +270,9 @@ class BundleRunner:
             raise RunFailed(f"{stage} failed: {reason} (see {log})", log)
 
     def train(self, run: PlannedRun, run_dir: Path, resume: bool) -> None:
-        """Train (``resume=True`` continues from ``models/checkpoint.pt``)."""
+        """Train (``resume=True`` continues from ``models/checkpoint.pt``; else a broken run is replaced)."""
         cmd = self.commands(run, run_dir)["train"]
-        if resume:
-            cmd += ["--resume", "true"]
+        cmd += ["--resume", "true"] if resume else ["--overwrite", "true"]
         self._run("train", cmd, run_dir / "train.log")
 
     def evaluate(self, run: PlannedRun, run_dir: Path) -> None:
