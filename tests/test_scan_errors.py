@@ -16,6 +16,7 @@ import pytest
 import torch
 from test_bundles import FAST, TINY_NET, copy_bundle, run_workflow, write_tiny_dataset
 
+from mri_slice_transfer.engine.checkpoint import file_sha256
 from mri_slice_transfer.errors import ScanError
 from mri_slice_transfer.transforms import load_scan
 
@@ -74,7 +75,9 @@ def test_non_finite_outputs_are_error_rows_and_not_scored(
     torch.save(
         {k: torch.full_like(v, float("nan")) for k, v in state.items()}, bundle / "models" / "model.pt"
     )
-    shutil.copy(trained / "models" / "model.json", bundle / "models" / "model.json")
+    record = json.loads((trained / "models" / "model.json").read_text(encoding="utf-8"))
+    record["sha256"] = file_sha256(bundle / "models" / "model.pt")  # a model that diverged, recorded as such
+    (bundle / "models" / "model.json").write_text(json.dumps(record), encoding="utf-8")
     out_csv = tmp_path / "pred.csv"
     with pytest.raises(Exception) as info:  # every scan failed: the run fails after writing the CSV
         run_workflow(
