@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "run", "parse_override"]
+__all__ = ["HELP", "QUICK_EPOCHS", "add_arguments", "run", "parse_override"]
 
 #: Epochs per run of ``--quick`` (a smoke-sized grid: 5 demo runs in ~20 min on 2 CPU cores).
 QUICK_EPOCHS = 2
