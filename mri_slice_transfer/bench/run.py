@@ -1,17 +1,10 @@
-"""``mri-slice-transfer bench``: training, inference, data-pipeline and preparation speed, side by side.
+"""Run the benchmark: one job per measurement, each in a fresh process, with progress lines.
 
-One command measures, in one run, for every model (cnn5, ResNet-18, ResNet-50 slice models and the
-3D-CNN by default) the reference-style ``baseline`` and the project's ``fast`` path (see
-:mod:`.specs`): training and inference scans/s, their ratio, achieved TFLOP/s (from a
-``FlopCounterMode`` count) and the training peak memory; the ResNet-50 memory option (plain vs
-``slice_chunk_size``); the data pipeline (nibabel decode floor, first pass, cached pass); and the
-preparation of one raw scan. Every configuration runs in a fresh child process (:mod:`.process`).
-It prints a progress line per measurement, a table at the end, and optionally writes JSON and a
-scaling plot. See ``docs/benchmarks.md``.
-
-The command line is :mod:`mri_slice_transfer.commands.bench`; this module runs the measurements it
-selects (:func:`resolve_options`, :func:`run_bench`), each through :func:`.process.run_isolated`. The
-measurements themselves live in :mod:`.measure` and :mod:`.pipeline`.
+:func:`run_bench` takes the settings of :func:`mri_slice_transfer.commands.bench.resolve_options`,
+runs every selected section (training and inference of each model x variant, the memory option, the
+data pipeline, raw-scan preparation, scaling) through :func:`.process.run_isolated`, and returns one
+result dict; :func:`failed_measurements` names the measurements that failed. The measurements
+themselves live in :mod:`.measure` and :mod:`.pipeline`; the printed report in :mod:`.report`.
 """
 
 from __future__ import annotations
