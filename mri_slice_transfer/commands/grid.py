@@ -59,6 +59,16 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
+#: The custom-grid options: flag, parser, the values it takes.
+_CUSTOM_GRID = (
+    ("--encoders", _csv_list, "cnn5,resnet18,resnet50,conv3d"),
+    ("--axes", _csv_list, "sagittal,coronal,axial"),
+    ("--aggregations", _csv_list, "mean,max,attention"),
+    ("--position-encodings", _csv_list, "none,learned,sinusoidal"),
+    ("--pretrained", _bool_list, "false,true"),
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mri-slice-transfer grid``."""
     from mri_slice_transfer.grid.presets import PRESETS
@@ -89,15 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--bundle", default=None, help="bundle name under bundles/ or a bundle folder (default: the preset's)"
     )
-    what.add_argument(
-        "--encoders", type=_csv_list, default=None, help="custom grid: cnn5,resnet18,resnet50,conv3d"
-    )
-    what.add_argument("--axes", type=_csv_list, default=None, help="custom grid: sagittal,coronal,axial")
-    what.add_argument("--aggregations", type=_csv_list, default=None, help="custom grid: mean,max,attention")
-    what.add_argument(
-        "--position-encodings", type=_csv_list, default=None, help="custom grid: none,learned,sinusoidal"
-    )
-    what.add_argument("--pretrained", type=_bool_list, default=None, help="custom grid: false,true")
+    for flag, kind, values in _CUSTOM_GRID:
+        what.add_argument(flag, type=kind, default=None, help=f"custom grid: {values}")
     how = parser.add_argument_group("how to run")
     how.add_argument(
         "--dataset-dir", default=None, help="dataset root (bundle dataset_dir; default: demo cohort)"
