@@ -149,7 +149,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The effective settings: explicit options, else the ``--quick`` or full-run defaults."""
+    """The effective settings: explicit options, else the ``--quick`` or full-run defaults.
+
+    Args:
+        args: the parsed options of :func:`add_arguments`.
+
+    Returns:
+        the settings :func:`mri_slice_transfer.bench.run.run_bench` takes.
+
+    Raises:
+        SystemExit: an unknown model, a count below 1 or an input scale <= 0 (the message says which).
+    """
     base = QUICK_DEFAULTS if args.quick else DEFAULTS
     opts = {k: (getattr(args, k) if getattr(args, k, None) is not None else v) for k, v in base.items()}
     models = [m.lower() for m in opts["models"]]

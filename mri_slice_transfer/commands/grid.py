@@ -49,7 +49,14 @@ def _int_list(text: str) -> list[int]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` -> ``(key, value)``; VALUE is read as JSON when it parses, else kept as text."""
+    """``KEY=VALUE`` -> ``(key, value)``; VALUE is read as JSON when it parses, else kept as text.
+
+    Args:
+        text: one ``--override`` value.
+
+    Returns:
+        the bundle override's key and value.
+    """
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--override needs KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
