@@ -1,51 +1,39 @@
 """The ``mri-slice-transfer`` command line: one entry point, one sub-command per job.
 
-Sub-commands are registered in :data:`COMMANDS`: a help text and the module that implements it with
-``add_arguments(parser)`` and ``run(args) -> int``.
+Sub-commands are registered in :data:`COMMANDS`: each is a module of :mod:`mri_slice_transfer.commands`
+with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from mri_slice_transfer import __version__
+from mri_slice_transfer.commands import bench, demo_data, grid, info, prepare, split
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "COMMANDS"]
 
-
-# name -> (help, module). Each module defines ``add_arguments(parser)`` and ``run(args) -> int``. They are
-# imported when the parser is built, so keep their top-level imports light (heavy ones inside ``run``).
-COMMANDS: dict[str, tuple[str, str]] = {
-    "info": ("print versions, device, and where weights and caches live", "mri_slice_transfer.info"),
-    "demo-data": (
-        "generate a synthetic demo cohort (AD vs CN or brain age) with train/val/test data lists",
-        "mri_slice_transfer.data.cli_demo",
-    ),
-    "prepare": (
-        "register raw T1 scans (NIfTI/MGZ/NRRD/MHA/DICOM, any orientation) to the template grid, with QC",
-        "mri_slice_transfer.prepare.cli",
-    ),
-    "split": (
-        "split one CSV of all scans into train/val/test data lists by subject (stratified, leakage-checked)",
-        "mri_slice_transfer.split",
-    ),
-    "grid": (
-        "run an experiment grid (encoders x settings x seeds) through a bundle; resumable; paper tables",
-        "mri_slice_transfer.grid.cli",
-    ),
-    "bench": (
-        "measure training / inference / data-pipeline speed: reference-style baseline vs the fast path",
-        "mri_slice_transfer.bench",
-    ),
+#: Sub-command name -> its module, in ``--help`` order.
+COMMANDS: dict[str, ModuleType] = {
+    "info": info,
+    "demo-data": demo_data,
+    "prepare": prepare,
+    "split": split,
+    "grid": grid,
+    "bench": bench,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with every registered sub-command."""
+    """Build the argument parser with every registered sub-command.
+
+    Returns:
+        the parser; a parsed sub-command carries its ``run`` function as ``args._run``.
+    """
     parser = argparse.ArgumentParser(
         prog="mri-slice-transfer",
         description="2D-slice set networks for 3D brain MRI: AD detection and brain age.",
@@ -53,16 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_text, module_name) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    for name, module in COMMANDS.items():
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit code."""
+    """Run the command line.
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        the process exit code.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -1,15 +1,18 @@
-"""What ``mri-slice-transfer info`` prints: versions, compute device, and where files live."""
+"""Versions, compute device, and where files live (what ``mri-slice-transfer info`` prints)."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
-import json
 import os
 import platform
 from typing import Any
 
-__all__ = ["collect_info", "format_info", "add_arguments", "run"]
+import torch
+
+from mri_slice_transfer import __version__
+from mri_slice_transfer.paths import CACHE_ENV_VAR, cache_dir, torch_weights_dir
+
+__all__ = ["collect_info", "format_info"]
 
 _PACKAGES = (
     "torch",
@@ -33,11 +36,6 @@ def _version(dist: str) -> str:
 
 def collect_info() -> dict[str, Any]:
     """Gather versions, device facts and paths into a JSON-serialisable dict."""
-    import torch
-
-    from mri_slice_transfer import __version__
-    from mri_slice_transfer.paths import CACHE_ENV_VAR, cache_dir, torch_weights_dir
-
     cuda = torch.cuda.is_available()
     device: dict[str, Any] = {
         "cuda_available": cuda,
@@ -99,15 +97,3 @@ def format_info(info: dict[str, Any]) -> str:
     present = ", ".join(p["imagenet_weights_present"]) or "none (pretrained='auto' falls back to random init)"
     lines.append(f"  weight files   {present}")
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``mri-slice-transfer info``."""
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Print the information; returns the exit code."""
-    info = collect_info()
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
-    return 0

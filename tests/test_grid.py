@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from mri_slice_transfer.cli import main
-from mri_slice_transfer.grid.cli import QUICK_EPOCHS
+from mri_slice_transfer.commands.grid import QUICK_EPOCHS
 from mri_slice_transfer.grid.presets import PRESETS, ModelConfig, expand_grid
 from mri_slice_transfer.grid.runner import (
     BundleRunner,

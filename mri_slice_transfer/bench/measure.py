@@ -31,6 +31,7 @@ from mri_slice_transfer.engine.precision import (
     precision_label,
 )
 from mri_slice_transfer.engine.resize import scaled_size
+from mri_slice_transfer.info import collect_info
 from mri_slice_transfer.networks import count_parameters
 
 __all__ = [
@@ -53,8 +54,6 @@ def resolve_device(device: str | None) -> str:
 
 def environment(device: str | None = None) -> dict[str, Any]:
     """Versions and device facts for the report (``mri-slice-transfer info`` plus the chosen device)."""
-    from mri_slice_transfer.info import collect_info
-
     info = collect_info()
     dev = resolve_device(device)
     info["bench_device"] = dev

@@ -13,6 +13,7 @@ import importlib
 import multiprocessing as mp
 import os
 import resource
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -85,8 +86,6 @@ def _exit_reason(code: int | None) -> str:
     if code is None:
         return "did not finish"
     if code < 0:
-        import signal
-
         try:
             name = signal.Signals(-code).name
         except ValueError:

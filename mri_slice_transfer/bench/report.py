@@ -176,11 +176,28 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def format_report(result: dict[str, Any]) -> str:
-    """The tables printed at the end of ``mri-slice-transfer bench``."""
+    """The tables printed at the end of ``mri-slice-transfer bench``.
+
+    Args:
+        result: the dict of :func:`mri_slice_transfer.bench.run.run_bench`.
+
+    Returns:
+        the report, one section per measured part, then the targets and the total time.
+    """
+    parts = _header_section(result)
+    for section in (_speed_sections, _chunk_section, _pipeline_section, _prepare_section, _scaling_section):
+        parts += section(result)
+    parts += _targets_section(result)
+    parts.append(f"\ntotal time {result.get('wall_time_s', 0):.1f} s")
+    return "\n".join(parts)
+
+
+def _header_section(result: dict[str, Any]) -> list[str]:
+    """Device, threads, timing rule and variants."""
     s = result["settings"]
     env = result.get("environment", {})
     dev = env.get("device", {})
-    parts = [
+    return [
         "=" * 100,
         f"mri-slice-transfer bench on {s['device']}"
         + (f" ({env['bench_device_name']})" if env.get("bench_device_name") else "")
@@ -190,6 +207,12 @@ def format_report(result: dict[str, Any]) -> str:
         f"{s['warmup']} warm-up step(s); variants: "
         + "; ".join(f"{name} = {desc}" for name, desc in s["variant_descriptions"].items()),
     ]
+
+
+def _speed_sections(result: dict[str, Any]) -> list[str]:
+    """Training and inference speed tables."""
+    s = result["settings"]
+    parts: list[str] = []
     headers = ["model", "variant", "scans/s", "x base", "TFLOP/s", "GFLOP/scan"]
     if result.get("train"):
         parts += [
@@ -210,6 +233,12 @@ def format_report(result: dict[str, Any]) -> str:
                 headers, _speed_rows(result["infer"], memory=False), [False, False, True, True, True, True]
             ),
         ]
+    return parts
+
+
+def _chunk_section(result: dict[str, Any]) -> list[str]:
+    """The memory option: plain vs chunked slice encoding."""
+    parts: list[str] = []
     chunk = result.get("chunk")
     if chunk and chunk.get("rows"):
         rows = []
@@ -242,6 +271,12 @@ def format_report(result: dict[str, Any]) -> str:
                 [False, True, True, True, True, True],
             ),
         ]
+    return parts
+
+
+def _pipeline_section(result: dict[str, Any]) -> list[str]:
+    """The data pipeline: decode floor, first pass, cached pass."""
+    parts: list[str] = []
     pipe = result.get("pipeline")
     if pipe and not pipe.get("error"):
         first = _median(pipe, "first_pass")
@@ -286,6 +321,12 @@ def format_report(result: dict[str, Any]) -> str:
             )
     elif pipe and pipe.get("error"):
         parts += ["", "Data pipeline: failed: " + pipe["error"].splitlines()[0]]
+    return parts
+
+
+def _prepare_section(result: dict[str, Any]) -> list[str]:
+    """Raw-scan preparation time."""
+    parts: list[str] = []
     prep = result.get("prepare")
     if prep:
         parts.append("")
@@ -300,6 +341,12 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{'x'.join(str(x) for x in prep['shape'])} voxels of {prep['voxel_mm']} mm, "
                 f"status {prep['status'][-1]}"
             )
+    return parts
+
+
+def _scaling_section(result: dict[str, Any]) -> list[str]:
+    """Fast-path training speed by batch size and input scale."""
+    parts: list[str] = []
     scaling = result.get("scaling")
     if scaling:
         parts += [
@@ -322,6 +369,12 @@ def format_report(result: dict[str, Any]) -> str:
                 [True, False, True, True, True],
             )
         )
+    return parts
+
+
+def _targets_section(result: dict[str, Any]) -> list[str]:
+    """Which targets were met."""
+    parts: list[str] = []
     targets = result.get("targets")
     if targets:
         parts += ["", "Targets (issue 6):"]
@@ -330,5 +383,4 @@ def format_report(result: dict[str, Any]) -> str:
             parts.append(
                 f"  {t['target']}: {fmt_num(t['value'])}{'x' if t['value'] is not None else ''} -> {status}"
             )
-    parts.append(f"\ntotal time {result.get('wall_time_s', 0):.1f} s")
-    return "\n".join(parts)
+    return parts

@@ -20,6 +20,7 @@ supports 4D (2D conv) weights; the 3D-CNN therefore runs in contiguous memory in
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 __all__ = [
     "Variant",
@@ -28,6 +29,8 @@ __all__ = [
     "FAST",
     "DEFAULT_MODELS",
     "BENCH_MODELS",
+    "DEFAULTS",
+    "QUICK_DEFAULTS",
     "is_conv3d",
     "model_label",
 ]
@@ -110,3 +113,37 @@ def is_conv3d(model: str) -> bool:
 def model_label(model: str) -> str:
     """Display name: ``"3D-CNN"`` for the 3D-CNN, else the encoder name."""
     return "3D-CNN" if is_conv3d(model) else model
+
+
+#: Defaults of the full run (an option not given on the command line takes its value from here).
+DEFAULTS: dict[str, Any] = {
+    "models": list(DEFAULT_MODELS),
+    "batch_size": 8,
+    "repeats": 3,
+    "warmup": 2,
+    "min_time": 2.0,
+    "input_scale": 1.0,
+    "chunk": 32,
+    "chunk_model": "resnet50",
+    "chunk_batch_size": 8,
+    "pipeline_scans": 8,
+    "pipeline_source": "synthetic",
+    "scaling_batch_sizes": [1, 2, 4, 8],
+    "scaling_scales": [0.5, 0.75, 1.0],
+}
+#: What ``--quick`` changes (a CI-sized smoke run: tiny grid, one repeat, cnn5 only).
+QUICK_DEFAULTS: dict[str, Any] = {
+    "models": ["cnn5"],
+    "batch_size": 2,
+    "repeats": 1,
+    "warmup": 1,
+    "min_time": 0.2,
+    "input_scale": 0.25,
+    "chunk": 8,
+    "chunk_model": "cnn5",
+    "chunk_batch_size": 2,
+    "pipeline_scans": 2,
+    "pipeline_source": "phantom",
+    "scaling_batch_sizes": [1, 2],
+    "scaling_scales": [0.15, 0.25],
+}

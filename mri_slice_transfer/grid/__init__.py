@@ -6,7 +6,7 @@
   ``python -m monai.bundle run`` subprocess per stage; one folder per run; ``done.json`` markers).
 - :mod:`.summary`: ``results.csv`` and bootstrap confidence intervals; :mod:`.tables`: ``table.md``;
   :mod:`.plot`: ``plot.png``.
-- :mod:`.cli`: ``mri-slice-transfer grid``.
+- the command line ``mri-slice-transfer grid`` is :mod:`mri_slice_transfer.commands.grid`.
 
 Names are imported lazily (PEP 562), so the command line stays quick to start.
 """

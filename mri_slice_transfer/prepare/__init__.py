@@ -8,8 +8,8 @@ and masked with the template brain mask. See ``docs/prepare.md``.
 - :func:`read_scan`, :func:`find_inputs`: reading and finding scans.
 - :func:`register_to_template`, :func:`resample_to_template_grid`: the registration itself.
 
-Names are imported lazily, so that ``mri_slice_transfer.prepare.cli`` (imported when the command-line
-parser is built) does not pull in SimpleITK and pandas.
+Names are imported lazily, so that importing a submodule does not pull in SimpleITK and pandas. The
+command line is :mod:`mri_slice_transfer.commands.prepare`.
 """
 
 from __future__ import annotations

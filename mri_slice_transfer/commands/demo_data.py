@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
+__all__ = ["HELP", "add_arguments", "run"]
+
 HELP = "generate a synthetic demo cohort (AD vs CN or brain age) with train/val/test data lists"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``mri-slice-transfer demo-data``."""
     parser.add_argument(
         "--task",
         choices=("adni_ad", "brain_age"),
@@ -32,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Write the cohort and print where it went and its site balance; returns the exit code."""
     import pandas as pd
 
     from mri_slice_transfer.data.synthetic import generate_cohort, site_summary

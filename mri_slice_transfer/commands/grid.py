@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "run", "parse_override"]
+__all__ = ["HELP", "QUICK_EPOCHS", "add_arguments", "run", "parse_override"]
 
 #: Epochs per run of ``--quick`` (a smoke-sized grid: 5 demo runs in ~20 min on 2 CPU cores).
 QUICK_EPOCHS = 2
@@ -49,7 +49,14 @@ def _int_list(text: str) -> list[int]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` -> ``(key, value)``; VALUE is read as JSON when it parses, else kept as text."""
+    """``KEY=VALUE`` -> ``(key, value)``; VALUE is read as JSON when it parses, else kept as text.
+
+    Args:
+        text: one ``--override`` value.
+
+    Returns:
+        the bundle override's key and value.
+    """
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--override needs KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
@@ -57,6 +64,16 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key.strip(), json.loads(value)
     except ValueError:
         return key.strip(), value
+
+
+#: The custom-grid options: flag, parser, the values it takes.
+_CUSTOM_GRID = (
+    ("--encoders", _csv_list, "cnn5,resnet18,resnet50,conv3d"),
+    ("--axes", _csv_list, "sagittal,coronal,axial"),
+    ("--aggregations", _csv_list, "mean,max,attention"),
+    ("--position-encodings", _csv_list, "none,learned,sinusoidal"),
+    ("--pretrained", _bool_list, "false,true"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,15 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--bundle", default=None, help="bundle name under bundles/ or a bundle folder (default: the preset's)"
     )
-    what.add_argument(
-        "--encoders", type=_csv_list, default=None, help="custom grid: cnn5,resnet18,resnet50,conv3d"
-    )
-    what.add_argument("--axes", type=_csv_list, default=None, help="custom grid: sagittal,coronal,axial")
-    what.add_argument("--aggregations", type=_csv_list, default=None, help="custom grid: mean,max,attention")
-    what.add_argument(
-        "--position-encodings", type=_csv_list, default=None, help="custom grid: none,learned,sinusoidal"
-    )
-    what.add_argument("--pretrained", type=_bool_list, default=None, help="custom grid: false,true")
+    for flag, kind, values in _CUSTOM_GRID:
+        what.add_argument(flag, type=kind, default=None, help=f"custom grid: {values}")
     how = parser.add_argument_group("how to run")
     how.add_argument(
         "--dataset-dir", default=None, help="dataset root (bundle dataset_dir; default: demo cohort)"

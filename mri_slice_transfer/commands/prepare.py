@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+__all__ = ["HELP", "add_arguments", "run"]
+
 HELP = "register raw T1 scans (NIfTI/MGZ/NRRD/MHA/DICOM, any orientation) to the template grid, with QC"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``mri-slice-transfer prepare``."""
     parser.add_argument(
         "inputs",
         nargs="+",
