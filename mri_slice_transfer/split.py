@@ -36,6 +36,8 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mri_slice_transfer.vocabulary import TASKS, Task
+
 if TYPE_CHECKING:  # pandas is imported inside the functions: the CLI parser stays light
     import pandas as pd
 
@@ -55,8 +57,8 @@ SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 
 #: Scans per split in the paper (train, val, test), section 3.1.
 PAPER_SPLIT_SCANS: dict[str, tuple[int, int, int]] = {
-    "adni_ad": (2372, 873, 916),
-    "brain_age": (7312, 2194, 940),
+    Task.ADNI_AD: (2372, 873, 916),
+    Task.BRAIN_AGE: (7312, 2194, 940),
 }
 #: Used for a task the paper does not cover.
 FALLBACK_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)
@@ -99,7 +101,7 @@ def default_fractions(task: str) -> tuple[tuple[float, float, float], str]:
         counts = PAPER_SPLIT_SCANS[task]
         total = sum(counts)
         fr = tuple(c / total for c in counts)
-        dataset = "ADNI" if task == "adni_ad" else "UK Biobank"
+        dataset = TASKS[task].dataset
         note = (
             f"the paper's {dataset} split, {counts[0]:,}/{counts[1]:,}/{counts[2]:,} scans "
             f"({100 * fr[0]:.1f}/{100 * fr[1]:.1f}/{100 * fr[2]:.1f} %)"
@@ -136,7 +138,7 @@ def _resolve_stratify(stratify: str, task: str) -> str:
     if stratify not in STRATIFY_CHOICES:
         raise ValueError(f"unknown stratify {stratify!r}; choose one of {', '.join(STRATIFY_CHOICES)}")
     if stratify == "auto":
-        return "dx" if task == "adni_ad" else "age"
+        return TASKS[task].label_column if task in TASKS else "age"
     return stratify
 
 
@@ -313,7 +315,7 @@ def split_report(result: SplitResult, task: str) -> dict[str, Any]:
         if "dx" in frame.columns:
             dx = frame["dx"].astype(str).value_counts()
             entry["dx_scans"] = {k: int(v) for k, v in sorted(dx.items())}
-            if task == "adni_ad":
+            if task in TASKS and TASKS[task].is_binary:
                 entry["ad_share_of_scans"] = (
                     round(int(dx.get("AD", 0)) / len(frame), 4) if len(frame) else 0.0
                 )

@@ -16,7 +16,6 @@ import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mri_slice_transfer.errors import DataListError
+from mri_slice_transfer.vocabulary import TASKS, TaskSpec, task_spec
 
 __all__ = [
     "TASKS",
@@ -45,54 +45,6 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_COLUMNS: tuple[str, ...] = ("subject_id", "image")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("session_id", "sex", "site")
 SEX_VALUES: tuple[str, ...] = ("M", "F")
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """What a task's data list must hold.
-
-    Attributes:
-        name: task name (``"adni_ad"`` or ``"brain_age"``).
-        label_column: column with the label (``dx`` or ``age``).
-        kind: ``"binary"`` (categorical label mapped to 0/1) or ``"regression"``.
-        classes: for binary tasks, allowed values mapped to the numeric label (``{"CN": 0, "AD": 1}``).
-        value_range: for regression tasks, inclusive plausible range of the label.
-        description: one line for help texts.
-    """
-
-    name: str
-    label_column: str
-    kind: str
-    classes: dict[str, int] | None = None
-    value_range: tuple[float, float] | None = None
-    description: str = ""
-
-
-#: The tasks this project knows, by name.
-TASKS: dict[str, TaskSpec] = {
-    "adni_ad": TaskSpec(
-        name="adni_ad",
-        label_column="dx",
-        kind="binary",
-        classes={"CN": 0, "AD": 1},
-        description="Alzheimer's disease (AD, label 1) vs cognitively normal (CN, label 0)",
-    ),
-    "brain_age": TaskSpec(
-        name="brain_age",
-        label_column="age",
-        kind="regression",
-        value_range=(0.0, 120.0),
-        description="chronological age in years (regression) of healthy subjects",
-    ),
-}
-
-
-def task_spec(task: str) -> TaskSpec:
-    """The :class:`TaskSpec` of ``task``; raises ``ValueError`` naming the known tasks."""
-    try:
-        return TASKS[task]
-    except KeyError:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}") from None
 
 
 def _row(i: int) -> str:
@@ -139,7 +91,8 @@ def _check_frame(
     if missing:
         problems.append(
             f"{name}: missing column{'s' if len(missing) > 1 else ''} {', '.join(repr(c) for c in missing)} "
-            f"(task {spec.name!r} needs {', '.join(required)}; found {', '.join(frame.columns) or 'none'})"
+            f"(task {str(spec.name)!r} needs {', '.join(required)}; "
+            f"found {', '.join(frame.columns) or 'none'})"
         )
     if len(frame) == 0:
         problems.append(f"{name}: no data rows")
@@ -187,7 +140,7 @@ def _check_frame(
     if col in frame.columns:
         labels = []
         for i, value in frame[col].items():
-            if spec.kind == "binary":
+            if spec.is_binary:
                 assert spec.classes is not None
                 if value not in spec.classes:
                     allowed = "/".join(spec.classes)
@@ -212,7 +165,7 @@ def _check_frame(
                         )
                 labels.append(number)
         out["label"] = pd.Series(labels, index=frame.index, dtype="float64")
-        if spec.kind == "regression":
+        if not spec.is_binary:
             out[col] = out["label"]
     if "age" in out.columns and spec.label_column != "age":
         out["age"] = pd.to_numeric(out["age"], errors="coerce")

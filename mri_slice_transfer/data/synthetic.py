@@ -31,10 +31,11 @@ import numpy as np
 import pandas as pd
 
 from mri_slice_transfer.data.anatomy import SITES, ScanParams, render, static_maps, subject_anatomy
-from mri_slice_transfer.data.datalist import SPLITS, TASKS
+from mri_slice_transfer.data.datalist import SPLITS
 from mri_slice_transfer.data.raw import raw_geometry, raw_points
 from mri_slice_transfer.fileio import atomic_write_bytes, atomic_write_text
 from mri_slice_transfer.template import TEMPLATE_AFFINE, TEMPLATE_SHAPE
+from mri_slice_transfer.vocabulary import task_spec
 
 __all__ = [
     "SPACES",
@@ -62,7 +63,7 @@ AD_FRACTION = 0.27
 
 
 def _age_model(task: str, dx: str, rng: np.random.Generator) -> float:
-    if task == "brain_age":  # UK Biobank-like: 64 +- 7.5 years, 45..82
+    if not task_spec(task).is_binary:  # brain age, UK Biobank-like: 64 +- 7.5 years, 45..82
         return float(np.clip(rng.normal(64.0, 7.5), 45.0, 82.0))
     mean = 76.0 if dx == "AD" else 73.0  # ADNI-like: AD subjects somewhat older
     return float(np.clip(rng.normal(mean, 6.5), 55.0, 90.0))
@@ -100,14 +101,13 @@ def plan_cohort(task: str, n: int = 100, seed: int = 0) -> pd.DataFrame:
         one row per scan: ``subject_id``, ``session_id``, ``image``, ``split``, ``dx``, ``age``, ``sex``,
         ``site``, ``subject_seed``, ``scan_seed``, ``severity``.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    binary = task_spec(task).is_binary
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     rng = np.random.default_rng([seed, 0])
     n_sub = max(1, math.ceil(n / (1.0 + REPEAT_FRACTION)))
     n_repeat = n - n_sub
-    n_ad = round(AD_FRACTION * n_sub) if task == "adni_ad" else 0
+    n_ad = round(AD_FRACTION * n_sub) if binary else 0
     dx = np.array(["AD"] * n_ad + ["CN"] * (n_sub - n_ad))
     rng.shuffle(dx)
     sites = _deal_sites(dx, rng)
@@ -128,7 +128,7 @@ def plan_cohort(task: str, n: int = 100, seed: int = 0) -> pd.DataFrame:
     repeats = set(rng.choice(n_sub, size=n_repeat, replace=False).tolist()) if n_repeat else set()
 
     # subject-level split, stratified: shuffle within strata, concatenate, deal out a 60/20/20 pattern
-    if task == "adni_ad":
+    if binary:
         strata = [s["dx"] for s in subjects]
     else:
         ages = np.array([s["age"] for s in subjects])
@@ -268,8 +268,7 @@ def generate_cohort(
     Returns:
         the output folder.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    binary = task_spec(task).is_binary
     if space not in SPACES:
         raise ValueError(f"unknown space {space!r}; choose one of {', '.join(SPACES)}")
     out = Path(out).expanduser()
@@ -293,7 +292,7 @@ def generate_cohort(
             "n_scans": len(plan),
             "split_fractions": dict(zip(SPLITS, SPLIT_FRACTIONS, strict=True)),
             "repeat_fraction": REPEAT_FRACTION,
-            "ad_fraction": AD_FRACTION if task == "adni_ad" else 0.0,
+            "ad_fraction": AD_FRACTION if binary else 0.0,
             "template": "ICBM152 2009a nonlinear symmetric (nilearn), FSL MNI152 2 mm grid",
             "transform_convention": (
                 None
@@ -337,7 +336,7 @@ def _run(todo: Sequence[dict], space: str, out: Path, workers: int, progress: bo
 
 def datalist_csvs(plan: pd.DataFrame, task: str) -> dict[str, str]:
     """The ``train/val/test.csv`` texts of a planned cohort (what :func:`generate_cohort` writes)."""
-    if task == "adni_ad":
+    if task_spec(task).is_binary:
         cols = ["subject_id", "session_id", "image", "dx", "age", "sex", "site"]
     else:
         cols = ["subject_id", "session_id", "image", "age", "sex", "site"]
@@ -362,8 +361,9 @@ def site_summary(plan: pd.DataFrame, task: str) -> pd.DataFrame:
     """
     subjects = plan.drop_duplicates("subject_id")
     table = pd.DataFrame(index=pd.Index(sorted(plan["site"].unique()), name="site"))
-    if task == "adni_ad":
-        for dx in TASKS["adni_ad"].classes or {}:
+    spec = task_spec(task)
+    if spec.is_binary:
+        for dx in spec.classes or {}:
             table[f"{dx} subjects"] = subjects[subjects["dx"] == dx].groupby("site").size()
             table[f"{dx} scans"] = plan[plan["dx"] == dx].groupby("site").size()
         table = table.fillna(0).astype(int)

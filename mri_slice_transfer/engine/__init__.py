@@ -35,6 +35,7 @@ from mri_slice_transfer.engine.inputs import resolve_inputs, run_name
 from mri_slice_transfer.engine.lock import RunLock, RunLockedError
 from mri_slice_transfer.engine.losses import make_loss
 from mri_slice_transfer.engine.metrics import (
+    lower_is_better,
     make_additional_metrics,
     make_key_metric,
     metric_cmp_fn,
@@ -85,6 +86,7 @@ __all__ = [
     "cuda_amp_enabled",
     "keep_freed_memory",
     "log_run_info",
+    "lower_is_better",
     "make_additional_metrics",
     "make_key_metric",
     "make_loss",

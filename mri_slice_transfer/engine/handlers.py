@@ -22,6 +22,7 @@ from mri_slice_transfer.engine.checkpoint import DIGEST_KEY, file_sha256, load_w
 from mri_slice_transfer.engine.distributed import is_main_process, unwrap
 from mri_slice_transfer.engine.io import atomic_torch_save, write_csv, write_json
 from mri_slice_transfer.engine.seeding import rng_state, set_rng_state
+from mri_slice_transfer.vocabulary import is_better
 
 __all__ = [
     "MetricsWriter",
@@ -77,7 +78,7 @@ class BestModelSaver:
         network: the trained network (DDP wrapper is unwrapped).
         path: usually ``models/model.pt``.
         metric_name: name in ``engine.state.metrics``.
-        lower_is_better: for brain-age MAE.
+        lower_is_better: for brain-age MAE (bundles: ``$mri_slice_transfer.engine.lower_is_better(@task)``).
     """
 
     def __init__(self, network: torch.nn.Module, path: str, metric_name: str, lower_is_better: bool) -> None:
@@ -94,11 +95,7 @@ class BestModelSaver:
 
     def improved(self, value: float) -> bool:
         """Whether ``value`` beats the best so far (NaN never does)."""
-        if math.isnan(value):
-            return False
-        if self.best is None:
-            return True
-        return value < self.best if self.lower_is_better else value > self.best
+        return is_better(value, self.best, self.lower_is_better)
 
     def __call__(self, engine: Engine) -> None:
         value = float(engine.state.metrics[self.metric_name])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from mri_slice_transfer.vocabulary import task_spec
+
 __all__ = ["TaskLoss", "make_loss"]
 
 
@@ -19,13 +21,11 @@ class TaskLoss(torch.nn.Module):
 
     def __init__(self, task: str, pos_weight: float | None = None) -> None:
         super().__init__()
-        if task == "adni_ad":
+        if task_spec(task).loss == "bce_with_logits":
             weight = None if pos_weight is None else torch.tensor(float(pos_weight))
             self.fn: torch.nn.Module = torch.nn.BCEWithLogitsLoss(pos_weight=weight)
-        elif task == "brain_age":
-            self.fn = torch.nn.MSELoss()
         else:
-            raise ValueError(f"unknown task {task!r}; expected 'adni_ad' or 'brain_age'")
+            self.fn = torch.nn.MSELoss()
         self.task = task
 
     def forward(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -34,6 +34,6 @@ class TaskLoss(torch.nn.Module):
 
 def make_loss(task: str, pos_weight: float | None = None) -> TaskLoss:
     """The paper's loss for ``task`` (AD: optionally class-balanced with ``pos_weight``)."""
-    if task != "adni_ad" and pos_weight is not None:
+    if pos_weight is not None and not task_spec(task).is_binary:
         raise ValueError(f"pos_weight only applies to the AD task, not {task!r}")
     return TaskLoss(task, pos_weight)

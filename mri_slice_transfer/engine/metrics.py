@@ -33,9 +33,9 @@ from scipy.special import expit
 from scipy.special import logit as _logit
 from sklearn import metrics as skm
 
+from mri_slice_transfer.vocabulary import task_spec
+
 __all__ = [
-    "KEY_METRIC",
-    "LOWER_IS_BETTER",
     "THRESHOLD",
     "DecisionThreshold",
     "as_threshold",
@@ -50,12 +50,9 @@ __all__ = [
     "make_key_metric",
     "make_additional_metrics",
     "metric_cmp_fn",
+    "lower_is_better",
 ]
 
-#: Key metric name per task.
-KEY_METRIC = {"adni_ad": "balanced_accuracy", "brain_age": "mae"}
-#: Whether a smaller key metric is better.
-LOWER_IS_BETTER = {"adni_ad": False, "brain_age": True}
 #: The fixed probability threshold (the paper's).
 THRESHOLD = 0.5
 
@@ -275,17 +272,15 @@ def compute_metrics(
     task: str, pred: np.ndarray, label: np.ndarray, threshold: float | DecisionThreshold = THRESHOLD
 ) -> dict[str, float]:
     """All metrics of ``task`` (raw network outputs against labels; ``threshold``: AD only)."""
-    if task == "adni_ad":
+    if task_spec(task).is_binary:
         return classification_metrics(pred, label, threshold)
-    if task == "brain_age":
-        return regression_metrics(pred, label)
-    raise ValueError(f"unknown task {task!r}; expected 'adni_ad' or 'brain_age'")
+    return regression_metrics(pred, label)
 
 
 def _epoch_metric(task: str, name: str, threshold: float | DecisionThreshold | None) -> EpochMetric:
     def fn(pred: torch.Tensor, label: torch.Tensor) -> float:
         p, y = pred.numpy(), label.numpy()
-        if task != "adni_ad":
+        if not task_spec(task).is_binary:
             return compute_metrics(task, p, y)[name]
         t = tune_threshold(p, y) if threshold is None else as_threshold(threshold)
         if name == "threshold":
@@ -308,7 +303,8 @@ def make_key_metric(
         threshold: AD decision threshold (a :class:`DecisionThreshold` or a probability); None = tuned
             on the evaluated scans (:func:`tune_threshold`).
     """
-    return {prefix + KEY_METRIC[task]: _epoch_metric(task, KEY_METRIC[task], threshold)}
+    key = task_spec(task).key_metric
+    return {prefix + key: _epoch_metric(task, key, threshold)}
 
 
 def make_additional_metrics(
@@ -318,12 +314,18 @@ def make_additional_metrics(
     used, as a probability ``<prefix>threshold`` and as the logit cut ``<prefix>threshold_logit``;
     arguments as :func:`make_key_metric`)."""
     names = list(compute_metrics(task, np.array([0.0, 1.0]), np.array([0.0, 1.0])))
-    names += ["threshold", "threshold_logit"] if task == "adni_ad" else []
-    return {prefix + n: _epoch_metric(task, n, threshold) for n in names if n != KEY_METRIC[task]}
+    spec = task_spec(task)
+    names += ["threshold", "threshold_logit"] if spec.is_binary else []
+    return {prefix + n: _epoch_metric(task, n, threshold) for n in names if n != spec.key_metric}
 
 
 def metric_cmp_fn(task: str) -> Callable[[float, float], bool]:
-    """``current, best -> improved`` for the evaluator's best-metric tracking."""
-    if LOWER_IS_BETTER[task]:
-        return lambda current, best: best == -1 or current < best
-    return lambda current, best: current > best
+    """``current, best -> improved`` for the evaluator's best-metric tracking: :meth:`TaskSpec.better`
+    (ignite starts with ``best = -1``, which means "none yet" where lower is better)."""
+    spec = task_spec(task)
+    return lambda current, best: spec.better(current, None if best == -1 and spec.lower_is_better else best)
+
+
+def lower_is_better(task: str) -> bool:
+    """Whether a smaller key metric of ``task`` is better (for ``BestModelSaver(lower_is_better=...)``)."""
+    return task_spec(task).lower_is_better

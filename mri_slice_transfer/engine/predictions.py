@@ -15,6 +15,7 @@ from scipy.special import expit
 from mri_slice_transfer.engine.distributed import is_main_process
 from mri_slice_transfer.engine.io import write_csv, write_json
 from mri_slice_transfer.engine.metrics import THRESHOLD, DecisionThreshold, as_threshold, compute_metrics
+from mri_slice_transfer.vocabulary import task_spec
 
 __all__ = ["SafeTransform", "PredictionWriter"]
 
@@ -111,6 +112,7 @@ class PredictionWriter:
         threshold: float | DecisionThreshold = THRESHOLD,
     ) -> None:
         self.task = task
+        self._binary = task_spec(task).is_binary
         self.threshold = as_threshold(threshold)
         self.predictions_csv = Path(predictions_csv)
         self.metrics_json = Path(metrics_json) if metrics_json else None
@@ -142,7 +144,7 @@ class PredictionWriter:
             status, error, value = "error", _non_finite(value), np.nan
             self.n_non_finite += 1
             logger.warning("%s: %s", row["image"], error)
-        if self.task == "adni_ad":  # the logit too: the decision, exact also where probabilities saturate
+        if self._binary:  # the logit too: the decision, exact also where probabilities saturate
             row["probability"], row["logit"] = float(expit(value)), value
             row["predicted"] = "" if np.isnan(value) else ("AD" if self.threshold.decide(value) else "CN")
         else:
@@ -190,7 +192,7 @@ class PredictionWriter:
     def _write_metrics(self, n_err: int) -> dict:
         raw = np.array(self._raw, dtype=np.float64).reshape(-1, 2)
         metrics = compute_metrics(self.task, raw[:, 0], raw[:, 1], self.threshold)
-        if self.task == "adni_ad":
+        if self._binary:
             metrics["threshold"], metrics["threshold_logit"] = (
                 self.threshold.probability,
                 self.threshold.logit,
