@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mri_slice_transfer.vocabulary import task_spec
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -95,7 +97,7 @@ def plot_results(
                 used_ci = used_ci or err is not None
             ax.errorbar([mean], [i], xerr=err, fmt="o", color="tab:blue", capsize=3)
             ax.scatter(seeds, np.full(len(seeds), i), s=10, color="tab:gray", alpha=0.7, zorder=3)
-        unit = " (%)" if spec.scale == 100 else " (years)" if task == "brain_age" else ""
+        unit = f" ({task_spec(task).unit})"
         better = "lower is better" if spec.lower_is_better else "higher is better"
         ax.set_xlabel(f"{spec.header}{unit}\n{better}")
         ax.grid(axis="x", alpha=0.3)

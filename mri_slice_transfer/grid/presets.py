@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from mri_slice_transfer.vocabulary import ALIASES, PRETRAINABLE_ENCODERS, Axis, Encoder, Task, names
+
 __all__ = [
     "ModelConfig",
     "Preset",
@@ -32,17 +34,22 @@ __all__ = [
 ]
 
 #: Encoder name of the 3D-CNN baseline (it has no slices: axis, aggregation, encoding do not apply).
-CONV3D = "conv3d"
-_CONV3D_ALIASES = ("conv3d", "3dcnn", "3d-cnn")
+CONV3D = Encoder.CONV3D.value
 #: Encoders that have ImageNet weights.
-PRETRAINABLE = ("resnet18", "resnet34", "resnet50")
-AXES = ("sagittal", "coronal", "axial")
+PRETRAINABLE = tuple(e.value for e in PRETRAINABLE_ENCODERS)
+AXES = names(Axis)
 _ENCODER_LABEL = {
-    "cnn5": "2D-CNN",
-    "resnet18": "2D-ResNet-18",
-    "resnet34": "2D-ResNet-34",
-    "resnet50": "2D-ResNet-50",
+    Encoder.CNN5: "2D-CNN",
+    Encoder.RESNET18: "2D-ResNet-18",
+    Encoder.RESNET34: "2D-ResNet-34",
+    Encoder.RESNET50: "2D-ResNet-50",
 }
+
+
+def _is_conv3d(encoder: str) -> bool:
+    """Whether ``encoder`` names the 3D-CNN (``conv3d`` or an alias from the vocabulary's ``ALIASES``)."""
+    enc = encoder.lower()
+    return ALIASES[Encoder].get(enc, enc) == Encoder.CONV3D
 
 
 @dataclass(frozen=True)
@@ -66,14 +73,14 @@ class ModelConfig:
     def normalised(self) -> ModelConfig:
         """The same model with settings that do not apply removed (the 3D-CNN has no slices)."""
         enc = self.encoder.lower()
-        if enc in _CONV3D_ALIASES:
+        if _is_conv3d(enc):
             return ModelConfig(CONV3D, None, None, "none", False)
         return ModelConfig(enc, self.axis, self.aggregation, self.position_encoding, bool(self.pretrained))
 
     @property
     def is_conv3d(self) -> bool:
         """Whether this is the 3D-CNN baseline."""
-        return self.encoder.lower() in _CONV3D_ALIASES
+        return _is_conv3d(self.encoder)
 
     def key(self) -> str:
         """A file-name-safe identifier, e.g. ``resnet18_axial_mean_pe-learned_imagenet``."""
@@ -212,7 +219,7 @@ def _make_presets() -> dict[str, Preset]:
     ad = Preset(
         name="paper-ad",
         bundle="adni_ad",
-        task="adni_ad",
+        task=Task.ADNI_AD.value,
         title="AD detection (AD vs CN), test set",
         rows=ad_rows,
         # 3D-CNN; 2D-CNN sagittal; ResNet-18 axial from scratch; ResNet-18 axial ImageNet +- pos. enc.
@@ -227,7 +234,7 @@ def _make_presets() -> dict[str, Preset]:
     ba = Preset(
         name="paper-brain-age",
         bundle="ukbb_brain_age",
-        task="brain_age",
+        task=Task.BRAIN_AGE.value,
         title="Brain age, test set (sagittal slices)",
         rows=ba_rows,
         # 3D-CNN; 2D-CNN mean; ResNet-18 scratch; ResNet-18 ImageNet +- pos. enc.; ResNet-50 ImageNet

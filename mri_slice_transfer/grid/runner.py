@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from mri_slice_transfer.fileio import atomic_write_json
 from mri_slice_transfer.grid.presets import ModelConfig
+from mri_slice_transfer.vocabulary import task_spec
 
 __all__ = [
     "PlannedRun",
@@ -341,7 +342,7 @@ def collect_run_result(
     Raises:
         RunFailed: a result file is missing or unreadable.
     """
-    from mri_slice_transfer.engine.metrics import KEY_METRIC, LOWER_IS_BETTER, metrics_threshold
+    from mri_slice_transfer.engine.metrics import metrics_threshold
     from mri_slice_transfer.grid.summary import bootstrap_from_predictions
 
     eval_dir = run_dir / "eval"
@@ -350,13 +351,12 @@ def collect_run_result(
         epochs = json.loads((eval_dir / "val_metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise RunFailed(f"no validation metrics ({eval_dir / 'val_metrics.json'}: {err})") from err
-    key = f"val_{KEY_METRIC[task]}"
+    spec = task_spec(task)
+    key = f"val_{spec.key_metric}"
     best: dict[str, Any] | None = None
     for r in epochs:
         v = r.get(key)
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        if best is None or (v < best[key] if LOWER_IS_BETTER[task] else v > best[key]):
+        if v is not None and spec.better(float(v), None if best is None else best[key]):
             best = r
     row["epochs_run"] = max((int(r.get("epoch", 0)) for r in epochs), default=0)
     row["best_epoch"] = int(best["epoch"]) if best else None

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mri_slice_transfer.vocabulary import task_spec
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -77,8 +79,9 @@ def predictions_arrays(task: str, csv_path: str | os.PathLike) -> tuple[Any, Any
     if not path.is_file():
         raise FileNotFoundError(f"{path}: test predictions not found")
     frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    column = "predicted_age"
-    if task == "adni_ad":
+    spec = task_spec(task)
+    column = spec.prediction_columns[0]
+    if spec.is_binary:
         column = "logit" if "logit" in frame.columns else "probability"
     missing = [c for c in ("label", column) if c not in frame.columns]
     if missing:
@@ -113,7 +116,7 @@ def _weighted_metrics(task: str, pred: Any, label: Any, counts: Any, threshold: 
 
     w = counts.astype(np.float64)
     n = w.sum(axis=1)
-    if task == "brain_age":
+    if not task_spec(task).is_binary:
         err = pred - label
         mx, my = (w @ pred) / n, (w @ label) / n
         xc, yc = pred[None, :] - mx[:, None], label[None, :] - my[:, None]
@@ -246,9 +249,7 @@ def bootstrap_from_predictions(
 
 def headline_metric(task: str, row: Mapping[str, Any]) -> tuple[str, str]:
     """The key test metric of a result row with its confidence interval, for progress lines."""
-    from mri_slice_transfer.engine.metrics import KEY_METRIC
-
-    name = KEY_METRIC[task]
+    name = task_spec(task).key_metric
     value = row.get(f"test_{name}")
     lo, hi = row.get(f"test_{name}_ci_low"), row.get(f"test_{name}_ci_high")
 

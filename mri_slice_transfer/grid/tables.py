@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mri_slice_transfer.vocabulary import TASKS, TaskSpec, task_spec
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -51,17 +53,27 @@ class MetricSpec:
     lower_is_better: bool = False
 
 
-#: The paper's table columns per task.
+#: Column header and decimals of each metric in the paper's tables.
+_COLUMNS: dict[str, tuple[str, int]] = {
+    "balanced_accuracy": ("Bal. Accuracy", 2),
+    "f1": ("F1 Score", 2),
+    "average_precision": ("Avg. Precision", 2),
+    "mae": ("Mean Absolute Err. (MAE)", 3),
+    "rmse": ("Root Mean Square Err. (RMSE)", 3),
+}
+
+
+def _table_metrics(spec: TaskSpec) -> tuple[MetricSpec, ...]:
+    scale = 100.0 if spec.unit == "%" else 1.0
+    return tuple(
+        MetricSpec(name, _COLUMNS[name][0], scale, _COLUMNS[name][1], spec.lower_is_better)
+        for name in spec.table_metrics
+    )
+
+
+#: The paper's table columns per task (from :attr:`TaskSpec.table_metrics`).
 TABLE_METRICS: dict[str, tuple[MetricSpec, ...]] = {
-    "adni_ad": (
-        MetricSpec("balanced_accuracy", "Bal. Accuracy", 100.0, 2),
-        MetricSpec("f1", "F1 Score", 100.0, 2),
-        MetricSpec("average_precision", "Avg. Precision", 100.0, 2),
-    ),
-    "brain_age": (
-        MetricSpec("mae", "Mean Absolute Err. (MAE)", 1.0, 3, True),
-        MetricSpec("rmse", "Root Mean Square Err. (RMSE)", 1.0, 3, True),
-    ),
+    name: _table_metrics(spec) for name, spec in TASKS.items()
 }
 
 
@@ -217,7 +229,7 @@ def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> 
         lines.append("| " + " | ".join(cells) + " |")
     if not show_axis and slice_axes:
         notes.add(f"All slice models use {slice_axes[0]} slices.")
-    scale_note = "AD metrics in %." if task == "adni_ad" else "Errors in years."
+    scale_note = task_spec(task).table_note
     lines += ["", f"Mean ± std (sample std, ddof=1) over seeds; best mean per column in bold. {scale_note}"]
     lines += [f"{n}" for n in sorted(notes)]
     return "\n".join(lines) + "\n"
