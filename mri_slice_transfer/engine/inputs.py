@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from mri_slice_transfer.vocabulary import IMAGE_SUFFIXES
+
 __all__ = ["SCAN_SUFFIXES", "resolve_inputs", "run_name"]
 
-#: File endings of scan files a folder input contributes (lower case); the raw formats are those that
-#: :data:`mri_slice_transfer.prepare.io.IMAGE_SUFFIXES` reads (``.nhdr``/``.mhd``: detached headers).
-SCAN_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: File endings of scan files a folder input contributes (lower case): every format ``prepare`` reads
+#: (:data:`mri_slice_transfer.vocabulary.IMAGE_SUFFIXES`).
+SCAN_SUFFIXES = IMAGE_SUFFIXES
 
 
 def run_name(source: str) -> str:

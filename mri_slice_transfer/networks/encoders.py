@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from mri_slice_transfer.vocabulary import PRETRAINABLE_ENCODERS, SLICE_ENCODERS
+
 __all__ = [
     "ENCODERS",
     "RESNET_ENCODERS",
@@ -30,9 +32,11 @@ __all__ = [
 ]
 
 #: Names accepted for the 2D slice encoder.
-ENCODERS: tuple[str, ...] = ("cnn5", "resnet18", "resnet34", "resnet50")
+ENCODERS: tuple[str, ...] = tuple(e.value for e in SLICE_ENCODERS)
 #: The torchvision ResNets and the width of their pooled output.
-RESNET_ENCODERS: dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+RESNET_ENCODERS: dict[str, int] = dict(
+    zip((e.value for e in PRETRAINABLE_ENCODERS), (512, 512, 2048), strict=True)
+)
 #: How a 1-channel slice enters a ResNet built for 3-channel (RGB) images.
 IN_CHANNELS_MODES: tuple[str, ...] = ("fold", "repeat")
 

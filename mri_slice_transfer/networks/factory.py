@@ -7,16 +7,20 @@ from collections.abc import Sequence
 import torch.nn as nn
 
 from mri_slice_transfer.networks.conv3d import Conv3DNet
-from mri_slice_transfer.networks.encoders import ENCODERS
 from mri_slice_transfer.networks.pretrained import PretrainedSpec, normalise_pretrained
 from mri_slice_transfer.networks.slice_set import SliceSetNet
+from mri_slice_transfer.vocabulary import ALIASES, Encoder, look_up, names
 
 __all__ = ["CONV3D_NAMES", "MODEL_NAMES", "build_model", "count_parameters"]
 
-#: Names that select the 3D-CNN baseline.
-CONV3D_NAMES: tuple[str, ...] = ("conv3d", "3dcnn")
-#: Every accepted ``encoder`` value of :func:`build_model`.
-MODEL_NAMES: tuple[str, ...] = (*ENCODERS, *CONV3D_NAMES)
+#: Names that select the 3D-CNN baseline (``conv3d`` and its :data:`~mri_slice_transfer.vocabulary.ALIASES`).
+CONV3D_NAMES: tuple[str, ...] = (
+    Encoder.CONV3D.value,
+    *(k for k, v in ALIASES[Encoder].items() if v is Encoder.CONV3D),
+)
+#: Every accepted ``encoder`` value of :func:`build_model`: the
+#: :class:`~mri_slice_transfer.vocabulary.Encoder` names and their aliases.
+MODEL_NAMES: tuple[str, ...] = names(Encoder, aliases=True)
 
 
 def build_model(
@@ -32,11 +36,12 @@ def build_model(
     slice_chunk_size: int | None = None,
     pretrained_strict: bool = True,
 ) -> nn.Module:
-    """Build a :class:`~.slice_set.SliceSetNet` or, for ``encoder="conv3d"`` / ``"3dcnn"``, a
-    :class:`~.conv3d.Conv3DNet`.
+    """Build a :class:`~.slice_set.SliceSetNet` or, for ``encoder="conv3d"`` (aliases ``"3dcnn"``,
+    ``"3d-cnn"``), a :class:`~.conv3d.Conv3DNet`.
 
     Args:
-        encoder: ``"cnn5"``, ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"conv3d"`` or ``"3dcnn"``.
+        encoder: an :class:`~mri_slice_transfer.vocabulary.Encoder`: ``"cnn5"``, ``"resnet18"``,
+            ``"resnet34"``, ``"resnet50"`` or ``"conv3d"`` (or an alias; case-insensitive).
         axis, aggregation, position_encoding, in_channels_mode, slice_chunk_size: see
             :class:`~.slice_set.SliceSetNet`; ignored for the 3D-CNN (it has no slices).
         pretrained: False, True, "auto" or a path (see :mod:`~.pretrained`). The 3D-CNN and cnn5 have no
@@ -50,9 +55,8 @@ def build_model(
     Returns:
         the model; its ``encoder_init`` attribute says how the encoder was initialised.
     """
-    if not isinstance(encoder, str) or encoder.lower() not in MODEL_NAMES:
-        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(MODEL_NAMES)}")
-    if encoder.lower() in CONV3D_NAMES:
+    encoder = look_up(encoder, Encoder)
+    if encoder is Encoder.CONV3D:
         spec = normalise_pretrained(pretrained)
         if spec not in (False, "auto"):
             raise ValueError(
@@ -60,7 +64,7 @@ def build_model(
             )
         return Conv3DNet(num_outputs=num_outputs, in_channels=1, output_bias=output_bias)
     return SliceSetNet(
-        encoder=encoder,
+        encoder=encoder.value,
         axis=axis,
         aggregation=aggregation,
         position_encoding=position_encoding,

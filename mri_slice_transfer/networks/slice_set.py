@@ -26,6 +26,7 @@ from mri_slice_transfer.networks.encoders import (
     kaiming_init_,
 )
 from mri_slice_transfer.networks.pretrained import PretrainedSpec, initialise_encoder
+from mri_slice_transfer.vocabulary import Aggregation, Axis, PositionEncoding, names
 
 __all__ = [
     "AXES",
@@ -44,9 +45,9 @@ __all__ = [
 ]
 
 #: Slicing axes and the volume dimension (of x, y, z) that they index.
-AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
-AGGREGATIONS: tuple[str, ...] = ("mean", "max", "attention")
-POSITION_ENCODINGS: tuple[str, ...] = ("none", "learned", "sinusoidal")
+AXES: dict[str, int] = {name: i for i, name in enumerate(names(Axis))}
+AGGREGATIONS: tuple[str, ...] = names(Aggregation)
+POSITION_ENCODINGS: tuple[str, ...] = names(PositionEncoding)
 #: Size ``d`` of a slice embedding (input of aggregation and head).
 EMBED_DIM = 32
 logger = logging.getLogger(__name__)

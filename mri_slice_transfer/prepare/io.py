@@ -24,11 +24,10 @@ import SimpleITK as sitk
 from mri_slice_transfer.checks import check_voxel_values
 from mri_slice_transfer.errors import ScanError
 from mri_slice_transfer.transforms.io import missing_problem, permission_problem
+from mri_slice_transfer.vocabulary import IMAGE_SUFFIXES
 
 __all__ = ["IMAGE_SUFFIXES", "find_inputs", "read_scan", "is_dicom_folder"]
 
-#: File endings read as one image each (lower case).
-IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd")
 _NIBABEL_SUFFIXES = (".mgz", ".mgh")
 _FORMATS = (
     "NIfTI (.nii/.nii.gz), MGH (.mgz/.mgh), NRRD (.nrrd/.nhdr), MetaImage (.mha/.mhd) "

@@ -28,6 +28,7 @@ from monai.transforms import MapTransform
 
 from mri_slice_transfer.checks import check_voxel_values
 from mri_slice_transfer.errors import ScanError
+from mri_slice_transfer.vocabulary import NIFTI_SUFFIXES
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 #: File name endings :func:`load_scan` accepts (NIfTI-1 and NIfTI-2, optionally gzipped).
-SUPPORTED_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+SUPPORTED_SUFFIXES: tuple[str, ...] = NIFTI_SUFFIXES
 _FORMATS = "NIfTI (.nii or .nii.gz)"
 _CONVERT_HINT = (
     "convert it to NIfTI first (e.g. with dcm2niix), and register it to MNI space with "
