@@ -34,6 +34,7 @@ __all__ = [
     "TASKS",
     "Task",
     "TaskSpec",
+    "canonical",
     "is_better",
     "look_up",
     "names",
@@ -176,6 +177,21 @@ def look_up(value: object, enum: type[E], what: str | None = None) -> E:
     msg = f"unknown {what or _label(enum)} {value!r}; choose one of {', '.join(choices)}"
     close = difflib.get_close_matches(str(value).lower(), choices, n=1, cutoff=0.6)
     raise ValueError(msg + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+
+def canonical(value: str, enum: type[Enum]) -> str:
+    """``value`` lower-cased with :data:`ALIASES` resolved, without raising (``"3D-CNN"`` -> ``"conv3d"``).
+
+    Args:
+        value: a name as a user wrote it.
+        enum: the enum whose aliases apply.
+
+    Returns:
+        The member's value, or ``value.lower()`` when it names no member.
+    """
+    key = value.lower()
+    member = ALIASES.get(enum, {}).get(key)
+    return str(member.value) if member is not None else key
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mri_slice_transfer.vocabulary import Encoder, canonical, names
+
 __all__ = [
     "Variant",
     "VARIANTS",
@@ -101,13 +103,13 @@ VARIANTS: dict[str, Variant] = {
 
 #: Models of the default run: three slice encoders and the 3D-CNN.
 DEFAULT_MODELS: tuple[str, ...] = ("cnn5", "resnet18", "resnet50", "conv3d")
-#: Every model name ``--models`` accepts (``build_model``'s encoder names).
-BENCH_MODELS: tuple[str, ...] = ("cnn5", "resnet18", "resnet34", "resnet50", "conv3d", "3dcnn")
+#: Every model name ``--models`` accepts (``build_model``'s encoder names and aliases).
+BENCH_MODELS: tuple[str, ...] = names(Encoder, aliases=True)
 
 
 def is_conv3d(model: str) -> bool:
-    """True for the 3D-CNN names (``"conv3d"``, ``"3dcnn"``)."""
-    return model.lower() in ("conv3d", "3dcnn")
+    """True for the 3D-CNN names (``"conv3d"`` and its aliases ``"3dcnn"``, ``"3d-cnn"``)."""
+    return canonical(model, Encoder) == Encoder.CONV3D
 
 
 def model_label(model: str) -> str:

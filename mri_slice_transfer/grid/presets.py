@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from mri_slice_transfer.vocabulary import ALIASES, PRETRAINABLE_ENCODERS, Axis, Encoder, Task, names
+from mri_slice_transfer.vocabulary import PRETRAINABLE_ENCODERS, Axis, Encoder, Task, canonical, names
 
 __all__ = [
     "ModelConfig",
@@ -48,8 +48,7 @@ _ENCODER_LABEL = {
 
 def _is_conv3d(encoder: str) -> bool:
     """Whether ``encoder`` names the 3D-CNN (``conv3d`` or an alias from the vocabulary's ``ALIASES``)."""
-    enc = encoder.lower()
-    return ALIASES[Encoder].get(enc, enc) == Encoder.CONV3D
+    return canonical(encoder, Encoder) == CONV3D
 
 
 @dataclass(frozen=True)
