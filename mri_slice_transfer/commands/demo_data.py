@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from mri_slice_transfer.vocabulary import Task, names, task_spec
+
 __all__ = ["HELP", "add_arguments", "run"]
 
 HELP = "generate a synthetic demo cohort (AD vs CN or brain age) with train/val/test data lists"
@@ -14,8 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mri-slice-transfer demo-data``."""
     parser.add_argument(
         "--task",
-        choices=("adni_ad", "brain_age"),
-        default="adni_ad",
+        choices=names(Task),
+        default=Task.ADNI_AD.value,
         help="which task (default: %(default)s)",
     )
     parser.add_argument(
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         f"data lists: {out / 'train.csv'}, {out / 'val.csv'}, {out / 'test.csv'} "
         "(ground truth: participants.csv)"
     )
-    label = "diagnosis (sites are balanced by diagnosis)" if args.task == "adni_ad" else "age"
+    label = "diagnosis (sites are balanced by diagnosis)" if task_spec(args.task).is_binary else "age"
     print(f"site x {label}:")
     print(site_summary(pd.read_csv(out / "participants.csv"), args.task).to_string())
     return 0

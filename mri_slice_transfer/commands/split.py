@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from mri_slice_transfer.split import STRATIFY_CHOICES, UNITS
+from mri_slice_transfer.vocabulary import Task, names
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("csv", help="CSV of all scans (data-list format: subject_id, image, dx/age, ...)")
     parser.add_argument("--out", required=True, help="output folder for train.csv, val.csv, test.csv")
     parser.add_argument(
-        "--task", choices=("adni_ad", "brain_age"), default="adni_ad", help="task (default: %(default)s)"
+        "--task", choices=names(Task), default=Task.ADNI_AD.value, help="task (default: %(default)s)"
     )
     parser.add_argument(
         "--fractions",
