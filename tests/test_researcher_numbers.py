@@ -273,3 +273,73 @@ def test_learned_position_is_added_before_the_layernorm() -> None:
     expected = (s - mean) / torch.sqrt(var + pe.norm.eps) * pe.norm.weight + pe.norm.bias
     with torch.no_grad():
         torch.testing.assert_close(pe(x), expected, rtol=1e-12, atol=1e-12)
+
+
+# --- validation metrics (val_metrics.json, the best-model choice) ---------------------------------
+
+
+def _epoch_values(task: str, logits: np.ndarray, labels: np.ndarray, threshold) -> dict[str, float]:
+    """Run the evaluator's metrics over one epoch of decollated outputs, as the bundles do."""
+    from mri_slice_transfer.engine.metrics import flat_pred_label, make_additional_metrics, make_key_metric
+
+    metrics = {
+        **make_key_metric(task, threshold=threshold),
+        **make_additional_metrics(task, threshold=threshold),
+    }
+    output = [
+        {"pred": torch.tensor([z]), "label": torch.tensor([y])} for z, y in zip(logits, labels, strict=True)
+    ]
+    values = {}
+    for name, metric in metrics.items():
+        metric.reset()
+        for i in range(0, len(output), 4):  # batches of 4
+            metric.update(flat_pred_label(output[i : i + 4]))
+        values[name] = float(metric.compute())
+    return values
+
+
+@pytest.mark.parametrize("threshold", [None, 0.3])
+def test_validation_metrics_are_those_of_the_validation_predictions(threshold) -> None:
+    """val_* of an AD epoch = compute_metrics on its logits at the threshold used (tuned: the best one)."""
+    from mri_slice_transfer.engine.metrics import compute_metrics
+
+    rng = np.random.default_rng(5)
+    labels = np.array([0, 1] * 9, dtype=np.float64)
+    logits = (rng.normal(size=18) + 1.2 * labels).astype(np.float32)
+    got = _epoch_values("adni_ad", logits, labels, threshold)
+    t = got["val_threshold"]
+    if threshold is not None:
+        assert t == threshold
+    expected = compute_metrics("adni_ad", logits.astype(np.float64), labels, t)
+    assert {k[4:]: v for k, v in got.items() if k != "val_threshold"} == pytest.approx(expected)
+    if threshold is None:  # tuned: no cut between logits gives a higher balanced accuracy
+        z = np.sort(logits.astype(np.float64))
+        best = max(
+            compute_metrics("adni_ad", logits.astype(np.float64), labels, float(_sigmoid(c)))[
+                "balanced_accuracy"
+            ]
+            for c in np.r_[z[0] - 1, (z[1:] + z[:-1]) / 2, z[-1] + 1]
+        )
+        assert got["val_balanced_accuracy"] == pytest.approx(best) and best > 0.6
+
+
+def test_brain_age_validation_metrics_are_mae_rmse_r_of_the_predictions() -> None:
+    rng = np.random.default_rng(6)
+    age = rng.uniform(50, 80, 13)
+    pred = (age + rng.normal(0, 4, 13)).astype(np.float32)
+    got = _epoch_values("brain_age", pred, age, None)
+    err = pred.astype(np.float64) - age.astype(np.float32)
+    assert got["val_mae"] == pytest.approx(np.abs(err).mean(), rel=1e-6)
+    assert got["val_rmse"] == pytest.approx(np.sqrt((err**2).mean()), rel=1e-6)
+    assert got["val_pearson_r"] == pytest.approx(np.corrcoef(pred, age)[0, 1], rel=1e-5)
+    assert "val_threshold" not in got
+
+
+def test_evaluator_best_metric_comparison_follows_the_task() -> None:
+    """metric_cmp_fn: higher balanced accuracy is better; lower MAE is better (also against Ignite's -1)."""
+    from mri_slice_transfer.engine.metrics import metric_cmp_fn
+
+    ad, age = metric_cmp_fn("adni_ad"), metric_cmp_fn("brain_age")
+    assert ad(0.8, 0.7) and not ad(0.7, 0.8) and not ad(0.7, 0.7)
+    assert age(3.0, 4.0) and not age(5.0, 4.0) and not age(4.0, 4.0)
+    assert age(9.0, -1) and ad(0.1, -1)  # Ignite's initial best_metric is -1
