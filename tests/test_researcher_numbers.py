@@ -235,23 +235,29 @@ def test_registration_qc_flags_an_implausible_scale(monkeypatch, scale: float, f
 # --- tuned AD threshold -------------------------------------------------------------------------
 
 
-def test_tied_threshold_cuts_give_the_middle_one() -> None:
+@pytest.mark.parametrize(
+    "labels,tied,called",
+    [
+        ([0, 1, 0, 1, 0, 1], [0.5, 2.5, 4.5], [0, 0, 0, 1, 1, 1]),  # three tied cuts: the second
+        ([0, 0, 1, 0, 1, 1], [1.5, 3.5], [0, 0, 0, 0, 1, 1]),  # two tied cuts: the upper one (index 2 // 2)
+    ],
+)
+def test_tied_threshold_cuts_give_the_middle_one(labels, tied, called) -> None:
     """Several cuts with the same best balanced accuracy: the middle one decides which scans are AD.
 
-    Logits 0..5 with labels CN AD CN AD CN AD: the cuts after logits 0, 2 and 4 tie at balanced accuracy
-    2/3 (checked below, not assumed); the middle one calls the scans with logits 3, 4, 5 AD. Stated
-    through the scans called AD, so it holds whether the threshold is a probability or a logit.
+    Logits 0..5; the tied cuts are checked below, not assumed. Stated through the scans called AD, so it
+    holds whether the threshold is a probability or a logit.
     """
     logits = np.arange(6.0)
-    labels = np.array([0, 1, 0, 1, 0, 1])
+    labels = np.array(labels)
     scores = {}
     for cut in (logits[1:] + logits[:-1]) / 2:
         hat = logits > cut
         scores[cut] = (hat[labels == 1].mean() + (~hat[labels == 0]).mean()) / 2
-    assert sorted(c for c, s in scores.items() if s == max(scores.values())) == [0.5, 2.5, 4.5]
+    assert sorted(c for c, s in scores.items() if s == max(scores.values())) == tied
     threshold = tune_threshold(logits, labels)
-    called = _sigmoid(logits) >= threshold if 0.0 < threshold < 1.0 else logits >= threshold
-    assert list(called) == [False, False, False, True, True, True]
+    got = _sigmoid(logits) >= threshold if 0.0 < threshold < 1.0 else logits >= threshold
+    assert list(got) == [bool(c) for c in called]
 
 
 # --- networks: the learned position is added before the LayerNorm ------------------------------
