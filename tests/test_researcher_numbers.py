@@ -211,6 +211,23 @@ def test_a_writer_failing_half_way_leaves_the_previous_file(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
 
 
+def test_json_outputs_write_nan_as_null_at_any_depth(tmp_path: Path) -> None:
+    """metrics / model records: an undefined metric (NaN, inf) is JSON null wherever it sits."""
+    from mri_slice_transfer.fileio import atomic_write_json
+
+    target = tmp_path / "metrics.json"
+    atomic_write_json(
+        target, {"roc_auc": float("nan"), "runs": [0.5, float("inf"), {"r": float("-inf")}], "n": 3}
+    )
+    assert json.loads(target.read_text(encoding="utf-8")) == {
+        "roc_auc": None,
+        "runs": [0.5, None, {"r": None}],
+        "n": 3,
+    }
+    atomic_write_json(target, {"model": tmp_path / "model.pt"}, default=str)
+    assert json.loads(target.read_text(encoding="utf-8")) == {"model": str(tmp_path / "model.pt")}
+
+
 # --- prepare QC: implausible head-size scaling --------------------------------------------------
 
 
