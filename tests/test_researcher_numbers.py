@@ -41,7 +41,13 @@ def _run_epochs(tmp_path: Path, task: str, values: list[float]) -> BestModelSave
     for epoch, value in enumerate(values, start=1):
         with torch.no_grad():
             net.weight.fill_(float(epoch))
-        engine = SimpleNamespace(state=SimpleNamespace(epoch=epoch, metrics={name: value, "val_other": -1.0}))
+        others = {
+            "val_other": -1.0,
+            "val_t": torch.tensor(0.25),
+            "val_vec": torch.tensor([1.0, 2.0]),
+            "note": "x",
+        }
+        engine = SimpleNamespace(state=SimpleNamespace(epoch=epoch, metrics={name: value, **others}))
         saver(engine)
     return saver
 
@@ -53,18 +59,26 @@ def _run_epochs(tmp_path: Path, task: str, values: list[float]) -> BestModelSave
         ("adni_ad", [0.90, 0.50, 0.40]),  # the first epoch stays best when it is the maximum
         ("brain_age", [6.0, 4.1, 4.5, 3.9, 7.2]),  # MAE: the minimum (epoch 4)
         ("brain_age", [3.0, 5.0, float("nan"), 4.0]),  # a NaN epoch never replaces a real one
+        ("brain_age", [5.0, 4.0, 4.0, 4.5]),  # a tie keeps the earlier epoch
     ],
 )
 def test_saved_model_is_the_best_validation_epoch(tmp_path: Path, task: str, values: list[float]) -> None:
     """models/model.pt and model.json hold the argmax of balanced accuracy (AD) / argmin of MAE (age)."""
-    _run_epochs(tmp_path, task, values)
+    assert _run_epochs(tmp_path / "none", task, []).state_dict() == {"best": None, "best_epoch": 0}
+    saver = _run_epochs(tmp_path, task, values)
     finite = np.where(np.isnan(values), np.inf if LOWER_IS_BETTER[task] else -np.inf, values)
     best = int(np.argmin(finite) if LOWER_IS_BETTER[task] else np.argmax(finite)) + 1
     record = json.loads((tmp_path / "model.json").read_text(encoding="utf-8"))
-    assert record["epoch"] == best
-    assert record["metrics"]["val_" + KEY_METRIC[task]] == values[best - 1]
+    assert record["epoch"] == best and record["key_metric"] == "val_" + KEY_METRIC[task]
+    # every scalar metric of that epoch (numbers and 1-element tensors) is recorded, nothing else
+    assert record["metrics"] == {
+        "val_" + KEY_METRIC[task]: values[best - 1],
+        "val_other": -1.0,
+        "val_t": 0.25,
+    }
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert state["weight"].item() == float(best)  # the weights of that epoch, not of a later one
+    assert saver.state_dict() == {"best": values[best - 1], "best_epoch": best}  # what a resumed run restores
 
 
 # --- predictions CSV: the probability is P(AD) = sigmoid(logit) ---------------------------------
