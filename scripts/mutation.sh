@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Mutation testing with mutmut 3, one module at a time, on one core, in a bounded time.
+#
+#   scripts/mutation.sh MODULE...        e.g. scripts/mutation.sh engine/metrics.py fileio.py
+#
+# (mutmut imports the mutated copy from mutants/; PYTHONPATH is unset so that nothing shadows it.)
+#
+# MODULE is a path under mri_slice_transfer/. For each one the repository (tracked + new files) is copied
+# to a scratch folder, [tool.mutmut] of pyproject.toml is extended there with only_mutate = that module and
+# the module's fast test files (the table below), and `mutmut run --max-children 1` runs under `nice`
+# and `timeout`. The score (killed + timeout) / (total - skipped) and every surviving mutant are printed
+# and kept in $MUTATION_OUT/<module>/ (mutmut-cicd-stats.json, survivors.txt, diffs of the survivors).
+#
+# Environment: PYTHON (default .venv/bin/python), MUTATION_MINUTES per module (default 20),
+# MUTATION_OUT (default runs/mutation).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+MUTMUT="$(dirname "$PYTHON")/mutmut"
+MINUTES="${MUTATION_MINUTES:-20}"
+OUT="${MUTATION_OUT:-$ROOT/runs/mutation}"
+
+# The fast test files that exercise each module (the slow bundle/DDP/registration tests stay out).
+tests_for() {
+    case "$1" in
+        engine/metrics.py) echo "tests/test_engine.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
+        engine/handlers.py) echo "tests/test_engine.py tests/test_researcher_numbers.py" ;;
+        engine/predictions.py) echo "tests/test_engine.py tests/test_researcher_numbers.py tests/test_infer_raw.py" ;;
+        fileio.py) echo "tests/test_researcher_numbers.py tests/test_engine.py tests/test_template.py" ;;
+        grid/summary.py | grid/tables.py) echo "tests/test_grid.py tests/test_researcher_numbers.py" ;;
+        prepare/qc.py | prepare/registration.py) echo "tests/test_prepare.py tests/test_researcher_numbers.py" ;;
+        split.py | data/datalist.py) echo "tests/test_split.py tests/test_datalist.py tests/test_properties.py" ;;
+        data/anatomy.py) echo "tests/test_synthetic.py tests/test_researcher_numbers.py" ;;
+        networks/*) echo "tests/test_networks.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
+        transforms/*) echo "tests/test_transforms.py tests/test_properties.py" ;;
+        *) echo "no test selection for $1: add it to tests_for in $0" >&2; return 1 ;;
+    esac
+}
+
+[ $# -gt 0 ] || { sed -n '2,15p' "$0"; exit 2; }
+[ -x "$MUTMUT" ] || { echo "mutmut not found next to $PYTHON: pip install -e '.[dev]'" >&2; exit 2; }
+
+for module in "$@"; do
+    [ -f "$ROOT/mri_slice_transfer/$module" ] || { echo "no such module: mri_slice_transfer/$module" >&2; exit 2; }
+    tests="$(tests_for "$module")"
+    name="${module//\//.}"
+    work="$(mktemp -d "${TMPDIR:-/tmp}/mutation.XXXXXX")"
+    (cd "$ROOT" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$work")
+    "$PYTHON" - "$work/pyproject.toml" "mri_slice_transfer/$module" $tests <<'PY'
+import sys
+path, module, *tests = sys.argv[1:]
+with open(path, "a", encoding="utf-8") as f:
+    f.write(f"only_mutate = [{module!r}]\n")
+    f.write(f"pytest_add_cli_args_test_selection = {tests!r}\n")
+PY
+    echo "== $module: tests $tests; at most $MINUTES min on one core (in $work)"
+    status=0
+    # own process group (setsid), so that no mutmut worker outlives the time budget
+    (cd "$work" && env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+        setsid nice -n 19 timeout -k 30 "${MINUTES}m" "$MUTMUT" run --max-children 1 > mutmut-run.log 2>&1) &
+    group=$!
+    wait "$group" || status=$?
+    kill -- "-$group" 2> /dev/null || true
+    [ "$status" = 124 ] && echo "   time budget reached: partial result"
+    mkdir -p "$OUT/$name"
+    (
+        cd "$work"
+        "$MUTMUT" export-cicd-stats > /dev/null
+        cp mutants/mutmut-cicd-stats.json mutmut-run.log "$OUT/$name/"
+        "$MUTMUT" results > "$OUT/$name/survivors.txt" || true
+        for m in $(awk -F: '/survived/ {print $1}' "$OUT/$name/survivors.txt"); do
+            "$MUTMUT" show "$m"
+        done > "$OUT/$name/survivors.diff" 2>&1 || true
+    )
+    "$PYTHON" - "$OUT/$name/mutmut-cicd-stats.json" "$module" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+killed = s["killed"] + s["timeout"]
+checked = killed + s["survived"] + s["no_tests"] + s["suspicious"] + s["segfault"]
+left = s["total"] - checked - s["skipped"]
+score = f"{100 * killed / checked:.1f} %" if checked else "n/a"
+print(f"   {sys.argv[2]}: score {score} = {killed} killed / {checked} checked; survived {s['survived']}, "
+      f"no tests {s['no_tests']}, suspicious {s['suspicious']}, not run (time) {left}; {sys.argv[1]}")
+PY
+    sed 's/^/   /' "$OUT/$name/survivors.txt"
+    rm -rf "$work"
+done
