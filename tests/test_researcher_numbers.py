@@ -19,11 +19,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from mri_slice_transfer.engine.handlers import BestModelSaver
-from mri_slice_transfer.engine.metrics import KEY_METRIC, LOWER_IS_BETTER, tune_threshold
+from mri_slice_transfer.engine.metrics import DecisionThreshold, lower_is_better, tune_threshold
 from mri_slice_transfer.engine.predictions import PredictionWriter
 from mri_slice_transfer.fileio import atomic_path, atomic_write_text
 from mri_slice_transfer.grid.summary import bootstrap_ci
 from mri_slice_transfer.networks.slice_set import LearnedPositionEncoding
+from mri_slice_transfer.vocabulary import task_spec
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -36,8 +37,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def _run_epochs(tmp_path: Path, task: str, values: list[float]) -> BestModelSaver:
     """Feed one validation value per epoch through the handler (the network's weight = epoch number)."""
     net = torch.nn.Linear(1, 1, bias=False)
-    name = "val_" + KEY_METRIC[task]
-    saver = BestModelSaver(net, str(tmp_path / "model.pt"), name, LOWER_IS_BETTER[task])
+    name = "val_" + task_spec(task).key_metric
+    saver = BestModelSaver(net, str(tmp_path / "model.pt"), name, lower_is_better(task))
     for epoch, value in enumerate(values, start=1):
         with torch.no_grad():
             net.weight.fill_(float(epoch))
@@ -66,13 +67,13 @@ def test_saved_model_is_the_best_validation_epoch(tmp_path: Path, task: str, val
     """models/model.pt and model.json hold the argmax of balanced accuracy (AD) / argmin of MAE (age)."""
     assert _run_epochs(tmp_path / "none", task, []).state_dict() == {"best": None, "best_epoch": 0}
     saver = _run_epochs(tmp_path, task, values)
-    finite = np.where(np.isnan(values), np.inf if LOWER_IS_BETTER[task] else -np.inf, values)
-    best = int(np.argmin(finite) if LOWER_IS_BETTER[task] else np.argmax(finite)) + 1
+    finite = np.where(np.isnan(values), np.inf if lower_is_better(task) else -np.inf, values)
+    best = int(np.argmin(finite) if lower_is_better(task) else np.argmax(finite)) + 1
     record = json.loads((tmp_path / "model.json").read_text(encoding="utf-8"))
-    assert record["epoch"] == best and record["key_metric"] == "val_" + KEY_METRIC[task]
+    assert record["epoch"] == best and record["key_metric"] == "val_" + task_spec(task).key_metric
     # every scalar metric of that epoch (numbers and 1-element tensors) is recorded, nothing else
     assert record["metrics"] == {
-        "val_" + KEY_METRIC[task]: values[best - 1],
+        "val_" + task_spec(task).key_metric: values[best - 1],
         "val_other": -1.0,
         "val_t": 0.25,
     }
@@ -287,7 +288,7 @@ def test_tied_threshold_cuts_give_the_middle_one(labels, tied, called) -> None:
         scores[cut] = (hat[labels == 1].mean() + (~hat[labels == 0]).mean()) / 2
     assert sorted(c for c, s in scores.items() if s == max(scores.values())) == tied
     threshold = tune_threshold(logits, labels)
-    got = _sigmoid(logits) >= threshold if 0.0 < threshold < 1.0 else logits >= threshold
+    got = logits >= threshold.logit
     assert list(got) == [bool(c) for c in called]
 
 
@@ -344,11 +345,12 @@ def test_validation_metrics_are_those_of_the_validation_predictions(threshold) -
     labels = np.array([0, 1] * 9, dtype=np.float64)
     logits = (rng.normal(size=18) + 1.2 * labels).astype(np.float32)
     got = _epoch_values("adni_ad", logits, labels, threshold)
-    t = got["val_threshold"]
     if threshold is not None:
-        assert t == threshold
+        assert got["val_threshold"] == pytest.approx(threshold)
+    t = DecisionThreshold(got["val_threshold_logit"])  # the decision is made on logits
     expected = compute_metrics("adni_ad", logits.astype(np.float64), labels, t)
-    assert {k[4:]: v for k, v in got.items() if k != "val_threshold"} == pytest.approx(expected)
+    thresholds = ("val_threshold", "val_threshold_logit")
+    assert {k[4:]: v for k, v in got.items() if k not in thresholds} == pytest.approx(expected)
     if threshold is None:  # tuned: no cut between logits gives a higher balanced accuracy
         z = np.sort(logits.astype(np.float64))
         best = max(
