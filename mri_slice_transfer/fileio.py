@@ -11,6 +11,7 @@ file behind: :func:`sweep_temp_files` removes those of given destinations.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "file_sha256",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -147,3 +149,16 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, default: Callable[[Any]
         default: passed to ``json.dumps`` for other objects (e.g. ``str``).
     """
     return atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, default=default) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (``sha256sum`` prints the same).
+
+    The one file checksum of the project: weight-file records, ``prepare``'s output records and the
+    leakage guard's identical-content check use it.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:  # hashlib.file_digest needs Python 3.11; the project supports 3.10
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mri_slice_transfer.errors import DataListError
+from mri_slice_transfer.fileio import file_sha256
 from mri_slice_transfer.vocabulary import TASKS, TaskSpec, task_spec
 
 __all__ = [
@@ -328,18 +329,16 @@ _QUICK_BLOCK = 4096
 
 def _digest(path: str, quick: bool) -> str:
     """sha256 of the whole file, or (``quick``) of its size and :data:`_QUICK_BLOCKS` sampled blocks."""
+    if not quick:
+        return file_sha256(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        if quick:
-            size = os.fstat(f.fileno()).st_size
-            h.update(str(size).encode())
-            last = max(size - _QUICK_BLOCK, 0)
-            for k in range(_QUICK_BLOCKS):
-                f.seek(last * k // (_QUICK_BLOCKS - 1))
-                h.update(f.read(_QUICK_BLOCK))
-        else:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        size = os.fstat(f.fileno()).st_size
+        h.update(str(size).encode())
+        last = max(size - _QUICK_BLOCK, 0)
+        for k in range(_QUICK_BLOCKS):
+            f.seek(last * k // (_QUICK_BLOCKS - 1))
+            h.update(f.read(_QUICK_BLOCK))
     return h.hexdigest()
 
 

@@ -28,6 +28,7 @@ from ignite.engine import Engine, Events
 
 from mri_slice_transfer.engine.distributed import unwrap
 from mri_slice_transfer.engine.io import atomic_torch_save
+from mri_slice_transfer.fileio import file_sha256
 
 __all__ = [
     "DIGEST_KEY",
@@ -48,15 +49,6 @@ DIGEST_KEY = "sha256"
 
 class WeightFileError(RuntimeError):
     """A weight file that cannot be used; the message names the file, the problem and what to do."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (as ``sha256sum`` prints it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _update(digest: Any, obj: Any) -> None:

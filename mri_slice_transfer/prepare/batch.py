@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mri_slice_transfer.errors import ScanError
-from mri_slice_transfer.fileio import atomic_path, atomic_write_json
+from mri_slice_transfer.fileio import atomic_path, atomic_write_json, file_sha256
 from mri_slice_transfer.prepare.io import IMAGE_SUFFIXES, find_inputs
 
 __all__ = ["MANIFEST_COLUMNS", "RECORD_VERSION", "prepare_scan", "prepare_scans", "output_name"]
@@ -97,9 +97,7 @@ def _paths(out_dir: Path, name: str) -> dict[str, Path]:
 
 def _digest(path: Path) -> dict:
     """Size and sha256 of a file, as the record keeps them."""
-    with open(path, "rb") as fh:
-        sha = hashlib.file_digest(fh, "sha256").hexdigest()
-    return {"bytes": path.stat().st_size, "sha256": sha}
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _changed_outputs(files: dict[str, Path], record: dict) -> list[str]:
