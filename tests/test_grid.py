@@ -7,6 +7,7 @@ resume and failure handling are tested in well under a second; one real run goes
 
 from __future__ import annotations
 
+import ast
 import json
 import time
 from pathlib import Path
@@ -327,6 +328,29 @@ def test_fast_bootstrap_equals_compute_metrics_on_every_resample(task: str, thre
             fast[name],
             exact[name],
         )
+
+
+def _grid_modules_imported(module: str) -> set[str]:
+    """Grid modules ``grid/<module>.py`` imports anywhere (also inside functions)."""
+    import mri_slice_transfer.grid as grid
+
+    tree = ast.parse((Path(grid.__file__).parent / f"{module}.py").read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mri_slice_transfer.grid."):
+            found.add(node.module.rsplit(".", 1)[1])
+        elif isinstance(node, ast.Import):
+            found |= {
+                a.name.rsplit(".", 1)[1] for a in node.names if a.name.startswith("mri_slice_transfer.grid.")
+            }
+    return found
+
+
+def test_runner_and_summary_share_the_run_folder_contract_not_each_other() -> None:
+    runner, summary = _grid_modules_imported("runner"), _grid_modules_imported("summary")
+    assert "summary" not in runner and "runner" not in summary
+    assert "run_folder" in runner and "run_folder" in summary
+    assert _grid_modules_imported("run_folder") == set()
 
 
 def test_grid_command_dry_run_and_summarize_only(tmp_path: Path, capsys) -> None:
