@@ -13,6 +13,7 @@ Layout of ``<out>/runs/<run_id>/`` (the names are in :mod:`.run_folder`):
 - ``models/model.pt`` (best epoch on validation), ``models/checkpoint.pt`` (last epoch, for resume);
 - ``eval/val_metrics.csv|json`` (every epoch), TensorBoard events, ``eval/test_metrics.json`` and
   ``eval/test_predictions.csv`` (one row per test scan);
+- ``run_info.json``: written by the train command: how the encoder was initialised;
 - ``train.done``: training finished (a rerun goes straight to evaluation);
 - ``done.json``: the run's results, written atomically last. A run with it is finished and skipped
   on a rerun; any other run is (re)done: training resumes from ``checkpoint.pt`` when there is one;
@@ -40,6 +41,7 @@ from mri_slice_transfer.grid.presets import ModelConfig
 from mri_slice_transfer.grid.run_folder import (
     RUNS,
     RunFiles,
+    RunInfo,
     TrainMarker,
     read_marker,
     write_marker,
@@ -63,7 +65,8 @@ __all__ = [
 
 #: Overrides that point into the run folder; they do not make two runs different.
 PATH_KEYS = ("bundle_root", "ckpt_dir", "output_dir")
-_INIT_RE = re.compile(r"encoder initialisation: (.+?)\s*$")
+#: Only for run folders trained before ``run_info.json`` existed (see :func:`_encoder_init`).
+_LEGACY_INIT_RE = re.compile(r"encoder initialisation: (.+?)\s*$")
 _ERROR_RE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*)$")
 
 
@@ -256,8 +259,8 @@ class BundleRunner:
             "evaluate": self._cmd(both, run, run_dir, {}),
         }
 
-    def _run(self, stage: str, cmd: list[str], log: Path) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+    def _run(self, stage: str, cmd: list[str], log: Path, env_extra: Mapping[str, str] | None = None) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env, **dict(env_extra or {}))
         if self.echo:
             print("    $ " + shlex.join(cmd), flush=True)
         with log.open("a", encoding="utf-8") as fh:
@@ -274,10 +277,17 @@ class BundleRunner:
             raise RunFailed(f"{stage} failed: {reason} (see {log})", log)
 
     def train(self, run: PlannedRun, run_dir: Path, resume: bool) -> None:
-        """Train (``resume=True`` continues from ``models/checkpoint.pt``; else a broken run is replaced)."""
+        """Train (``resume=True`` continues from ``models/checkpoint.pt``; else a broken run is replaced).
+
+        The train command writes ``run_info.json`` (how the encoder was initialised) into ``run_dir``.
+        """
         cmd = self.commands(run, run_dir)["train"]
         cmd += ["--resume", "true"] if resume else ["--overwrite", "true"]
-        self._run("train", cmd, RunFiles(run_dir).train_log)
+        from mri_slice_transfer.engine.run_info import RUN_INFO_ENV
+
+        files = RunFiles(run_dir)
+        files.run_info.unlink(missing_ok=True)
+        self._run("train", cmd, files.train_log, {RUN_INFO_ENV: str(files.run_info)})
 
     def evaluate(self, run: PlannedRun, run_dir: Path) -> None:
         """Score the best model on the test split."""
@@ -327,7 +337,7 @@ def collect_run_result(
     Validation metrics are those of the best epoch (the one ``model.pt`` holds: first epoch with the
     best key metric); test metrics come from ``eval/test_metrics.json``, their 95 % bootstrap
     confidence intervals from ``eval/test_predictions.csv`` (resampling subjects), the encoder
-    initialisation actually used from the run log.
+    initialisation actually used from ``run_info.json``.
 
     Raises:
         RunFailed: a result file is missing or unreadable.
@@ -362,13 +372,23 @@ def collect_run_result(
     row.update(
         bootstrap_from_predictions(task, files.test_predictions, n_bootstrap, bootstrap_seed, threshold)
     )
+    row["encoder_init"] = _encoder_init(files)
+    return row
+
+
+def _encoder_init(files: RunFiles) -> str:
+    """How the run's encoder was initialised: from ``run_info.json``; in run folders whose training
+    finished before that file existed (resumed after an interruption), from the train log's last
+    ``encoder initialisation:`` line; else ``"unknown"``."""
+    info = RunInfo.read(files.run_info)
+    if info is not None:
+        return info.encoder_init
     init = "unknown"
     for line in log_tail(files.train_log, 100000).splitlines():
-        m = _INIT_RE.search(line)
+        m = _LEGACY_INIT_RE.search(line)
         if m:
             init = m.group(1)
-    row["encoder_init"] = init
-    return row
+    return init
 
 
 def _fmt_seconds(s: float) -> str:
