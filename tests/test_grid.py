@@ -405,6 +405,23 @@ def test_runner_and_summary_share_the_run_folder_contract_not_each_other() -> No
     assert _grid_modules_imported("run_folder") == set()
 
 
+@pytest.mark.parametrize(("task", "threshold"), [("adni_ad", 0.5), ("adni_ad", 0.3), ("brain_age", 0.5)])
+def test_vectorised_metrics_equal_compute_metrics_on_each_resample(task: str, threshold: float) -> None:
+    from mri_slice_transfer.grid.bootstrap import resample_metrics
+
+    rng = np.random.default_rng(7)
+    label = (rng.random(30) < 0.4).astype(float) if task == "adni_ad" else rng.uniform(50, 80, 30)
+    pred = (rng.normal(size=30) + label).round(1) if task == "adni_ad" else (label + rng.normal(0, 4, 30))
+    counts = rng.integers(0, 3, size=(40, 30)) * (rng.random((40, 30)) < 0.3)  # sparse: one-class rows
+    counts[:, 0] += 1  # no empty resample
+    fast = resample_metrics(task, pred, label, counts, threshold)
+    exact = resample_metrics(task, pred, label, counts, threshold, exact=True)
+    assert fast.keys() == exact.keys()
+    for name in fast:
+        assert np.allclose(fast[name], exact[name], atol=1e-9, equal_nan=True), name
+    assert task == "brain_age" or np.isnan(exact["roc_auc"]).any()  # one-class resamples were drawn
+
+
 def test_grid_command_dry_run_and_summarize_only(tmp_path: Path, capsys) -> None:
     assert main(["grid", "--preset", "paper-ad", "--quick", "--out", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out

@@ -18,7 +18,13 @@ from typing import Any
 
 from mri_slice_transfer.vocabulary import task_spec
 
-__all__ = ["bootstrap_ci", "bootstrap_from_predictions", "predictions_arrays", "headline_metric"]
+__all__ = [
+    "bootstrap_ci",
+    "bootstrap_from_predictions",
+    "predictions_arrays",
+    "headline_metric",
+    "resample_metrics",
+]
 
 
 def predictions_arrays(task: str, csv_path: str | os.PathLike) -> tuple[Any, Any, Any]:
@@ -117,6 +123,51 @@ def _weighted_metrics(task: str, pred: Any, label: Any, counts: Any, threshold: 
     }
 
 
+def _resample_counts(groups: Any, n_bootstrap: int, seed: int) -> Any:
+    """``counts[b, i]``: how many times scan ``i`` is in resample ``b`` when whole groups are drawn."""
+    import numpy as np
+
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(inverse.max()) + 1
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n_groups, size=(int(n_bootstrap), n_groups))
+    group_counts = np.zeros((int(n_bootstrap), n_groups), dtype=np.int64)
+    np.add.at(group_counts, (np.repeat(np.arange(int(n_bootstrap)), n_groups), picks.ravel()), 1)
+    return group_counts[:, inverse]
+
+
+def resample_metrics(
+    task: str, pred: Any, label: Any, counts: Any, threshold: Any = 0.5, exact: bool = False
+) -> dict[str, Any]:
+    """Every metric of ``task`` on every resample; resample ``b`` holds scan ``i`` ``counts[b, i]`` times.
+
+    Args:
+        task: ``"adni_ad"`` (``pred`` are logits) or ``"brain_age"`` (``pred`` are ages).
+        pred, label: float arrays, one value per scan.
+        counts: integer array ``[n_resamples, n_scans]``, every row with a positive sum.
+        threshold: AD decision threshold (see :func:`bootstrap_ci`).
+        exact: call :func:`~mri_slice_transfer.engine.metrics.compute_metrics` on every resample
+            (slow) instead of its vectorised twin (equal on every resample: ``tests/test_grid.py``).
+
+    Returns:
+        ``{metric: array [n_resamples]}`` (NaN where a metric is undefined).
+    """
+    import numpy as np
+
+    from mri_slice_transfer.engine.metrics import compute_metrics
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one-class resamples: sklearn warns, the value is still defined
+        if not exact:
+            return _weighted_metrics(task, pred, label, counts, threshold)
+        draws: dict[str, Any] = {}
+        for b in range(len(counts)):
+            idx = np.repeat(np.arange(len(pred)), counts[b])
+            for name, value in compute_metrics(task, pred[idx], label[idx], threshold).items():
+                draws.setdefault(name, np.empty(len(counts)))[b] = value
+        return draws
+
+
 def bootstrap_ci(
     task: str,
     pred: Sequence[float],
@@ -156,24 +207,9 @@ def bootstrap_ci(
     names = list(compute_metrics(task, np.array([0.0, 1.0]), np.array([0.0, 1.0])))
     if len(pred) == 0 or n_bootstrap <= 0:
         return {n: (math.nan, math.nan) for n in names}
-    keys = np.asarray(groups if groups is not None else np.arange(len(pred)).astype(str))
-    _, inverse = np.unique(keys, return_inverse=True)
-    n_groups = int(inverse.max()) + 1
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, n_groups, size=(int(n_bootstrap), n_groups))
-    group_counts = np.zeros((int(n_bootstrap), n_groups), dtype=np.int64)
-    np.add.at(group_counts, (np.repeat(np.arange(int(n_bootstrap)), n_groups), picks.ravel()), 1)
-    counts = group_counts[:, inverse]  # times each scan is in each resample
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # one-class resamples: sklearn warns, the value is still defined
-        if exact:
-            draws = {n: np.empty(int(n_bootstrap)) for n in names}
-            for b in range(int(n_bootstrap)):
-                idx = np.repeat(np.arange(len(pred)), counts[b])
-                for name, value in compute_metrics(task, pred[idx], label[idx], threshold).items():
-                    draws[name][b] = value
-        else:
-            draws = _weighted_metrics(task, pred, label, counts, threshold)
+    keys = groups if groups is not None else np.arange(len(pred)).astype(str)
+    counts = _resample_counts(keys, n_bootstrap, seed)
+    draws = resample_metrics(task, pred, label, counts, threshold, exact=exact)
     alpha = (1.0 - level) / 2.0
     out = {}
     for name in names:

@@ -63,65 +63,44 @@ PLOT_PNG = "plot.png"
 
 @dataclass(frozen=True)
 class RunFiles:
-    """Paths of the files of one run folder.
+    """Paths of the files of one run folder; build it with :meth:`of`.
 
     Attributes:
         run_dir: the run folder (``<out>/runs/<run_id>``).
+        config, done, failed, train_done, run_info: the markers and records (names above).
+        train_log, evaluate_log: what the two commands printed.
+        models, checkpoint: the bundle's ``ckpt_dir`` and its last-epoch checkpoint.
+        eval_dir, val_metrics, test_metrics, test_predictions: the bundle's ``output_dir`` and its results.
     """
 
     run_dir: Path
+    config: Path
+    done: Path
+    failed: Path
+    train_done: Path
+    run_info: Path
+    train_log: Path
+    evaluate_log: Path
+    models: Path
+    checkpoint: Path
+    eval_dir: Path
+    val_metrics: Path
+    test_metrics: Path
+    test_predictions: Path
 
-    @property
-    def config(self) -> Path:
-        return self.run_dir / CONFIG
-
-    @property
-    def done(self) -> Path:
-        return self.run_dir / DONE
-
-    @property
-    def failed(self) -> Path:
-        return self.run_dir / FAILED
-
-    @property
-    def train_done(self) -> Path:
-        return self.run_dir / TRAIN_DONE
-
-    @property
-    def run_info(self) -> Path:
-        return self.run_dir / RUN_INFO
-
-    @property
-    def train_log(self) -> Path:
-        return self.run_dir / "train.log"
-
-    @property
-    def evaluate_log(self) -> Path:
-        return self.run_dir / "evaluate.log"
-
-    @property
-    def models(self) -> Path:
-        return self.run_dir / "models"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.models / "checkpoint.pt"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.run_dir / "eval"
-
-    @property
-    def val_metrics(self) -> Path:
-        return self.eval_dir / "val_metrics.json"
-
-    @property
-    def test_metrics(self) -> Path:
-        return self.eval_dir / "test_metrics.json"
-
-    @property
-    def test_predictions(self) -> Path:
-        return self.eval_dir / "test_predictions.csv"
+    @classmethod
+    def of(cls, run_dir: str | os.PathLike) -> RunFiles:
+        """The files of the run folder ``run_dir``."""
+        d = Path(run_dir)
+        models, ev = d / "models", d / "eval"
+        return cls(
+            d,
+            *(d / name for name in (CONFIG, DONE, FAILED, TRAIN_DONE, RUN_INFO, "train.log", "evaluate.log")),
+            models,
+            models / "checkpoint.pt",
+            ev,
+            *(ev / name for name in ("val_metrics.json", "test_metrics.json", "test_predictions.csv")),
+        )
 
 
 @dataclass(frozen=True)

@@ -239,8 +239,8 @@ class BundleRunner:
     def _paths(self, run_dir: Path) -> dict[str, str]:
         return {
             "bundle_root": str(self.bundle),
-            "ckpt_dir": str(RunFiles(run_dir).models),
-            "output_dir": str(RunFiles(run_dir).eval_dir),
+            "ckpt_dir": str(RunFiles.of(run_dir).models),
+            "output_dir": str(RunFiles.of(run_dir).eval_dir),
         }
 
     def _cmd(self, config_file: str, run: PlannedRun, run_dir: Path, extra: Mapping[str, Any]) -> list[str]:
@@ -285,13 +285,13 @@ class BundleRunner:
         cmd += ["--resume", "true"] if resume else ["--overwrite", "true"]
         from mri_slice_transfer.engine.run_info import RUN_INFO_ENV
 
-        files = RunFiles(run_dir)
+        files = RunFiles.of(run_dir)
         files.run_info.unlink(missing_ok=True)
         self._run("train", cmd, files.train_log, {RUN_INFO_ENV: str(files.run_info)})
 
     def evaluate(self, run: PlannedRun, run_dir: Path) -> None:
         """Score the best model on the test split."""
-        self._run("evaluate", self.commands(run, run_dir)["evaluate"], RunFiles(run_dir).evaluate_log)
+        self._run("evaluate", self.commands(run, run_dir)["evaluate"], RunFiles.of(run_dir).evaluate_log)
 
     def count_parameters(self, run: PlannedRun) -> int | None:
         """Build the run's ``network_def`` from the bundle config (no weights loaded) and count it."""
@@ -316,7 +316,7 @@ def _check_settings(runs: Sequence[PlannedRun], runs_dir: Path) -> list[str]:
     """Runs whose folder was made with other settings (so resuming would mix two experiments)."""
     problems = []
     for run in runs:
-        stored = read_marker(RunFiles(runs_dir / run.run_id).config)
+        stored = read_marker(RunFiles.of(runs_dir / run.run_id).config)
         if stored is None:
             continue
         before, now = _comparable(stored.get("overrides", {})), _comparable(run.overrides)
@@ -344,7 +344,7 @@ def collect_run_result(
     """
     from mri_slice_transfer.engine.metrics import metrics_threshold
 
-    files = RunFiles(run_dir)
+    files = RunFiles.of(run_dir)
     row: dict[str, Any] = {}
     try:
         epochs = json.loads(files.val_metrics.read_text(encoding="utf-8"))
@@ -451,14 +451,14 @@ def run_grid(
                 "the grid folder holds runs made with other settings; use another --out or --redo:\n  "
                 + "\n  ".join(problems)
             )
-    todo = [r for r in runs if redo or read_marker(RunFiles(runs_dir / r.run_id).done) is None]
+    todo = [r for r in runs if redo or read_marker(RunFiles.of(runs_dir / r.run_id).done) is None]
     say(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run -> {runs_dir}")
     results: list[dict[str, Any]] = []
     durations: list[float] = []
     done_count = 0
     for i, run in enumerate(runs, 1):
         run_dir = runs_dir / run.run_id
-        files = RunFiles(run_dir)
+        files = RunFiles.of(run_dir)
         head = f"[{i}/{len(runs)}] {run.run_id}"
         marker = None if redo else read_marker(files.done)
         if marker is not None:
