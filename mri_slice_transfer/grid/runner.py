@@ -416,6 +416,93 @@ def _base_row(task: str, run: PlannedRun, run_dir: Path) -> dict[str, Any]:
     }
 
 
+def _write_config(run: PlannedRun, files: RunFiles, runner: Runner, task: str) -> None:
+    """``config.json``: the model settings, the seed, the overrides and the commands of ``run``."""
+    cmds = runner.commands(run, files.run_dir)
+    config = {
+        "run_id": run.run_id,
+        "task": task,
+        "model": run.config.as_dict(),
+        "seed": run.seed,
+        "overrides": run.overrides,
+        "commands": {k: shlex.join(v) for k, v in cmds.items()},
+    }
+    write_marker(files.config, config)
+
+
+def _train_stage(run: PlannedRun, files: RunFiles, runner: Runner, say: Callable[[str], None]) -> TrainMarker:
+    """Train unless ``train.done`` says it is done (resuming from a checkpoint when there is one)."""
+    train_marker = TrainMarker.read(files.train_done)
+    if train_marker is not None:
+        say("    training finished before; evaluating ...")
+        return train_marker
+    resume = files.checkpoint.is_file()
+    how = " (resuming from models/checkpoint.pt)" if resume else ""
+    say(f"    training{how} ... (log: {files.train_log})")
+    t0 = time.perf_counter()
+    runner.train(run, files.run_dir, resume)
+    train_marker = TrainMarker(time.perf_counter() - t0, resume)
+    train_marker.write(files.train_done)
+    return train_marker
+
+
+def _count_parameters(runner: Runner, run: PlannedRun, say: Callable[[str], None]) -> int | None:
+    try:
+        return runner.count_parameters(run)
+    except Exception as err:  # noqa: BLE001 - a count is nice to have, never fatal
+        say(f"    (parameter count unavailable: {type(err).__name__}: {err})")
+        return None
+
+
+def _run_one(
+    run: PlannedRun,
+    files: RunFiles,
+    runner: Runner,
+    task: str,
+    n_bootstrap: int,
+    say: Callable[[str], None],
+    start: float,
+) -> dict[str, Any]:
+    """Train, evaluate and collect one run; its result row (``done.json`` or ``failed.json`` written)."""
+    row = _base_row(task, run, files.run_dir)
+    stage = "train"
+    try:
+        train_marker = _train_stage(run, files, runner, say)
+        stage = "evaluate"
+        t0 = time.perf_counter()
+        runner.evaluate(run, files.run_dir)
+        eval_seconds = time.perf_counter() - t0
+        stage = "collect"
+        row.update(collect_run_result(task, run, files.run_dir, n_bootstrap))
+        row["n_params"] = _count_parameters(runner, run, say)
+        row.update(
+            status="ok",
+            error="",
+            train_seconds=round(math.nan if train_marker.seconds is None else train_marker.seconds, 1),
+            eval_seconds=round(eval_seconds, 1),
+            wall_time_s=round((train_marker.seconds or 0.0) + eval_seconds, 1),
+            resumed=train_marker.resumed,
+        )
+        write_marker(files.done, row)
+        name, value = headline_metric(task, row)
+        say(f"    done in {_fmt_seconds(row['wall_time_s'])}: test {name} {value}")
+    except Exception as err:  # noqa: BLE001 - one broken run must not stop the grid
+        log = getattr(err, "log", None) or (files.evaluate_log if stage == "evaluate" else files.train_log)
+        tail = log_tail(Path(log))
+        row.update(
+            status="failed",
+            stage=stage,
+            error=f"{type(err).__name__}: {err}" if not isinstance(err, RunFailed) else str(err),
+            log_tail=tail,
+            wall_time_s=round(time.perf_counter() - start, 1),
+        )
+        write_marker(files.failed, row)
+        say(f"    FAILED ({stage}): {row['error']}")
+        if tail:
+            say("    " + "\n    ".join(tail.splitlines()[-8:]))
+    return row
+
+
 def run_grid(
     runs: Sequence[PlannedRun],
     out_dir: str | os.PathLike,
@@ -469,74 +556,12 @@ def run_grid(
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         files.failed.unlink(missing_ok=True)
-        cmds = runner.commands(run, run_dir)
-        write_marker(
-            files.config,
-            {
-                "run_id": run.run_id,
-                "task": task,
-                "model": run.config.as_dict(),
-                "seed": run.seed,
-                "overrides": run.overrides,
-                "commands": {k: shlex.join(v) for k, v in cmds.items()},
-            },
-        )
+        _write_config(run, files, runner, task)
         left = len(todo) - done_count
         eta = f", about {_fmt_seconds(sum(durations) / len(durations) * left)} left" if durations else ""
         say(f"{head}: {run.config.describe()}, seed {run.seed}{eta}")
-        row = _base_row(task, run, run_dir)
         start = time.perf_counter()
-        stage = "train"
-        try:
-            train_marker = TrainMarker.read(files.train_done)
-            if train_marker is None:
-                resume = files.checkpoint.is_file()
-                how = " (resuming from models/checkpoint.pt)" if resume else ""
-                say(f"    training{how} ... (log: {files.train_log})")
-                t0 = time.perf_counter()
-                runner.train(run, run_dir, resume)
-                train_marker = TrainMarker(time.perf_counter() - t0, resume)
-                train_marker.write(files.train_done)
-            else:
-                say("    training finished before; evaluating ...")
-            stage = "evaluate"
-            t0 = time.perf_counter()
-            runner.evaluate(run, run_dir)
-            eval_seconds = time.perf_counter() - t0
-            stage = "collect"
-            row.update(collect_run_result(task, run, run_dir, n_bootstrap))
-            try:
-                row["n_params"] = runner.count_parameters(run)
-            except Exception as err:  # noqa: BLE001 - a count is nice to have, never fatal
-                say(f"    (parameter count unavailable: {type(err).__name__}: {err})")
-                row["n_params"] = None
-            row.update(
-                status="ok",
-                error="",
-                train_seconds=round(math.nan if train_marker.seconds is None else train_marker.seconds, 1),
-                eval_seconds=round(eval_seconds, 1),
-                wall_time_s=round((train_marker.seconds or 0.0) + eval_seconds, 1),
-                resumed=train_marker.resumed,
-            )
-            write_marker(files.done, row)
-            name, value = headline_metric(task, row)
-            say(f"    done in {_fmt_seconds(row['wall_time_s'])}: test {name} {value}")
-        except Exception as err:  # noqa: BLE001 - one broken run must not stop the grid
-            log = getattr(err, "log", None) or (
-                files.evaluate_log if stage == "evaluate" else files.train_log
-            )
-            tail = log_tail(Path(log))
-            row.update(
-                status="failed",
-                stage=stage,
-                error=f"{type(err).__name__}: {err}" if not isinstance(err, RunFailed) else str(err),
-                log_tail=tail,
-                wall_time_s=round(time.perf_counter() - start, 1),
-            )
-            write_marker(files.failed, row)
-            say(f"    FAILED ({stage}): {row['error']}")
-            if tail:
-                say("    " + "\n    ".join(tail.splitlines()[-8:]))
+        row = _run_one(run, files, runner, task, n_bootstrap, say, start)
         durations.append(time.perf_counter() - start)
         done_count += 1
         results.append(row)
