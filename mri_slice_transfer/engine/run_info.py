@@ -34,6 +34,16 @@ def log_run_info(
 
     When the environment variable :data:`RUN_INFO_ENV` names a file and ``network`` is given, rank 0
     also writes ``{"encoder_init": ...}`` there (atomically), so callers read it as data, not from the log.
+
+    Args:
+        device: the run's device.
+        amp: mixed precision requested.
+        data: the data source (None: not described).
+        network: the network (None: its encoder initialisation is not described).
+        settings: demo settings to name when the data is the demo cohort.
+
+    Returns:
+        the block, one fact per line.
     """
     threads = torch.get_num_threads()
     lines = [f"device: {torch.device(device)} (processes: {world_size()}, torch threads: {threads})"]
