@@ -7,6 +7,7 @@ resume and failure handling are tested in well under a second; one real run goes
 
 from __future__ import annotations
 
+import ast
 import json
 import time
 from pathlib import Path
@@ -45,8 +46,8 @@ class FakeRunner:
         self.calls.append(("train", run.run_id, resume))
         init = "imagenet" if run.config.pretrained else "scratch"
         log = run_dir / "train.log"
-        with log.open("a", encoding="utf-8") as fh:
-            fh.write(f"x - mri_slice_transfer.bundle - INFO - encoder initialisation: {init}\n")
+        log.touch()
+        (run_dir / "run_info.json").write_text(json.dumps({"encoder_init": init}))  # as log_run_info does
         (run_dir / "models").mkdir(exist_ok=True)
         (run_dir / "models" / "checkpoint.pt").write_bytes(b"epoch 1")
         if run.run_id in self.fail:
@@ -329,6 +330,98 @@ def test_fast_bootstrap_equals_compute_metrics_on_every_resample(task: str, thre
         )
 
 
+def test_a_run_reports_its_encoder_init_as_data(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from mri_slice_transfer.engine import log_run_info
+    from mri_slice_transfer.engine.run_info import RUN_INFO_ENV
+    from mri_slice_transfer.grid.runner import collect_run_result
+
+    net = torch.nn.Linear(1, 1)
+    net.encoder_init = "random (ImageNet weights unavailable)"
+    monkeypatch.setenv(RUN_INFO_ENV, str(tmp_path / "run_info.json"))
+    log_run_info("cpu", False, network=net)  # what the bundle's train.json runs
+    assert json.loads((tmp_path / "run_info.json").read_text(encoding="utf-8")) == {
+        "encoder_init": net.encoder_init
+    }
+
+    run = plan_runs([CONFIGS[2]], [0])[0]
+    FakeRunner().evaluate(run, _trained(tmp_path))
+    (tmp_path / "train.log").write_text("encoder initialisation: imagenet\n")  # the log is not read
+    assert collect_run_result("adni_ad", run, tmp_path, n_bootstrap=0)["encoder_init"] == net.encoder_init
+    # a run folder trained before run_info.json existed: its train log still says it
+    (tmp_path / "run_info.json").unlink()
+    assert collect_run_result("adni_ad", run, tmp_path, n_bootstrap=0)["encoder_init"] == "imagenet"
+
+
+def test_bundle_runner_asks_the_train_command_for_run_info(tmp_path: Path, monkeypatch) -> None:
+    import subprocess
+
+    from mri_slice_transfer.engine.run_info import RUN_INFO_ENV
+
+    seen: dict[str, dict[str, str]] = {}
+
+    def fake_run(cmd, env, **_kw):
+        seen[cmd[-2]] = env
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    runner = BundleRunner(find_bundle("adni_ad"))
+    run = plan_runs([CONFIGS[0]], [0])[0]
+    runner.train(run, tmp_path, resume=False)
+    assert seen["--overwrite"][RUN_INFO_ENV] == str(tmp_path / "run_info.json")
+    runner.evaluate(run, tmp_path)
+    assert RUN_INFO_ENV not in seen["--seed"]  # evaluation does not overwrite what training reported
+
+
+def _trained(run_dir: Path) -> Path:
+    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval" / "val_metrics.json").write_text(
+        json.dumps([{"epoch": 1, "val_balanced_accuracy": 0.5}])
+    )
+    return run_dir
+
+
+def _grid_modules_imported(module: str) -> set[str]:
+    """Grid modules ``grid/<module>.py`` imports anywhere (also inside functions)."""
+    import mri_slice_transfer.grid as grid
+
+    tree = ast.parse((Path(grid.__file__).parent / f"{module}.py").read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mri_slice_transfer.grid."):
+            found.add(node.module.rsplit(".", 1)[1])
+        elif isinstance(node, ast.Import):
+            found |= {
+                a.name.rsplit(".", 1)[1] for a in node.names if a.name.startswith("mri_slice_transfer.grid.")
+            }
+    return found
+
+
+def test_runner_and_summary_share_the_run_folder_contract_not_each_other() -> None:
+    runner, summary = _grid_modules_imported("runner"), _grid_modules_imported("summary")
+    assert "summary" not in runner and "runner" not in summary
+    assert "run_folder" in runner and "run_folder" in summary
+    assert _grid_modules_imported("run_folder") == set()
+
+
+@pytest.mark.parametrize(("task", "threshold"), [("adni_ad", 0.5), ("adni_ad", 0.3), ("brain_age", 0.5)])
+def test_vectorised_metrics_equal_compute_metrics_on_each_resample(task: str, threshold: float) -> None:
+    from mri_slice_transfer.grid.bootstrap import resample_metrics
+
+    rng = np.random.default_rng(7)
+    label = (rng.random(30) < 0.4).astype(float) if task == "adni_ad" else rng.uniform(50, 80, 30)
+    pred = (rng.normal(size=30) + label).round(1) if task == "adni_ad" else (label + rng.normal(0, 4, 30))
+    counts = rng.integers(0, 3, size=(40, 30)) * (rng.random((40, 30)) < 0.3)  # sparse: one-class rows
+    counts[:, 0] += 1  # no empty resample
+    fast = resample_metrics(task, pred, label, counts, threshold)
+    exact = resample_metrics(task, pred, label, counts, threshold, exact=True)
+    assert fast.keys() == exact.keys()
+    for name in fast:
+        assert np.allclose(fast[name], exact[name], atol=1e-9, equal_nan=True), name
+    assert task == "brain_age" or np.isnan(exact["roc_auc"]).any()  # one-class resamples were drawn
+
+
 def test_grid_command_dry_run_and_summarize_only(tmp_path: Path, capsys) -> None:
     assert main(["grid", "--preset", "paper-ad", "--quick", "--out", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -373,6 +466,7 @@ def test_one_real_tiny_run_through_the_bundle(tmp_path: Path) -> None:
         "done.json",
         "models/model.pt",
         "models/checkpoint.pt",
+        "run_info.json",
     ):
         assert (run_dir / name).is_file(), name
     pred = pd.read_csv(run_dir / "eval" / "test_predictions.csv")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -11,8 +12,13 @@ from mri_slice_transfer.engine.datasets import DataSource
 from mri_slice_transfer.engine.distributed import is_main_process, world_size
 from mri_slice_transfer.engine.network import encoder_init
 from mri_slice_transfer.engine.precision import precision_label
+from mri_slice_transfer.fileio import atomic_write_json
 
-__all__ = ["log_run_info"]
+__all__ = ["log_run_info", "RUN_INFO_ENV"]
+
+#: Environment variable naming a JSON file where :func:`log_run_info` also writes the run's facts as
+#: data (``{"encoder_init": ...}``); ``mri-slice-transfer grid`` sets it for its train stage.
+RUN_INFO_ENV = "MRI_SLICE_TRANSFER_RUN_INFO"
 
 logger = logging.getLogger("mri_slice_transfer.bundle")
 
@@ -24,7 +30,21 @@ def log_run_info(
     network: torch.nn.Module | None = None,
     settings: dict[str, Any] | None = None,
 ) -> str:
-    """Log (rank 0) and return one block describing the run."""
+    """Log (rank 0) and return one block describing the run.
+
+    When the environment variable :data:`RUN_INFO_ENV` names a file and ``network`` is given, rank 0
+    also writes ``{"encoder_init": ...}`` there (atomically), so callers read it as data, not from the log.
+
+    Args:
+        device: the run's device.
+        amp: mixed precision requested.
+        data: the data source (None: not described).
+        network: the network (None: its encoder initialisation is not described).
+        settings: demo settings to name when the data is the demo cohort.
+
+    Returns:
+        the block, one fact per line.
+    """
     threads = torch.get_num_threads()
     lines = [f"device: {torch.device(device)} (processes: {world_size()}, torch threads: {threads})"]
     lines.append(f"precision: {precision_label(amp, device)}")
@@ -36,6 +56,7 @@ def log_run_info(
                 f"with demo settings {data.info} and {settings or {}}; "
                 "set --dataset_dir to train on real data"
             )
+    init = None
     if network is not None:
         init = encoder_init(network)
         lines.append(f"encoder initialisation: {init}")
@@ -47,4 +68,6 @@ def log_run_info(
     if is_main_process():
         for line in lines:
             logger.info(line)
+        if init is not None and os.environ.get(RUN_INFO_ENV):
+            atomic_write_json(os.environ[RUN_INFO_ENV], {"encoder_init": init})
     return text

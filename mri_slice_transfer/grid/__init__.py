@@ -4,8 +4,11 @@
   ``paper-brain-age``).
 - :mod:`.runner`: :func:`plan_runs`, :func:`run_grid` and :class:`BundleRunner` (one
   ``python -m monai.bundle run`` subprocess per stage; one folder per run; ``done.json`` markers).
-- :mod:`.summary`: ``results.csv`` and bootstrap confidence intervals; :mod:`.tables`: ``table.md``;
-  :mod:`.plot`: ``plot.png``.
+- :mod:`.run_folder`: the names of the files in a grid folder and typed records of a run
+  (:class:`TrainMarker`, :class:`RunInfo`); :mod:`.runner` and :mod:`.summary` both use it and do not
+  import each other.
+- :mod:`.bootstrap`: bootstrap confidence intervals; :mod:`.summary`: ``results.csv``;
+  :mod:`.tables`: ``table.md``; :mod:`.plot`: ``plot.png``.
 - the command line ``mri-slice-transfer grid`` is :mod:`mri_slice_transfer.commands.grid`.
 
 Names are imported lazily (PEP 562), so the command line stays quick to start.
@@ -45,7 +48,7 @@ _WHERE = {
     "GridError": "runner",
     "plan_runs": "runner",
     "run_grid": "runner",
-    "bootstrap_ci": "summary",
+    "bootstrap_ci": "bootstrap",
     "summarize": "summary",
     "format_table": "tables",
     "plot_results": "plot",

@@ -6,13 +6,14 @@ Each run is the command a user would type, in a subprocess::
         --ckpt_dir <run>/models --output_dir <run>/eval --encoder resnet18 --axis axial ... --seed 0
     python -m monai.bundle run --config_file "['<...>/train.json','<...>/evaluate.json']" <same overrides>
 
-Layout of ``<out>/runs/<run_id>/``:
+Layout of ``<out>/runs/<run_id>/`` (the names are in :mod:`.run_folder`):
 
 - ``config.json``: the model settings, the seed, the bundle overrides (as JSON) and both commands;
 - ``train.log``, ``evaluate.log``: everything the two commands printed (each attempt appended);
 - ``models/model.pt`` (best epoch on validation), ``models/checkpoint.pt`` (last epoch, for resume);
 - ``eval/val_metrics.csv|json`` (every epoch), TensorBoard events, ``eval/test_metrics.json`` and
   ``eval/test_predictions.csv`` (one row per test scan);
+- ``run_info.json``: written by the train command: how the encoder was initialised;
 - ``train.done``: training finished (a rerun goes straight to evaluation);
 - ``done.json``: the run's results, written atomically last. A run with it is finished and skipped
   on a rerun; any other run is (re)done: training resumes from ``checkpoint.pt`` when there is one;
@@ -35,8 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mri_slice_transfer.fileio import atomic_write_json
+from mri_slice_transfer.grid.bootstrap import bootstrap_from_predictions, headline_metric
 from mri_slice_transfer.grid.presets import ModelConfig
+from mri_slice_transfer.grid.run_folder import (
+    RUNS,
+    RunFiles,
+    RunInfo,
+    TrainMarker,
+    read_marker,
+    write_marker,
+)
 from mri_slice_transfer.vocabulary import task_spec
 
 __all__ = [
@@ -54,13 +63,10 @@ __all__ = [
     "log_tail",
 ]
 
-DONE = "done.json"
-FAILED = "failed.json"
-TRAIN_DONE = "train.done"
-CONFIG = "config.json"
 #: Overrides that point into the run folder; they do not make two runs different.
 PATH_KEYS = ("bundle_root", "ckpt_dir", "output_dir")
-_INIT_RE = re.compile(r"encoder initialisation: (.+?)\s*$")
+#: Only for run folders trained before ``run_info.json`` existed (see :func:`_encoder_init`).
+_LEGACY_INIT_RE = re.compile(r"encoder initialisation: (.+?)\s*$")
 _ERROR_RE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*)$")
 
 
@@ -233,8 +239,8 @@ class BundleRunner:
     def _paths(self, run_dir: Path) -> dict[str, str]:
         return {
             "bundle_root": str(self.bundle),
-            "ckpt_dir": str(run_dir / "models"),
-            "output_dir": str(run_dir / "eval"),
+            "ckpt_dir": str(RunFiles.of(run_dir).models),
+            "output_dir": str(RunFiles.of(run_dir).eval_dir),
         }
 
     def _cmd(self, config_file: str, run: PlannedRun, run_dir: Path, extra: Mapping[str, Any]) -> list[str]:
@@ -253,8 +259,8 @@ class BundleRunner:
             "evaluate": self._cmd(both, run, run_dir, {}),
         }
 
-    def _run(self, stage: str, cmd: list[str], log: Path) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+    def _run(self, stage: str, cmd: list[str], log: Path, env_extra: Mapping[str, str] | None = None) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env, **dict(env_extra or {}))
         if self.echo:
             print("    $ " + shlex.join(cmd), flush=True)
         with log.open("a", encoding="utf-8") as fh:
@@ -271,14 +277,21 @@ class BundleRunner:
             raise RunFailed(f"{stage} failed: {reason} (see {log})", log)
 
     def train(self, run: PlannedRun, run_dir: Path, resume: bool) -> None:
-        """Train (``resume=True`` continues from ``models/checkpoint.pt``; else a broken run is replaced)."""
+        """Train (``resume=True`` continues from ``models/checkpoint.pt``; else a broken run is replaced).
+
+        The train command writes ``run_info.json`` (how the encoder was initialised) into ``run_dir``.
+        """
         cmd = self.commands(run, run_dir)["train"]
         cmd += ["--resume", "true"] if resume else ["--overwrite", "true"]
-        self._run("train", cmd, run_dir / "train.log")
+        from mri_slice_transfer.engine.run_info import RUN_INFO_ENV
+
+        files = RunFiles.of(run_dir)
+        files.run_info.unlink(missing_ok=True)
+        self._run("train", cmd, files.train_log, {RUN_INFO_ENV: str(files.run_info)})
 
     def evaluate(self, run: PlannedRun, run_dir: Path) -> None:
         """Score the best model on the test split."""
-        self._run("evaluate", self.commands(run, run_dir)["evaluate"], run_dir / "evaluate.log")
+        self._run("evaluate", self.commands(run, run_dir)["evaluate"], RunFiles.of(run_dir).evaluate_log)
 
     def count_parameters(self, run: PlannedRun) -> int | None:
         """Build the run's ``network_def`` from the bundle config (no weights loaded) and count it."""
@@ -295,19 +308,6 @@ class BundleRunner:
         return self._param_cache[key]
 
 
-def read_marker(path: Path) -> dict[str, Any] | None:
-    """A JSON marker file, or None if it is missing or unreadable (a broken run)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_json(path, obj, default=str)
-
-
 def _comparable(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in overrides.items() if k not in PATH_KEYS}, default=str))
 
@@ -316,7 +316,7 @@ def _check_settings(runs: Sequence[PlannedRun], runs_dir: Path) -> list[str]:
     """Runs whose folder was made with other settings (so resuming would mix two experiments)."""
     problems = []
     for run in runs:
-        stored = read_marker(runs_dir / run.run_id / CONFIG)
+        stored = read_marker(RunFiles.of(runs_dir / run.run_id).config)
         if stored is None:
             continue
         before, now = _comparable(stored.get("overrides", {})), _comparable(run.overrides)
@@ -337,20 +337,19 @@ def collect_run_result(
     Validation metrics are those of the best epoch (the one ``model.pt`` holds: first epoch with the
     best key metric); test metrics come from ``eval/test_metrics.json``, their 95 % bootstrap
     confidence intervals from ``eval/test_predictions.csv`` (resampling subjects), the encoder
-    initialisation actually used from the run log.
+    initialisation actually used from ``run_info.json``.
 
     Raises:
         RunFailed: a result file is missing or unreadable.
     """
     from mri_slice_transfer.engine.metrics import metrics_threshold
-    from mri_slice_transfer.grid.summary import bootstrap_from_predictions
 
-    eval_dir = run_dir / "eval"
+    files = RunFiles.of(run_dir)
     row: dict[str, Any] = {}
     try:
-        epochs = json.loads((eval_dir / "val_metrics.json").read_text(encoding="utf-8"))
+        epochs = json.loads(files.val_metrics.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise RunFailed(f"no validation metrics ({eval_dir / 'val_metrics.json'}: {err})") from err
+        raise RunFailed(f"no validation metrics ({files.val_metrics}: {err})") from err
     spec = task_spec(task)
     key = f"val_{spec.key_metric}"
     best: dict[str, Any] | None = None
@@ -364,24 +363,32 @@ def collect_run_result(
         if k.startswith("val_"):
             row[k] = v
     try:
-        test = json.loads((eval_dir / "test_metrics.json").read_text(encoding="utf-8"))
+        test = json.loads(files.test_metrics.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise RunFailed(f"no test metrics ({eval_dir / 'test_metrics.json'}: {err})") from err
+        raise RunFailed(f"no test metrics ({files.test_metrics}: {err})") from err
     for k, v in test.items():
         row[f"test_{k}" if not k.startswith("test_") else k] = v
     threshold = metrics_threshold(test)  # AD: the threshold the test metrics used
     row.update(
-        bootstrap_from_predictions(
-            task, eval_dir / "test_predictions.csv", n_bootstrap, bootstrap_seed, threshold
-        )
+        bootstrap_from_predictions(task, files.test_predictions, n_bootstrap, bootstrap_seed, threshold)
     )
+    row["encoder_init"] = _encoder_init(files)
+    return row
+
+
+def _encoder_init(files: RunFiles) -> str:
+    """How the run's encoder was initialised: from ``run_info.json``; in run folders whose training
+    finished before that file existed (resumed after an interruption), from the train log's last
+    ``encoder initialisation:`` line; else ``"unknown"``."""
+    info = RunInfo.read(files.run_info)
+    if info is not None:
+        return info.encoder_init
     init = "unknown"
-    for line in log_tail(run_dir / "train.log", 100000).splitlines():
-        m = _INIT_RE.search(line)
+    for line in log_tail(files.train_log, 100000).splitlines():
+        m = _LEGACY_INIT_RE.search(line)
         if m:
             init = m.group(1)
-    row["encoder_init"] = init
-    return row
+    return init
 
 
 def _fmt_seconds(s: float) -> str:
@@ -407,6 +414,93 @@ def _base_row(task: str, run: PlannedRun, run_dir: Path) -> dict[str, Any]:
         "data": str(data) if data else "demo (synthetic)",
         "run_dir": str(run_dir),
     }
+
+
+def _write_config(run: PlannedRun, files: RunFiles, runner: Runner, task: str) -> None:
+    """``config.json``: the model settings, the seed, the overrides and the commands of ``run``."""
+    cmds = runner.commands(run, files.run_dir)
+    config = {
+        "run_id": run.run_id,
+        "task": task,
+        "model": run.config.as_dict(),
+        "seed": run.seed,
+        "overrides": run.overrides,
+        "commands": {k: shlex.join(v) for k, v in cmds.items()},
+    }
+    write_marker(files.config, config)
+
+
+def _train_stage(run: PlannedRun, files: RunFiles, runner: Runner, say: Callable[[str], None]) -> TrainMarker:
+    """Train unless ``train.done`` says it is done (resuming from a checkpoint when there is one)."""
+    train_marker = TrainMarker.read(files.train_done)
+    if train_marker is not None:
+        say("    training finished before; evaluating ...")
+        return train_marker
+    resume = files.checkpoint.is_file()
+    how = " (resuming from models/checkpoint.pt)" if resume else ""
+    say(f"    training{how} ... (log: {files.train_log})")
+    t0 = time.perf_counter()
+    runner.train(run, files.run_dir, resume)
+    train_marker = TrainMarker(time.perf_counter() - t0, resume)
+    train_marker.write(files.train_done)
+    return train_marker
+
+
+def _count_parameters(runner: Runner, run: PlannedRun, say: Callable[[str], None]) -> int | None:
+    try:
+        return runner.count_parameters(run)
+    except Exception as err:  # noqa: BLE001 - a count is nice to have, never fatal
+        say(f"    (parameter count unavailable: {type(err).__name__}: {err})")
+        return None
+
+
+def _run_one(
+    run: PlannedRun,
+    files: RunFiles,
+    runner: Runner,
+    task: str,
+    n_bootstrap: int,
+    say: Callable[[str], None],
+    start: float,
+) -> dict[str, Any]:
+    """Train, evaluate and collect one run; its result row (``done.json`` or ``failed.json`` written)."""
+    row = _base_row(task, run, files.run_dir)
+    stage = "train"
+    try:
+        train_marker = _train_stage(run, files, runner, say)
+        stage = "evaluate"
+        t0 = time.perf_counter()
+        runner.evaluate(run, files.run_dir)
+        eval_seconds = time.perf_counter() - t0
+        stage = "collect"
+        row.update(collect_run_result(task, run, files.run_dir, n_bootstrap))
+        row["n_params"] = _count_parameters(runner, run, say)
+        row.update(
+            status="ok",
+            error="",
+            train_seconds=round(math.nan if train_marker.seconds is None else train_marker.seconds, 1),
+            eval_seconds=round(eval_seconds, 1),
+            wall_time_s=round((train_marker.seconds or 0.0) + eval_seconds, 1),
+            resumed=train_marker.resumed,
+        )
+        write_marker(files.done, row)
+        name, value = headline_metric(task, row)
+        say(f"    done in {_fmt_seconds(row['wall_time_s'])}: test {name} {value}")
+    except Exception as err:  # noqa: BLE001 - one broken run must not stop the grid
+        log = getattr(err, "log", None) or (files.evaluate_log if stage == "evaluate" else files.train_log)
+        tail = log_tail(Path(log))
+        row.update(
+            status="failed",
+            stage=stage,
+            error=f"{type(err).__name__}: {err}" if not isinstance(err, RunFailed) else str(err),
+            log_tail=tail,
+            wall_time_s=round(time.perf_counter() - start, 1),
+        )
+        write_marker(files.failed, row)
+        say(f"    FAILED ({stage}): {row['error']}")
+        if tail:
+            say("    " + "\n    ".join(tail.splitlines()[-8:]))
+    return row
 
 
 def run_grid(
@@ -436,7 +530,7 @@ def run_grid(
         GridError: run folders made with other settings (use a new ``out_dir`` or ``redo``).
     """
     say = progress or (lambda _msg: None)
-    runs_dir = Path(out_dir) / "runs"
+    runs_dir = Path(out_dir) / RUNS
     if not redo:
         problems = _check_settings(runs, runs_dir)
         if problems:
@@ -444,15 +538,16 @@ def run_grid(
                 "the grid folder holds runs made with other settings; use another --out or --redo:\n  "
                 + "\n  ".join(problems)
             )
-    todo = [r for r in runs if redo or read_marker(runs_dir / r.run_id / DONE) is None]
+    todo = [r for r in runs if redo or read_marker(RunFiles.of(runs_dir / r.run_id).done) is None]
     say(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run -> {runs_dir}")
     results: list[dict[str, Any]] = []
     durations: list[float] = []
     done_count = 0
     for i, run in enumerate(runs, 1):
         run_dir = runs_dir / run.run_id
+        files = RunFiles.of(run_dir)
         head = f"[{i}/{len(runs)}] {run.run_id}"
-        marker = None if redo else read_marker(run_dir / DONE)
+        marker = None if redo else read_marker(files.done)
         if marker is not None:
             say(f"{head}: finished before, skipped")
             results.append(marker)
@@ -460,77 +555,13 @@ def run_grid(
         if redo and run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / FAILED).unlink(missing_ok=True)
-        cmds = runner.commands(run, run_dir)
-        _write_json(
-            run_dir / CONFIG,
-            {
-                "run_id": run.run_id,
-                "task": task,
-                "model": run.config.as_dict(),
-                "seed": run.seed,
-                "overrides": run.overrides,
-                "commands": {k: shlex.join(v) for k, v in cmds.items()},
-            },
-        )
+        files.failed.unlink(missing_ok=True)
+        _write_config(run, files, runner, task)
         left = len(todo) - done_count
         eta = f", about {_fmt_seconds(sum(durations) / len(durations) * left)} left" if durations else ""
         say(f"{head}: {run.config.describe()}, seed {run.seed}{eta}")
-        row = _base_row(task, run, run_dir)
         start = time.perf_counter()
-        stage = "train"
-        try:
-            train_marker = read_marker(run_dir / TRAIN_DONE)
-            if train_marker is None:
-                resume = (run_dir / "models" / "checkpoint.pt").is_file()
-                how = " (resuming from models/checkpoint.pt)" if resume else ""
-                say(f"    training{how} ... (log: {run_dir / 'train.log'})")
-                t0 = time.perf_counter()
-                runner.train(run, run_dir, resume)
-                train_marker = {"seconds": time.perf_counter() - t0, "resumed": resume}
-                _write_json(run_dir / TRAIN_DONE, train_marker)
-            else:
-                say("    training finished before; evaluating ...")
-            stage = "evaluate"
-            t0 = time.perf_counter()
-            runner.evaluate(run, run_dir)
-            eval_seconds = time.perf_counter() - t0
-            stage = "collect"
-            row.update(collect_run_result(task, run, run_dir, n_bootstrap))
-            try:
-                row["n_params"] = runner.count_parameters(run)
-            except Exception as err:  # noqa: BLE001 - a count is nice to have, never fatal
-                say(f"    (parameter count unavailable: {type(err).__name__}: {err})")
-                row["n_params"] = None
-            row.update(
-                status="ok",
-                error="",
-                train_seconds=round(float(train_marker.get("seconds", math.nan)), 1),
-                eval_seconds=round(eval_seconds, 1),
-                wall_time_s=round(float(train_marker.get("seconds", 0.0)) + eval_seconds, 1),
-                resumed=bool(train_marker.get("resumed", False)),
-            )
-            _write_json(run_dir / DONE, row)
-            from mri_slice_transfer.grid.summary import headline_metric
-
-            name, value = headline_metric(task, row)
-            say(f"    done in {_fmt_seconds(row['wall_time_s'])}: test {name} {value}")
-        except Exception as err:  # noqa: BLE001 - one broken run must not stop the grid
-            log = getattr(err, "log", None) or run_dir / (
-                "evaluate.log" if stage == "evaluate" else "train.log"
-            )
-            tail = log_tail(Path(log))
-            row.update(
-                status="failed",
-                stage=stage,
-                error=f"{type(err).__name__}: {err}" if not isinstance(err, RunFailed) else str(err),
-                log_tail=tail,
-                wall_time_s=round(time.perf_counter() - start, 1),
-            )
-            _write_json(run_dir / FAILED, row)
-            say(f"    FAILED ({stage}): {row['error']}")
-            if tail:
-                say("    " + "\n    ".join(tail.splitlines()[-8:]))
+        row = _run_one(run, files, runner, task, n_bootstrap, say, start)
         durations.append(time.perf_counter() - start)
         done_count += 1
         results.append(row)
