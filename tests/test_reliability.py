@@ -117,12 +117,39 @@ def test_fresh_run_into_a_trained_folder_refuses_unless_overwrite(
     text = str(find_error(info.value, ExistingRunError))
     assert "model.pt" in text and "--resume true" in text and "--overwrite true" in text
     assert (models / "model.pt").read_bytes() == model_before
-    assert not stale.exists()  # swept at the start
-    assert not (models / "train.lock").exists()  # released on the error
+    assert stale.exists()  # refused before taking the lock: nothing touched
+    assert not (models / "train.lock").exists()
     run_workflow(train, dataset_dir=str(tiny_data), epochs=1, overwrite=True, **FAST)
+    assert not stale.exists()  # swept at the start, under the lock
     rows = json.loads((bundle / "eval" / "val_metrics.json").read_text(encoding="utf-8"))
     assert [r["epoch"] for r in rows] == [1]  # the old run's epochs 1-2 are gone, not mixed in
     assert pd.read_csv(bundle / "eval" / "val_metrics.csv")["epoch"].tolist() == [1]
+
+
+def test_fresh_run_is_refused_before_the_data_are_loaded(
+    trained: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    bundle = copy_trained(trained, tmp_path)
+    lists = tmp_path / "lists"  # the data lists without their images: loading them would fail
+    lists.mkdir()
+    for split in ("train", "val", "test"):
+        shutil.copy(tiny_data / f"{split}.csv", lists / f"{split}.csv")
+    wf = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), dataset_dir=str(lists), **FAST)
+    wf.initialize()  # no check_properties(): it builds the trainer (and data); `monai.bundle run` does not
+    with pytest.raises(Exception) as info:
+        wf.run()
+    find_error(info.value, ExistingRunError)
+    lock = bundle / "models" / "train.lock"
+    assert not lock.exists()
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "started": "now"}  # a live process
+    lock.write_text(json.dumps(holder), encoding="utf-8")
+    wf = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "train.json"), dataset_dir=str(lists), resume=True, **FAST
+    )
+    wf.initialize()
+    with pytest.raises(Exception) as info:
+        wf.run()
+    assert str(lock) in str(find_error(info.value, RunLockedError))
 
 
 def test_model_record_holds_the_sha256_and_a_corrupt_model_is_refused(

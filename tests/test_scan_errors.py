@@ -56,7 +56,7 @@ def test_evaluate_reports_a_truncated_test_scan_and_scores_the_others(
     _truncate(data / test.loc[1, "image"])
     configs = [str(trained / "configs" / f) for f in ("train.json", "evaluate.json")]
     out = tmp_path / "eval"
-    run_workflow(configs, "eval", dataset_dir=str(data), output_dir=str(out), **FAST)
+    wf = run_workflow(configs, "eval", dataset_dir=str(data), output_dir=str(out), **FAST)
     pred = pd.read_csv(out / "test_predictions.csv", keep_default_na=False)
     assert len(pred) == 4
     bad = pred[pred["status"] == "error"]
@@ -64,6 +64,10 @@ def test_evaluate_reports_a_truncated_test_scan_and_scores_the_others(
     assert "truncated" in bad.iloc[0]["error"]
     metrics = json.loads((out / "test_metrics.json").read_text(encoding="utf-8"))
     assert metrics["n_scans"] == 3 and metrics["n_skipped"] == 1 and metrics["n_errors"] == 1
+    logged = wf.evaluator.state.metrics  # what the StatsHandler logs as test_*
+    assert {f"test_{n}" for n in ("balanced_accuracy", "roc_auc", "f1", "threshold_logit")} <= set(logged)
+    for name, value in logged.items():
+        assert value == pytest.approx(metrics[name.removeprefix("test_")], nan_ok=True), name
 
 
 def test_non_finite_outputs_are_error_rows_and_not_scored(

@@ -84,6 +84,25 @@ class RunLock:
             return False
         return owner["pid"] == os.getpid() or not pid_alive(owner["pid"])
 
+    def check_free(self) -> dict | None:
+        """Refuse if a live process holds the lock, without taking it (a check before a long setup).
+
+        Returns:
+            the owner of a stale lock (``{}`` if unreadable), None if there is no lock.
+
+        Raises:
+            RunLockedError: a live process (or one on another host) holds it.
+        """
+        owner = self.owner()
+        if owner is not None and not self._stale(owner):
+            raise RunLockedError(
+                f"{self.path} is held by pid {owner.get('pid', '?')} on host {owner.get('host', '?')} "
+                f"(started {owner.get('started', '?')}): another training is using this bundle folder. "
+                "Wait for it to finish or train into another --bundle_root; if that process is gone "
+                f"(e.g. it ran on another machine), delete {self.path}."
+            )
+        return owner
+
     def acquire(self) -> RunLock:
         """Take the lock (taking over a stale one with a warning); returns ``self``.
 
@@ -94,16 +113,9 @@ class RunLock:
             if self._create():
                 self.held = True
                 return self
-            owner = self.owner()
+            owner = self.check_free()
             if owner is None:  # released meanwhile
                 continue
-            if not self._stale(owner):
-                raise RunLockedError(
-                    f"{self.path} is held by pid {owner.get('pid', '?')} on host {owner.get('host', '?')} "
-                    f"(started {owner.get('started', '?')}): another training is using this bundle folder. "
-                    "Wait for it to finish or train into another --bundle_root; if that process is gone "
-                    f"(e.g. it ran on another machine), delete {self.path}."
-                )
             logger.warning(
                 "taking over the stale lock %s of pid %s on %s (started %s; that process is gone)",
                 self.path, owner.get("pid"), owner.get("host"), owner.get("started"),

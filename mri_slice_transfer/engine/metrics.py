@@ -41,6 +41,8 @@ __all__ = [
     "as_threshold",
     "metrics_threshold",
     "flat_pred_label",
+    "carry_status",
+    "STATUS_KEY",
     "tune_threshold",
     "threshold_setting",
     "operating_threshold",
@@ -95,13 +97,38 @@ def as_threshold(threshold: float | DecisionThreshold) -> DecisionThreshold:
     return DecisionThreshold.from_probability(threshold)
 
 
+#: The output key :func:`carry_status` copies each scan's ``status`` into: the evaluator's metrics see
+#: only its output (``image``, ``label``, ``pred``), not the batch where ``SafeTransform`` puts ``status``.
+STATUS_KEY = "scan_status"
+
+
+def carry_status(data: dict) -> dict:
+    """An evaluator ``postprocessing``: copy the scan's ``status`` (``ok`` if absent) into :data:`STATUS_KEY`.
+
+    MONAI's postprocessing sees the batch and output of one scan merged and keeps new keys in the
+    output, where :func:`flat_pred_label` finds them.
+
+    Args:
+        data: one scan's batch and output items.
+
+    Returns:
+        ``data`` with :data:`STATUS_KEY` added.
+    """
+    return {**data, STATUS_KEY: data.get("status", "ok")}
+
+
 def flat_pred_label(output: dict | Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Engine output (batched dict or decollated list) -> fp32 ``(pred, label)`` of shape ``(N,)``."""
+    """Engine output (batched dict or decollated list) -> fp32 ``(pred, label)`` of shape ``(N,)``.
+
+    Scans whose :data:`STATUS_KEY` is not ``"ok"`` (unreadable, replaced by a blank image; see
+    :func:`carry_status`) are left out, so the metrics are over the readable scans only.
+    """
     if isinstance(output, dict):
         pred, label = output["pred"], output["label"]
     else:
-        pred = torch.stack([torch.as_tensor(o["pred"]).reshape(-1)[0] for o in output])
-        label = torch.stack([torch.as_tensor(o["label"]).reshape(-1)[0] for o in output])
+        output = [o for o in output if o.get(STATUS_KEY, "ok") == "ok"]
+        pred = torch.tensor([float(torch.as_tensor(o["pred"]).reshape(-1)[0]) for o in output])
+        label = torch.tensor([float(torch.as_tensor(o["label"]).reshape(-1)[0]) for o in output])
     return torch.as_tensor(pred).detach().float().reshape(-1).cpu(), torch.as_tensor(
         label
     ).detach().float().reshape(-1).cpu()

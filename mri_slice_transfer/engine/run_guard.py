@@ -1,6 +1,8 @@
 """One training per bundle folder, and no silent mixing with an earlier run.
 
-:class:`TrainingGuard` is the first handler of the bundles' trainer. When the trainer starts it
+:class:`TrainingGuard` is the first handler of the bundles' trainer. Its :meth:`TrainingGuard.check`
+runs first in the bundles' ``run`` list and refuses (points 1 and 3 below) before any data are
+loaded; when the trainer starts it
 
 1. takes ``models/train.lock`` (:class:`~mri_slice_transfer.engine.lock.RunLock`): a second training
    into the same ``bundle_root`` refuses; a lock left by a killed run is taken over with a warning;
@@ -71,25 +73,49 @@ class TrainingGuard:
         engine.add_event_handler(Events.COMPLETED, self.release)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.release_and_raise)
 
+    def check(self) -> TrainingGuard:
+        """Refuse early, before the data are loaded: a live lock or an earlier run (rank 0 only).
+
+        Read-only (the lock is taken, and ``--overwrite`` deletes, when the trainer starts); the
+        bundles call it first in their ``run`` list, so a refusal does not wait for the data cache.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            RunLockedError: another live training holds the lock.
+            ExistingRunError: an earlier run's outputs, without ``--resume`` or ``--overwrite``.
+        """
+        if is_main_process():
+            self.lock.check_free()
+            self._earlier_run()
+        return self
+
+    def _earlier_run(self) -> list[Path]:
+        """The earlier run's outputs a fresh run replaces ([] if resuming); refused without ``overwrite``."""
+        existing = [p for p in self.outputs if p.exists()]
+        if not existing or self.resume:
+            return []
+        if not self.overwrite:
+            names = ", ".join(str(p) for p in existing)
+            raise ExistingRunError(
+                f"this bundle folder already holds a training run ({names}); a fresh run would replace "
+                "its model and mix its metrics with the new ones. Continue it with --resume true, replace "
+                "it with --overwrite true, or train into another --bundle_root."
+            )
+        return existing
+
     def start(self, engine: Engine | None = None) -> None:
-        """Lock, sweep, check for an earlier run (rank 0 only)."""
+        """Lock, sweep, check for an earlier run and delete it under ``overwrite`` (rank 0 only)."""
         if not is_main_process():
             return
         self.started = time.time()
         self.lock.acquire()
         for tmp in sweep_temp_files(self.outputs, older_than=self.started):
             logger.warning("deleted %s, a temporary file left by an interrupted write", tmp)
-        existing = [p for p in self.outputs if p.exists()]
-        if not existing or self.resume:
-            return
-        names = ", ".join(str(p) for p in existing)
-        if not self.overwrite:
-            raise ExistingRunError(
-                f"this bundle folder already holds a training run ({names}); a fresh run would replace "
-                "its model and mix its metrics with the new ones. Continue it with --resume true, replace "
-                "it with --overwrite true, or train into another --bundle_root."
-            )
-        logger.warning("--overwrite true: deleting the earlier run's %s", names)
+        existing = self._earlier_run()
+        if existing:
+            logger.warning("--overwrite true: deleting the earlier run's %s", ", ".join(map(str, existing)))
         for p in existing:
             Path(p).unlink(missing_ok=True)
 
