@@ -31,6 +31,7 @@ from mri_slice_transfer.engine import (
     RunLockedError,
     WeightFileError,
 )
+from mri_slice_transfer.errors import ScanError
 from mri_slice_transfer.fileio import atomic_write_text, sweep_temp_files
 
 
@@ -303,6 +304,9 @@ def test_short_errors_leaves_other_errors_alone(monkeypatch, capsys) -> None:
     assert user_error(wrapped) is wrapped.__cause__
     sys.excepthook(RuntimeError, wrapped, None)
     assert "ERROR WeightFileError: /x/model.pt: truncated. Train again." in capsys.readouterr().err
+    scan = RuntimeError("Failed to instantiate component 'monai.data.dataset.CacheDataset'")
+    scan.__context__ = ScanError("/d/sub-05_T1w.nii", "could not be read as NIfTI")
+    assert user_error(scan) is scan.__context__  # a broken scan while caching: one line naming it
     other = KeyError("a bug")
     sys.excepthook(KeyError, other, None)
     assert seen == [other]  # the full traceback, as before

@@ -18,7 +18,7 @@ from mri_slice_transfer.engine.checkpoint import WeightFileError
 from mri_slice_transfer.engine.handlers import NonFiniteLossError
 from mri_slice_transfer.engine.lock import RunLockedError
 from mri_slice_transfer.engine.run_guard import ExistingRunError
-from mri_slice_transfer.errors import DataListError
+from mri_slice_transfer.errors import DataListError, ScanError
 
 __all__ = ["USER_ERRORS", "short_errors", "user_error"]
 
@@ -29,6 +29,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ExistingRunError,
     NonFiniteLossError,
     DataListError,
+    ScanError,  # an unreadable scan while caching a split: the message names the file and the problem
 )
 
 
