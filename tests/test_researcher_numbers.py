@@ -292,6 +292,25 @@ def test_tied_threshold_cuts_give_the_middle_one(labels, tied, called) -> None:
     assert list(got) == [bool(c) for c in called]
 
 
+@pytest.mark.parametrize(
+    "metrics,probability",
+    [
+        ({"threshold": 0.7}, 0.7),  # an older test_metrics.json: the probability only
+        ({"threshold": 0.7, "threshold_logit": None}, 0.7),
+        ({"threshold": 0.7, "threshold_logit": -1.0}, _sigmoid(-1.0)),  # the logit is the cut used
+        ({}, 0.5),  # neither: the fixed threshold
+    ],
+)
+def test_grid_bootstrap_uses_the_threshold_of_the_test_metrics(metrics: dict, probability: float) -> None:
+    """metrics_threshold: the cut the grid's bootstrap CIs of balanced accuracy / F1 are computed at is
+    the one test_metrics.json was computed at, also for files written before threshold_logit existed."""
+    from mri_slice_transfer.engine.metrics import metrics_threshold
+
+    got = metrics_threshold(metrics)
+    assert isinstance(got, DecisionThreshold)
+    assert got.probability == pytest.approx(float(probability), rel=1e-12)
+
+
 # --- networks: the learned position is added before the LayerNorm ------------------------------
 
 
