@@ -401,3 +401,45 @@ def test_evaluator_best_metric_comparison_follows_the_task() -> None:
     assert ad(0.8, 0.7) and not ad(0.7, 0.8) and not ad(0.7, 0.7)
     assert age(3.0, 4.0) and not age(5.0, 4.0) and not age(4.0, 4.0)
     assert age(9.0, -1) and ad(0.1, -1)  # Ignite's initial best_metric is -1
+
+
+@pytest.mark.parametrize(
+    "prob,cut,accepted",
+    [
+        (0.622459, 0.5, True),  # sigmoid(0.5) = 0.62245933 rounded to 6 decimals by hand: the same cut
+        (0.0, -50.0, True),  # a saturated cut: sigmoid(-50) = 2e-22 shown as 0
+        (0.7, 0.5, False),  # edited: the two disagree
+        ("high", 0.5, False),  # not a number
+    ],
+)
+def test_recorded_validation_threshold_is_checked_and_the_error_says_how_to_fix(
+    tmp_path: Path, prob, cut: float, accepted: bool
+) -> None:
+    """models/model.json: evaluation and inference use val_threshold_logit when val_threshold agrees with
+    it up to rounding; otherwise the error names the file, both values and what to do."""
+    from mri_slice_transfer.engine.metrics import operating_threshold
+
+    record = tmp_path / "model.json"
+    metrics = {"val_threshold": prob, "val_threshold_logit": cut}
+    record.write_text(json.dumps({"epoch": 3, "metrics": metrics}), encoding="utf-8")
+    if accepted:
+        assert operating_threshold("validation", record).logit == cut
+        return
+    with pytest.raises(ValueError, match=rf"model\.json: .*{prob}.*{cut}") as err:
+        operating_threshold("validation", record)
+    if isinstance(prob, float):
+        assert str(err.value).endswith(
+            "correct or delete val_threshold_logit, or pass --decision_threshold <probability>"
+        )
+    else:
+        assert "must be a probability" in str(err.value)
+
+
+def test_pearson_r_is_computed_for_a_narrow_age_range() -> None:
+    """Brain age: predictions and ages spread by less than a year still get Pearson r (not NaN)."""
+    from mri_slice_transfer.engine.metrics import regression_metrics
+
+    age = np.array([70.1, 70.3, 70.4, 70.8, 70.9])
+    pred = np.array([70.0, 70.5, 70.3, 70.6, 71.0])
+    got = regression_metrics(pred, age)["pearson_r"]
+    assert got == pytest.approx(np.corrcoef(pred, age)[0, 1], rel=1e-12) and got > 0.8
