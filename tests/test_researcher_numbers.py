@@ -443,3 +443,30 @@ def test_pearson_r_is_computed_for_a_narrow_age_range() -> None:
     pred = np.array([70.0, 70.5, 70.3, 70.6, 71.0])
     got = regression_metrics(pred, age)["pearson_r"]
     assert got == pytest.approx(np.corrcoef(pred, age)[0, 1], rel=1e-12) and got > 0.8
+
+
+def test_probability_thresholds_0_and_1_are_the_extreme_cuts_and_others_are_refused() -> None:
+    """A probability threshold of 0 calls every scan AD, 1 none; outside [0, 1] is an error with the value."""
+    assert DecisionThreshold.from_probability(0.0).logit == -np.inf
+    assert DecisionThreshold.from_probability(1.0).logit == np.inf
+    with pytest.raises(ValueError, match=r"a probability threshold must be between 0 and 1, not 1\.5"):
+        DecisionThreshold.from_probability(1.5)
+
+
+@pytest.mark.parametrize("setting", ["abc", 0.0, 1.0, "1", -0.2])
+def test_bundle_decision_threshold_setting_must_be_validation_or_inside_0_1(setting) -> None:
+    """decision_threshold in a bundle config: 'validation' or a probability strictly between 0 and 1."""
+    from mri_slice_transfer.engine.metrics import threshold_setting
+
+    with pytest.raises(ValueError, match=rf"decision_threshold must be 'validation' .* got {setting!r}"):
+        threshold_setting(setting)
+
+
+def test_model_record_without_a_threshold_evaluates_at_0_5_with_validation(tmp_path: Path) -> None:
+    """decision_threshold 'validation' on a model.json of an older version (no val_threshold): warned, 0.5."""
+    from mri_slice_transfer.engine.metrics import operating_threshold
+
+    record = tmp_path / "model.json"
+    metrics = {"val_balanced_accuracy": 0.8, "val_f1": 0.7}
+    record.write_text(json.dumps({"epoch": 3, "metrics": metrics}), encoding="utf-8")
+    assert operating_threshold("validation", record).logit == 0.0
