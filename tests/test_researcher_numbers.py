@@ -470,3 +470,34 @@ def test_model_record_without_a_threshold_evaluates_at_0_5_with_validation(tmp_p
     metrics = {"val_balanced_accuracy": 0.8, "val_f1": 0.7}
     record.write_text(json.dumps({"epoch": 3, "metrics": metrics}), encoding="utf-8")
     assert operating_threshold("validation", record).logit == 0.0
+
+
+# --- grid table: a minimal results.csv ------------------------------------------------------------
+
+
+def test_grid_table_of_a_minimal_results_file_keeps_file_order_and_reads_pretrained_text() -> None:
+    """table.md from a results.csv without row / status / pooling columns and with pretrained as text
+    ("Yes", " TRUE ", "false"): configurations in file order, seeds of one configuration pooled."""
+    from mri_slice_transfer.grid.tables import format_table
+
+    def run(model: str, encoder: str, pretrained: str, seed: int, bacc: float) -> dict:
+        metrics = {
+            "test_balanced_accuracy": bacc,
+            "test_f1": bacc - 0.1,
+            "test_average_precision": bacc + 0.1,
+        }
+        config = {"model": model, "encoder": encoder, "axis": "sagittal", "pretrained": pretrained}
+        return {**config, "seed": seed, **metrics}
+
+    frame = pd.DataFrame(
+        [
+            run("2D-ResNet-18 (Mean)", "resnet18", "Yes", 1, 0.80),
+            run("2D-CNN (Mean)", "cnn5", "false", 1, 0.70),
+            run("2D-ResNet-18 (Mean)", "resnet18", " TRUE ", 2, 0.84),
+        ]
+    )
+    rows = [line for line in format_table(frame, "adni_ad").splitlines() if line.startswith("| 2D")]
+    assert rows == [
+        "| 2D-ResNet-18 (Mean) | ✗ | ✓ | **82.00** ± 2.83 | **72.00** ± 2.83 | **92.00** ± 2.83 | - | 2 |",
+        "| 2D-CNN (Mean) | ✗ | ✗ | 70.00 | 60.00 | 80.00 | - | 1 |",
+    ]
