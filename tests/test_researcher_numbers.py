@@ -501,3 +501,14 @@ def test_grid_table_of_a_minimal_results_file_keeps_file_order_and_reads_pretrai
         "| 2D-ResNet-18 (Mean) | ✗ | ✓ | **82.00** ± 2.83 | **72.00** ± 2.83 | **92.00** ± 2.83 | - | 2 |",
         "| 2D-CNN (Mean) | ✗ | ✗ | 70.00 | 60.00 | 80.00 | - | 1 |",
     ]
+
+
+def test_validation_metrics_read_batched_and_decollated_outputs_alike() -> None:
+    """flat_pred_label: a custom evaluator without decollate gives the same (pred, label) as the bundles'."""
+    from mri_slice_transfer.engine.metrics import flat_pred_label
+
+    pred, label = torch.tensor([[0.2], [-1.5], [3.0]]), torch.tensor([[0.0], [1.0], [1.0]])
+    batched = flat_pred_label({"pred": pred, "label": label})
+    decollated = flat_pred_label([{"pred": p, "label": y} for p, y in zip(pred, label, strict=True)])
+    for got in (batched, decollated):
+        assert got[0].tolist() == pytest.approx([0.2, -1.5, 3.0]) and got[1].tolist() == [0.0, 1.0, 1.0]
