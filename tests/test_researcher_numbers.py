@@ -512,3 +512,21 @@ def test_validation_metrics_read_batched_and_decollated_outputs_alike() -> None:
     decollated = flat_pred_label([{"pred": p, "label": y} for p, y in zip(pred, label, strict=True)])
     for got in (batched, decollated):
         assert got[0].tolist() == pytest.approx([0.2, -1.5, 3.0]) and got[1].tolist() == [0.0, 1.0, 1.0]
+
+
+def test_test_metrics_count_the_scans_they_are_over(tmp_path: Path) -> None:
+    """test_metrics.json says over how many scans its numbers are and how many were skipped and why."""
+    writer = PredictionWriter("adni_ad", str(tmp_path / "pred.csv"), str(tmp_path / "metrics.json"), 0.5)
+    items = [
+        {"subject_id": f"s{i}", "image_path": f"s{i}.nii", "label": torch.tensor([i % 2])} for i in range(5)
+    ]
+    items[1].update(status="error", error="ScanError: unreadable")  # a scan that could not be read
+    logits = [-2.0, 0.0, float("nan"), 1.5, -0.5]  # scan 2: a non-finite network output
+    output = [{"pred": torch.tensor([z])} for z in logits]
+    writer.reset()
+    writer.collect(SimpleNamespace(state=SimpleNamespace(batch=items, output=output)))
+    metrics = writer.write()
+    on_disk = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    counts = {k: on_disk[k] for k in ("n_scans", "n_errors", "n_skipped", "n_non_finite")}
+    assert counts == {"n_scans": 3, "n_errors": 2, "n_skipped": 2, "n_non_finite": 1}
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score([0, 1, 0], [-2.0, 1.5, -0.5]))
