@@ -292,6 +292,25 @@ def test_tied_threshold_cuts_give_the_middle_one(labels, tied, called) -> None:
     assert list(got) == [bool(c) for c in called]
 
 
+@pytest.mark.parametrize(
+    "metrics,probability",
+    [
+        ({"threshold": 0.7}, 0.7),  # an older test_metrics.json: the probability only
+        ({"threshold": 0.7, "threshold_logit": None}, 0.7),
+        ({"threshold": 0.7, "threshold_logit": -1.0}, _sigmoid(-1.0)),  # the logit is the cut used
+        ({}, 0.5),  # neither: the fixed threshold
+    ],
+)
+def test_grid_bootstrap_uses_the_threshold_of_the_test_metrics(metrics: dict, probability: float) -> None:
+    """metrics_threshold: the cut the grid's bootstrap CIs of balanced accuracy / F1 are computed at is
+    the one test_metrics.json was computed at, also for files written before threshold_logit existed."""
+    from mri_slice_transfer.engine.metrics import metrics_threshold
+
+    got = metrics_threshold(metrics)
+    assert isinstance(got, DecisionThreshold)
+    assert got.probability == pytest.approx(float(probability), rel=1e-12)
+
+
 # --- networks: the learned position is added before the LayerNorm ------------------------------
 
 
@@ -382,3 +401,132 @@ def test_evaluator_best_metric_comparison_follows_the_task() -> None:
     assert ad(0.8, 0.7) and not ad(0.7, 0.8) and not ad(0.7, 0.7)
     assert age(3.0, 4.0) and not age(5.0, 4.0) and not age(4.0, 4.0)
     assert age(9.0, -1) and ad(0.1, -1)  # Ignite's initial best_metric is -1
+
+
+@pytest.mark.parametrize(
+    "prob,cut,accepted",
+    [
+        (0.622459, 0.5, True),  # sigmoid(0.5) = 0.62245933 rounded to 6 decimals by hand: the same cut
+        (0.0, -50.0, True),  # a saturated cut: sigmoid(-50) = 2e-22 shown as 0
+        (0.7, 0.5, False),  # edited: the two disagree
+        ("high", 0.5, False),  # not a number
+    ],
+)
+def test_recorded_validation_threshold_is_checked_and_the_error_says_how_to_fix(
+    tmp_path: Path, prob, cut: float, accepted: bool
+) -> None:
+    """models/model.json: evaluation and inference use val_threshold_logit when val_threshold agrees with
+    it up to rounding; otherwise the error names the file, both values and what to do."""
+    from mri_slice_transfer.engine.metrics import operating_threshold
+
+    record = tmp_path / "model.json"
+    metrics = {"val_threshold": prob, "val_threshold_logit": cut}
+    record.write_text(json.dumps({"epoch": 3, "metrics": metrics}), encoding="utf-8")
+    if accepted:
+        assert operating_threshold("validation", record).logit == cut
+        return
+    with pytest.raises(ValueError, match=rf"model\.json: .*{prob}.*{cut}") as err:
+        operating_threshold("validation", record)
+    if isinstance(prob, float):
+        assert str(err.value).endswith(
+            "correct or delete val_threshold_logit, or pass --decision_threshold <probability>"
+        )
+    else:
+        assert "must be a probability" in str(err.value)
+
+
+def test_pearson_r_is_computed_for_a_narrow_age_range() -> None:
+    """Brain age: predictions and ages spread by less than a year still get Pearson r (not NaN)."""
+    from mri_slice_transfer.engine.metrics import regression_metrics
+
+    age = np.array([70.1, 70.3, 70.4, 70.8, 70.9])
+    pred = np.array([70.0, 70.5, 70.3, 70.6, 71.0])
+    got = regression_metrics(pred, age)["pearson_r"]
+    assert got == pytest.approx(np.corrcoef(pred, age)[0, 1], rel=1e-12) and got > 0.8
+
+
+def test_probability_thresholds_0_and_1_are_the_extreme_cuts_and_others_are_refused() -> None:
+    """A probability threshold of 0 calls every scan AD, 1 none; outside [0, 1] is an error with the value."""
+    assert DecisionThreshold.from_probability(0.0).logit == -np.inf
+    assert DecisionThreshold.from_probability(1.0).logit == np.inf
+    with pytest.raises(ValueError, match=r"a probability threshold must be between 0 and 1, not 1\.5"):
+        DecisionThreshold.from_probability(1.5)
+
+
+@pytest.mark.parametrize("setting", ["abc", 0.0, 1.0, "1", -0.2])
+def test_bundle_decision_threshold_setting_must_be_validation_or_inside_0_1(setting) -> None:
+    """decision_threshold in a bundle config: 'validation' or a probability strictly between 0 and 1."""
+    from mri_slice_transfer.engine.metrics import threshold_setting
+
+    with pytest.raises(ValueError, match=rf"decision_threshold must be 'validation' .* got {setting!r}"):
+        threshold_setting(setting)
+
+
+def test_model_record_without_a_threshold_evaluates_at_0_5_with_validation(tmp_path: Path) -> None:
+    """decision_threshold 'validation' on a model.json of an older version (no val_threshold): warned, 0.5."""
+    from mri_slice_transfer.engine.metrics import operating_threshold
+
+    record = tmp_path / "model.json"
+    metrics = {"val_balanced_accuracy": 0.8, "val_f1": 0.7}
+    record.write_text(json.dumps({"epoch": 3, "metrics": metrics}), encoding="utf-8")
+    assert operating_threshold("validation", record).logit == 0.0
+
+
+# --- grid table: a minimal results.csv ------------------------------------------------------------
+
+
+def test_grid_table_of_a_minimal_results_file_keeps_file_order_and_reads_pretrained_text() -> None:
+    """table.md from a results.csv without row / status / pooling columns and with pretrained as text
+    ("Yes", " TRUE ", "false"): configurations in file order, seeds of one configuration pooled."""
+    from mri_slice_transfer.grid.tables import format_table
+
+    def run(model: str, encoder: str, pretrained: str, seed: int, bacc: float) -> dict:
+        metrics = {
+            "test_balanced_accuracy": bacc,
+            "test_f1": bacc - 0.1,
+            "test_average_precision": bacc + 0.1,
+        }
+        config = {"model": model, "encoder": encoder, "axis": "sagittal", "pretrained": pretrained}
+        return {**config, "seed": seed, **metrics}
+
+    frame = pd.DataFrame(
+        [
+            run("2D-ResNet-18 (Mean)", "resnet18", "Yes", 1, 0.80),
+            run("2D-CNN (Mean)", "cnn5", "false", 1, 0.70),
+            run("2D-ResNet-18 (Mean)", "resnet18", " TRUE ", 2, 0.84),
+        ]
+    )
+    rows = [line for line in format_table(frame, "adni_ad").splitlines() if line.startswith("| 2D")]
+    assert rows == [
+        "| 2D-ResNet-18 (Mean) | ✗ | ✓ | **82.00** ± 2.83 | **72.00** ± 2.83 | **92.00** ± 2.83 | - | 2 |",
+        "| 2D-CNN (Mean) | ✗ | ✗ | 70.00 | 60.00 | 80.00 | - | 1 |",
+    ]
+
+
+def test_validation_metrics_read_batched_and_decollated_outputs_alike() -> None:
+    """flat_pred_label: a custom evaluator without decollate gives the same (pred, label) as the bundles'."""
+    from mri_slice_transfer.engine.metrics import flat_pred_label
+
+    pred, label = torch.tensor([[0.2], [-1.5], [3.0]]), torch.tensor([[0.0], [1.0], [1.0]])
+    batched = flat_pred_label({"pred": pred, "label": label})
+    decollated = flat_pred_label([{"pred": p, "label": y} for p, y in zip(pred, label, strict=True)])
+    for got in (batched, decollated):
+        assert got[0].tolist() == pytest.approx([0.2, -1.5, 3.0]) and got[1].tolist() == [0.0, 1.0, 1.0]
+
+
+def test_test_metrics_count_the_scans_they_are_over(tmp_path: Path) -> None:
+    """test_metrics.json says over how many scans its numbers are and how many were skipped and why."""
+    writer = PredictionWriter("adni_ad", str(tmp_path / "pred.csv"), str(tmp_path / "metrics.json"), 0.5)
+    items = [
+        {"subject_id": f"s{i}", "image_path": f"s{i}.nii", "label": torch.tensor([i % 2])} for i in range(5)
+    ]
+    items[1].update(status="error", error="ScanError: unreadable")  # a scan that could not be read
+    logits = [-2.0, 0.0, float("nan"), 1.5, -0.5]  # scan 2: a non-finite network output
+    output = [{"pred": torch.tensor([z])} for z in logits]
+    writer.reset()
+    writer.collect(SimpleNamespace(state=SimpleNamespace(batch=items, output=output)))
+    metrics = writer.write()
+    on_disk = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    counts = {k: on_disk[k] for k in ("n_scans", "n_errors", "n_skipped", "n_non_finite")}
+    assert counts == {"n_scans": 3, "n_errors": 2, "n_skipped": 2, "n_non_finite": 1}
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score([0, 1, 0], [-2.0, 1.5, -0.5]))
