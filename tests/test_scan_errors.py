@@ -16,8 +16,8 @@ import pytest
 import torch
 from test_bundles import FAST, TINY_NET, copy_bundle, run_workflow, write_tiny_dataset
 
-from mri_slice_transfer.engine.checkpoint import file_sha256
 from mri_slice_transfer.errors import ScanError
+from mri_slice_transfer.fileio import file_sha256
 from mri_slice_transfer.transforms import load_scan
 
 

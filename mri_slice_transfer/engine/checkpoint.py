@@ -17,6 +17,7 @@ file can be broken (missing, truncated, random bytes, not a weights file, digest
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -28,13 +29,11 @@ from ignite.engine import Engine, Events
 
 from mri_slice_transfer.engine.distributed import unwrap
 from mri_slice_transfer.engine.io import atomic_torch_save
-from mri_slice_transfer.fileio import file_sha256
 
 __all__ = [
     "DIGEST_KEY",
     "WeightFileError",
     "WeightsLoader",
-    "file_sha256",
     "load_model_weights",
     "load_weights",
     "save_checkpoint",
@@ -112,8 +111,9 @@ def load_weights(
     path = Path(path)
     if not path.is_file():
         raise _fail(path, "weight file not found", hint)
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+    try:  # one read: the bytes that are loaded are the bytes that are checked
+        data = path.read_bytes()
+        obj = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - every reader error means the same to the user
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise _fail(
@@ -122,7 +122,7 @@ def load_weights(
             "truncated, corrupt or not a weights-only file",
             hint,
         ) from None
-    if sha256 is not None and file_sha256(path) != sha256:
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise _fail(
             path,
             f"its sha256 differs from the one recorded in {record}: the file is corrupt, or the two files "

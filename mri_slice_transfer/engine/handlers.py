@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from mri_slice_transfer.engine.checkpoint import DIGEST_KEY, file_sha256, load_weights, save_checkpoint
+from mri_slice_transfer.engine.checkpoint import DIGEST_KEY, load_weights, save_checkpoint
 from mri_slice_transfer.engine.distributed import is_main_process, unwrap
 from mri_slice_transfer.engine.io import atomic_torch_save, write_csv, write_json
 from mri_slice_transfer.engine.seeding import rng_state, set_rng_state
+from mri_slice_transfer.fileio import file_sha256
 from mri_slice_transfer.vocabulary import is_better
 
 __all__ = [
