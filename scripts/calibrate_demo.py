@@ -85,7 +85,7 @@ def _scores(y: np.ndarray, logit: np.ndarray, groups: np.ndarray, threshold: Any
     """Balanced accuracy (at a decision threshold: a DecisionThreshold or a probability) and ROC AUC
     with subject-level bootstrap CIs."""
     from mri_slice_transfer.engine.metrics import classification_metrics
-    from mri_slice_transfer.grid.summary import bootstrap_ci
+    from mri_slice_transfer.experiments.bootstrap import bootstrap_ci
 
     m = classification_metrics(logit, y, threshold)
     ci = bootstrap_ci("adni_ad", logit, y, groups, n_bootstrap=2000, seed=0, threshold=threshold)
@@ -122,7 +122,7 @@ def ad_report(folder: Path, frame: pd.DataFrame, feats: dict, predictions: list[
         print(f"  logistic regression on {name:20s} {_scores(y[test], logit, groups[test])}")
     for csv in predictions:
         # a bundle's eval/test_predictions.csv (evaluate.json) on this cohort's test split
-        from mri_slice_transfer.grid.summary import predictions_arrays
+        from mri_slice_transfer.experiments.bootstrap import predictions_arrays
 
         logit, label, subjects = predictions_arrays("adni_ad", csv)
         metrics = Path(csv).with_name("test_metrics.json")  # written beside it by evaluate.json

@@ -28,7 +28,7 @@ tests_for() {
         engine/handlers.py) echo "tests/test_engine.py tests/test_researcher_numbers.py" ;;
         engine/predictions.py) echo "tests/test_engine.py tests/test_researcher_numbers.py tests/test_infer_raw.py" ;;
         fileio.py) echo "tests/test_researcher_numbers.py tests/test_engine.py tests/test_template.py" ;;
-        grid/summary.py | grid/tables.py) echo "tests/test_grid.py tests/test_researcher_numbers.py" ;;
+        experiments/summary.py | experiments/tables.py) echo "tests/test_grid.py tests/test_researcher_numbers.py" ;;
         prepare/qc.py | prepare/registration.py) echo "tests/test_prepare.py tests/test_researcher_numbers.py" ;;
         split.py | data/datalist.py) echo "tests/test_split.py tests/test_datalist.py tests/test_properties.py" ;;
         data/anatomy.py) echo "tests/test_synthetic.py tests/test_researcher_numbers.py" ;;

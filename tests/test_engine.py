@@ -126,7 +126,7 @@ def test_recorded_logit_cut_is_used_and_checked(tmp_path) -> None:
 def test_saturated_outputs_are_predicted_and_bootstrapped_exactly(tmp_path) -> None:
     from mri_slice_transfer.engine.metrics import DecisionThreshold, metrics_threshold
     from mri_slice_transfer.engine.predictions import PredictionWriter
-    from mri_slice_transfer.grid.summary import bootstrap_ci, bootstrap_from_predictions
+    from mri_slice_transfer.experiments.bootstrap import bootstrap_ci, bootstrap_from_predictions
 
     writer = PredictionWriter(
         "adni_ad", str(tmp_path / "p.csv"), str(tmp_path / "m.json"), DecisionThreshold(50.0)

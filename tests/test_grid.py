@@ -18,8 +18,10 @@ import pytest
 
 from mri_slice_transfer.cli import main
 from mri_slice_transfer.commands.grid import QUICK_EPOCHS
-from mri_slice_transfer.grid.presets import PRESETS, ModelConfig, expand_grid
-from mri_slice_transfer.grid.runner import (
+from mri_slice_transfer.experiments.bootstrap import bootstrap_ci
+from mri_slice_transfer.experiments.presets import PRESETS, ModelConfig, expand_grid
+from mri_slice_transfer.experiments.run_folder import collect_existing
+from mri_slice_transfer.experiments.runner import (
     BundleRunner,
     GridError,
     PlannedRun,
@@ -28,8 +30,8 @@ from mri_slice_transfer.grid.runner import (
     plan_runs,
     run_grid,
 )
-from mri_slice_transfer.grid.summary import bootstrap_ci, collect_existing, summarize
-from mri_slice_transfer.grid.tables import format_paper_table, format_report, format_table
+from mri_slice_transfer.experiments.summary import summarize
+from mri_slice_transfer.experiments.tables import format_paper_table, format_report, format_table
 
 
 class FakeRunner:
@@ -335,7 +337,7 @@ def test_a_run_reports_its_encoder_init_as_data(tmp_path: Path, monkeypatch) -> 
 
     from mri_slice_transfer.engine import log_run_info
     from mri_slice_transfer.engine.run_info import RUN_INFO_ENV
-    from mri_slice_transfer.grid.runner import collect_run_result
+    from mri_slice_transfer.experiments.runner import collect_run_result
 
     net = torch.nn.Linear(1, 1)
     net.encoder_init = "random (ImageNet weights unavailable)"
@@ -383,17 +385,21 @@ def _trained(run_dir: Path) -> Path:
 
 
 def _grid_modules_imported(module: str) -> set[str]:
-    """Grid modules ``grid/<module>.py`` imports anywhere (also inside functions)."""
-    import mri_slice_transfer.grid as grid
+    """Experiments modules ``experiments/<module>.py`` imports anywhere (also inside functions)."""
+    import mri_slice_transfer.experiments as experiments
 
-    tree = ast.parse((Path(grid.__file__).parent / f"{module}.py").read_text(encoding="utf-8"))
+    tree = ast.parse((Path(experiments.__file__).parent / f"{module}.py").read_text(encoding="utf-8"))
     found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mri_slice_transfer.grid."):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+            "mri_slice_transfer.experiments."
+        ):
             found.add(node.module.rsplit(".", 1)[1])
         elif isinstance(node, ast.Import):
             found |= {
-                a.name.rsplit(".", 1)[1] for a in node.names if a.name.startswith("mri_slice_transfer.grid.")
+                a.name.rsplit(".", 1)[1]
+                for a in node.names
+                if a.name.startswith("mri_slice_transfer.experiments.")
             }
     return found
 
@@ -407,7 +413,7 @@ def test_runner_and_summary_share_the_run_folder_contract_not_each_other() -> No
 
 @pytest.mark.parametrize(("task", "threshold"), [("adni_ad", 0.5), ("adni_ad", 0.3), ("brain_age", 0.5)])
 def test_vectorised_metrics_equal_compute_metrics_on_each_resample(task: str, threshold: float) -> None:
-    from mri_slice_transfer.grid.bootstrap import resample_metrics
+    from mri_slice_transfer.experiments.bootstrap import resample_metrics
 
     rng = np.random.default_rng(7)
     label = (rng.random(30) < 0.4).astype(float) if task == "adni_ad" else rng.uniform(50, 80, 30)

@@ -21,8 +21,8 @@ from sklearn.metrics import roc_auc_score
 from mri_slice_transfer.engine.handlers import BestModelSaver
 from mri_slice_transfer.engine.metrics import DecisionThreshold, lower_is_better, tune_threshold
 from mri_slice_transfer.engine.predictions import PredictionWriter
+from mri_slice_transfer.experiments.bootstrap import bootstrap_ci
 from mri_slice_transfer.fileio import atomic_path, atomic_write_text
-from mri_slice_transfer.grid.summary import bootstrap_ci
 from mri_slice_transfer.networks.slice_set import LearnedPositionEncoding
 from mri_slice_transfer.vocabulary import task_spec
 
@@ -478,7 +478,7 @@ def test_model_record_without_a_threshold_evaluates_at_0_5_with_validation(tmp_p
 def test_grid_table_of_a_minimal_results_file_keeps_file_order_and_reads_pretrained_text() -> None:
     """table.md from a results.csv without row / status / pooling columns and with pretrained as text
     ("Yes", " TRUE ", "false"): configurations in file order, seeds of one configuration pooled."""
-    from mri_slice_transfer.grid.tables import format_table
+    from mri_slice_transfer.experiments.tables import format_table
 
     def run(model: str, encoder: str, pretrained: str, seed: int, bacc: float) -> dict:
         metrics = {

@@ -106,8 +106,8 @@ def test_one_better_rule_for_saver_evaluator_and_grid(task, tmp_path):
     "task, values", [("brain_age", [5.0, 4.0, 4.0, 6.0]), ("adni_ad", [0.5, 0.6, 0.6, 0.4])]
 )
 def test_grid_picks_the_first_best_epoch_by_the_same_rule(task, values, tmp_path):
-    from mri_slice_transfer.grid.runner import collect_run_result
-    from mri_slice_transfer.grid.summary import headline_metric
+    from mri_slice_transfer.experiments.bootstrap import headline_metric
+    from mri_slice_transfer.experiments.runner import collect_run_result
 
     key = task_spec(task).key_metric
     (tmp_path / "eval").mkdir()
@@ -124,7 +124,7 @@ def test_grid_picks_the_first_best_epoch_by_the_same_rule(task, values, tmp_path
 
 
 def test_build_model_accepts_every_encoder_name_the_grid_accepts():
-    from mri_slice_transfer.grid.presets import CONV3D, ModelConfig
+    from mri_slice_transfer.experiments.presets import CONV3D, ModelConfig
     from mri_slice_transfer.networks import MODEL_NAMES, build_model
     from mri_slice_transfer.networks.conv3d import Conv3DNet
 

@@ -78,7 +78,7 @@ _CUSTOM_GRID = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mri-slice-transfer grid``."""
-    from mri_slice_transfer.grid.presets import PRESETS
+    from mri_slice_transfer.experiments.presets import PRESETS
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "examples:" + (__doc__ or "").split("Examples::", 1)[-1]
@@ -155,8 +155,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _plan(args: argparse.Namespace) -> tuple[Any, list, str, Any, list[str]]:
     """(bundle path, planned runs, task, preset or None, notes)."""
-    from mri_slice_transfer.grid.presets import expand_grid, get_preset
-    from mri_slice_transfer.grid.runner import GridError, bundle_task, find_bundle, plan_runs
+    from mri_slice_transfer.experiments.presets import expand_grid, get_preset
+    from mri_slice_transfer.experiments.runner import GridError, bundle_task, find_bundle, plan_runs
 
     custom = [args.encoders, args.axes, args.aggregations, args.position_encodings, args.pretrained]
     preset = get_preset(args.preset) if args.preset else None
@@ -224,8 +224,9 @@ def run(args: argparse.Namespace) -> int:
     import shlex
 
     from mri_slice_transfer.errors import DataListError
-    from mri_slice_transfer.grid.runner import BundleRunner, GridError, run_grid
-    from mri_slice_transfer.grid.summary import collect_existing, summarize
+    from mri_slice_transfer.experiments.run_folder import collect_existing
+    from mri_slice_transfer.experiments.runner import BundleRunner, GridError, run_grid
+    from mri_slice_transfer.experiments.summary import summarize
 
     try:
         bundle, runs, task, preset, notes = _plan(args)

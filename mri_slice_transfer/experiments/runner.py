@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mri_slice_transfer.grid.bootstrap import bootstrap_from_predictions, headline_metric
-from mri_slice_transfer.grid.presets import ModelConfig
-from mri_slice_transfer.grid.run_folder import (
+from mri_slice_transfer.experiments.bootstrap import bootstrap_from_predictions, headline_metric
+from mri_slice_transfer.experiments.presets import ModelConfig
+from mri_slice_transfer.experiments.run_folder import (
     RUNS,
     RunFiles,
     RunInfo,

@@ -18,7 +18,7 @@ from mri_slice_transfer.vocabulary import TASKS, TaskSpec, task_spec
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mri_slice_transfer.grid.presets import Preset
+    from mri_slice_transfer.experiments.presets import Preset
 
 __all__ = [
     "MetricSpec",

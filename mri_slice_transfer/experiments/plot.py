@@ -11,7 +11,7 @@ from mri_slice_transfer.vocabulary import task_spec
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mri_slice_transfer.grid.presets import Preset
+    from mri_slice_transfer.experiments.presets import Preset
 
 __all__ = ["row_label", "plot_results"]
 
@@ -54,8 +54,8 @@ def plot_results(
     import numpy as np
     import pandas as pd
 
+    from mri_slice_transfer.experiments.tables import TABLE_METRICS, aggregate
     from mri_slice_transfer.fileio import atomic_path
-    from mri_slice_transfer.grid.tables import TABLE_METRICS, aggregate
 
     specs = TABLE_METRICS[task]
     agg = aggregate(results, task)

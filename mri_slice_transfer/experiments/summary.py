@@ -1,8 +1,7 @@
 """Grid summaries: ``results.csv`` (one row per run) and the writer of ``table.md`` and ``plot.png``.
 
-Run folders are read through :mod:`.run_folder`; confidence intervals come from :mod:`.bootstrap`
-(``bootstrap_ci``, ``bootstrap_from_predictions``, ``predictions_arrays``, ``headline_metric`` and
-:func:`~.run_folder.collect_existing` are re-exported here for existing imports).
+Run folders are read through :mod:`.run_folder` (:func:`~.run_folder.collect_existing`); confidence
+intervals come from :mod:`.bootstrap`.
 """
 
 from __future__ import annotations
@@ -12,27 +11,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mri_slice_transfer.grid.bootstrap import (
-    bootstrap_ci,
-    bootstrap_from_predictions,
-    headline_metric,
-    predictions_arrays,
-)
-from mri_slice_transfer.grid.run_folder import PLOT_PNG, RESULTS_CSV, TABLE_MD, collect_existing
+from mri_slice_transfer.experiments.run_folder import PLOT_PNG, RESULTS_CSV, TABLE_MD
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mri_slice_transfer.grid.presets import Preset
+    from mri_slice_transfer.experiments.presets import Preset
 
 __all__ = [
     "RESULT_COLUMNS",
-    "bootstrap_ci",
-    "bootstrap_from_predictions",
-    "predictions_arrays",
-    "headline_metric",
     "results_frame",
-    "collect_existing",
     "summarize",
 ]
 
@@ -92,7 +80,7 @@ def summarize(
     """Write ``results.csv``, ``table.md`` and (optionally) ``plot.png`` into ``out_dir``.
 
     Args:
-        results: result rows (from :func:`~mri_slice_transfer.grid.runner.run_grid`) or a frame.
+        results: result rows (from :func:`~mri_slice_transfer.experiments.runner.run_grid`) or a frame.
         out_dir: the grid folder.
         task: ``"adni_ad"`` or ``"brain_age"``.
         preset: when given, ``table.md`` also shows the paper's table.
@@ -104,8 +92,8 @@ def summarize(
     """
     import pandas as pd
 
+    from mri_slice_transfer.experiments.tables import format_report
     from mri_slice_transfer.fileio import atomic_write_text
-    from mri_slice_transfer.grid.tables import format_report
 
     frame = results if isinstance(results, pd.DataFrame) else results_frame(results)
     out = Path(out_dir)
@@ -116,7 +104,7 @@ def summarize(
     frame = pd.read_csv(paths["results"])
     atomic_write_text(paths["table"], format_report(frame, task, preset=preset, title=title))
     if plot:
-        from mri_slice_transfer.grid.plot import plot_results
+        from mri_slice_transfer.experiments.plot import plot_results
 
         paths["plot"] = plot_results(frame, task, out / PLOT_PNG, preset=preset, title=title)
     return paths

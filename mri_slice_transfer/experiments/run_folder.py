@@ -1,7 +1,7 @@
 """The run-folder contract of a grid: the names of the files a grid writes and reads, in one place,
 and typed records of what a run produced.
 
-Layout of ``<out>/`` (see :mod:`mri_slice_transfer.grid.runner` for who writes what)::
+Layout of ``<out>/`` (see :mod:`mri_slice_transfer.experiments.runner` for who writes what)::
 
     results.csv  table.md  plot.png
     runs/<run_id>/config.json        the model settings, seed, overrides and commands
