@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -221,8 +222,6 @@ def _preflight(args: argparse.Namespace, task: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``mri-slice-transfer grid``; exit code 1 if any run failed."""
-    import shlex
-
     from mri_slice_transfer.errors import DataListError
     from mri_slice_transfer.experiments.run_folder import collect_existing
     from mri_slice_transfer.experiments.runner import BundleRunner, GridError, run_grid

@@ -1,0 +1,120 @@
+"""Rules of ``docs/architecture.md`` that hold for every module of the package, checked on its source."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import mri_slice_transfer
+
+PACKAGE = Path(mri_slice_transfer.__file__).resolve().parent
+
+#: Longest function, in code lines (see :func:`code_lines`).
+MAX_FUNCTION_LINES = 80
+
+#: Functions still over :data:`MAX_FUNCTION_LINES`, to be split; remove a name when it is split.
+LONG_FUNCTIONS_TO_SPLIT: frozenset[str] = frozenset(
+    {
+        "data/datalist.py::_check_frame",
+        "engine/raw_inputs.py::prepare_inputs",
+    }
+)
+
+#: Standard-library imports still inside a function (``"<module path>: <module>"``), to be moved up.
+STDLIB_IMPORTS_TO_MOVE: frozenset[str] = frozenset({"engine/distributed.py: logging"})
+
+#: Packages whose ``__init__`` still imports its names lazily (PEP 562 ``__getattr__``).
+LAZY_PACKAGES_TO_CONVERT: frozenset[str] = frozenset({"data/__init__.py", "prepare/__init__.py"})
+
+
+def _modules() -> list[tuple[str, ast.Module, list[str]]]:
+    """``(path relative to the package, syntax tree, source lines)`` of every module."""
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        out.append((path.relative_to(PACKAGE).as_posix(), ast.parse(source), source.splitlines()))
+    return out
+
+
+def code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> int:
+    """Lines of a function (its ``def`` to its last line) that are code: not blank, not a comment,
+    not its docstring. Nested functions count in the function that holds them."""
+    skip: set[int] = set()
+    first = node.body[0]
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        skip = set(range(first.lineno, first.end_lineno + 1))
+    body = range(node.lineno, node.end_lineno + 1)
+    return sum(
+        1
+        for i in body
+        if i not in skip and lines[i - 1].strip() and not lines[i - 1].lstrip().startswith("#")
+    )
+
+
+def _function_lengths() -> dict[str, int]:
+    """``{"<module path>::<function>": code lines}`` of every function and method."""
+    lengths = {}
+    for rel, tree, lines in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lengths[f"{rel}::{node.name}"] = max(
+                    lengths.get(f"{rel}::{node.name}", 0), code_lines(node, lines)
+                )
+    return lengths
+
+
+def test_no_function_is_longer_than_80_code_lines() -> None:
+    lengths = _function_lengths()
+    too_long = {name: n for name, n in lengths.items() if n > MAX_FUNCTION_LINES}
+    new = {name: n for name, n in too_long.items() if name not in LONG_FUNCTIONS_TO_SPLIT}
+    assert new == {}, f"functions over {MAX_FUNCTION_LINES} code lines (split them): {new}"
+    split_already = sorted(LONG_FUNCTIONS_TO_SPLIT - set(too_long))
+    assert split_already == [], f"remove from LONG_FUNCTIONS_TO_SPLIT (now short or gone): {split_already}"
+
+
+def test_code_lines_leave_out_docstring_comments_and_blank_lines() -> None:
+    source = 'def f(x):\n    """Doc\n    string."""\n\n    # a comment\n    y = x + 1\n    return y\n'
+    node = ast.parse(source).body[0]
+    assert isinstance(node, ast.FunctionDef)
+    assert code_lines(node, source.splitlines()) == 3  # def, y = ..., return
+
+
+def test_package_inits_import_eagerly_or_not_at_all() -> None:
+    # one style of package __init__ (docs/architecture.md, import rule): no lazy PEP 562 __getattr__
+    lazy = {
+        rel
+        for rel, tree, _ in _modules()
+        if rel.endswith("__init__.py")
+        and any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)
+    }
+    assert lazy == set(LAZY_PACKAGES_TO_CONVERT)
+
+
+def _in_function_imports(tree: ast.Module) -> list[tuple[str, int]]:
+    """``(imported module, line)`` of every import inside a function."""
+    found = []
+    for func in ast.walk(tree):
+        if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(func):
+                if isinstance(node, ast.Import):
+                    found += [(a.name, node.lineno) for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    found.append((node.module, node.lineno))
+    return found
+
+
+def test_standard_library_is_imported_at_the_top() -> None:
+    # delaying a standard-library import saves nothing: the import rule's reasons never apply to it
+    stdlib = set(sys.stdlib_module_names)
+    late = {
+        f"{rel}: {name}"
+        for rel, tree, _ in _modules()
+        for name, _line in _in_function_imports(tree)
+        if name.split(".")[0] in stdlib
+    }
+    assert late == set(STDLIB_IMPORTS_TO_MOVE)
