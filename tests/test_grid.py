@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -452,6 +454,17 @@ def test_grid_command_dry_run_and_summarize_only(tmp_path: Path, capsys) -> None
     out = capsys.readouterr().out
     assert "1 of 3 runs failed" in out and "conv3d_seed0: train failed" in out
     assert (tmp_path / "table.md").is_file() and not (tmp_path / "plot.png").exists()
+
+
+def test_planning_a_grid_imports_no_engine(tmp_path: Path) -> None:
+    # import rule (docs/architecture.md): experiments import the engine (torch, MONAI) only to score runs
+    code = (
+        "import sys; from mri_slice_transfer.cli import main; "
+        f"main(['grid', '--preset', 'paper-ad', '--out', {str(tmp_path)!r}, '--dry-run']); "
+        "print(sorted({'torch', 'monai', 'mri_slice_transfer.engine'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.slow

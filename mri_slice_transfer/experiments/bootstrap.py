@@ -16,6 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from mri_slice_transfer.vocabulary import task_spec
 
 __all__ = [
@@ -37,9 +40,6 @@ def predictions_arrays(task: str, csv_path: str | os.PathLike) -> tuple[Any, Any
     Raises:
         FileNotFoundError, KeyError: missing file or columns (the message names the file).
     """
-    import numpy as np
-    import pandas as pd
-
     path = Path(csv_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: test predictions not found")
@@ -77,8 +77,6 @@ def _weighted_metrics(task: str, pred: Any, label: Any, counts: Any, threshold: 
     resample costs microseconds instead of the ~12 ms of four sklearn calls.
     ``tests/test_grid.py`` checks that both give the same intervals.
     """
-    import numpy as np
-
     w = counts.astype(np.float64)
     n = w.sum(axis=1)
     if not task_spec(task).is_binary:
@@ -125,8 +123,6 @@ def _weighted_metrics(task: str, pred: Any, label: Any, counts: Any, threshold: 
 
 def _resample_counts(groups: Any, n_bootstrap: int, seed: int) -> Any:
     """``counts[b, i]``: how many times scan ``i`` is in resample ``b`` when whole groups are drawn."""
-    import numpy as np
-
     _, inverse = np.unique(np.asarray(groups), return_inverse=True)
     n_groups = int(inverse.max()) + 1
     rng = np.random.default_rng(seed)
@@ -152,8 +148,6 @@ def resample_metrics(
     Returns:
         ``{metric: array [n_resamples]}`` (NaN where a metric is undefined).
     """
-    import numpy as np
-
     from mri_slice_transfer.engine.metrics import compute_metrics
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"), warnings.catch_warnings():
@@ -198,8 +192,6 @@ def bootstrap_ci(
         ``{metric: (low, high)}``; NaN when fewer than half the resamples give a defined value (e.g.
         average precision when resamples often hold one class only).
     """
-    import numpy as np
-
     from mri_slice_transfer.engine.metrics import compute_metrics
 
     pred = np.asarray(pred, dtype=np.float64)

@@ -11,11 +11,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
+from mri_slice_transfer.experiments.plot import plot_results
 from mri_slice_transfer.experiments.run_folder import PLOT_PNG, RESULTS_CSV, TABLE_MD
+from mri_slice_transfer.experiments.tables import format_report
+from mri_slice_transfer.fileio import atomic_write_text
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from mri_slice_transfer.experiments.presets import Preset
 
 __all__ = [
@@ -52,8 +55,6 @@ _TAIL_COLUMNS: tuple[str, ...] = ("stage", "error", "log_tail", "run_dir", "row"
 
 def results_frame(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Result rows as a DataFrame with :data:`RESULT_COLUMNS` first, then metrics, then the rest."""
-    import pandas as pd
-
     frame = pd.DataFrame([dict(r) for r in results])
     if frame.empty:
         return pd.DataFrame(columns=list(RESULT_COLUMNS))
@@ -90,11 +91,6 @@ def summarize(
     Returns:
         ``{"results": ..., "table": ..., "plot": ...}`` paths written.
     """
-    import pandas as pd
-
-    from mri_slice_transfer.experiments.tables import format_report
-    from mri_slice_transfer.fileio import atomic_write_text
-
     frame = results if isinstance(results, pd.DataFrame) else results_frame(results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +100,5 @@ def summarize(
     frame = pd.read_csv(paths["results"])
     atomic_write_text(paths["table"], format_report(frame, task, preset=preset, title=title))
     if plot:
-        from mri_slice_transfer.experiments.plot import plot_results
-
         paths["plot"] = plot_results(frame, task, out / PLOT_PNG, preset=preset, title=title)
     return paths

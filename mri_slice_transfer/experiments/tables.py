@@ -13,11 +13,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 from mri_slice_transfer.vocabulary import TASKS, TaskSpec, task_spec
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from mri_slice_transfer.experiments.presets import Preset
 
 __all__ = [
@@ -105,8 +105,6 @@ def aggregate(results: pd.DataFrame, task: str) -> pd.DataFrame:
         ``encoder_init`` (the distinct values, joined), ``fallback`` (pretrained asked but not used)
         and ``<metric>_mean`` / ``<metric>_std`` for every metric.
     """
-    import pandas as pd
-
     frame = results.copy()
     for col in CONFIG_COLUMNS:
         if col not in frame.columns:
