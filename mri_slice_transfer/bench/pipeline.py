@@ -24,7 +24,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from mri_slice_transfer.template import TEMPLATE_AFFINE, TEMPLATE_SHAPE
+from mri_slice_transfer.template import TEMPLATE_AFFINE, TEMPLATE_SHAPE, load_template_1mm
 
 __all__ = [
     "PIPELINE_SOURCES",
@@ -99,6 +99,19 @@ def _blocks(fn: Any, repeats: int, min_time: float) -> list[tuple[int, float]]:
     return out
 
 
+def _pipeline_files(
+    tmp: Path, source: str, data_dir: str | None, n_scans: int, seed: int
+) -> tuple[list[Path], str]:
+    """The scans :func:`measure_pipeline` reads (written into ``tmp`` unless ``data_dir``), their source."""
+    if data_dir:
+        return _scan_files(data_dir, n_scans), f"folder {data_dir}"
+    if source == "synthetic":
+        return write_synthetic_scans(tmp / "cohort", n_scans, seed), source
+    if source == "phantom":
+        return write_phantom_scans(tmp / "phantom", n_scans, seed), source
+    raise ValueError(f"unknown source {source!r}; choose one of {', '.join(PIPELINE_SOURCES)}")
+
+
 def measure_pipeline(
     n_scans: int = 8,
     source: str = "synthetic",
@@ -130,14 +143,7 @@ def measure_pipeline(
 
     with tempfile.TemporaryDirectory(prefix="mst_bench_data_") as tmp:
         start = time.perf_counter()
-        if data_dir:
-            files, source = _scan_files(data_dir, n_scans), f"folder {data_dir}"
-        elif source == "synthetic":
-            files = write_synthetic_scans(Path(tmp) / "cohort", n_scans, seed)
-        elif source == "phantom":
-            files = write_phantom_scans(Path(tmp) / "phantom", n_scans, seed)
-        else:
-            raise ValueError(f"unknown source {source!r}; choose one of {', '.join(PIPELINE_SOURCES)}")
+        files, source = _pipeline_files(Path(tmp), source, data_dir, n_scans, seed)
         make_s = time.perf_counter() - start
         n = len(files)
         records = [{"image": str(f)} for f in files]
@@ -198,7 +204,6 @@ def make_raw_scan(path: str | PathLike, seed: int = 0) -> Path:
     """
     from mri_slice_transfer.data.raw import rotation_matrix
     from mri_slice_transfer.data.synthetic import write_nifti
-    from mri_slice_transfer.template import load_template_1mm
 
     rng = np.random.default_rng(seed)
     template = load_template_1mm()

@@ -20,6 +20,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from mri_slice_transfer.experiments.presets import PRESETS, expand_grid, get_preset
+
 __all__ = ["HELP", "QUICK_EPOCHS", "add_arguments", "run", "parse_override"]
 
 #: Epochs per run of ``--quick`` (a smoke-sized grid: 5 demo runs in ~20 min on 2 CPU cores).
@@ -79,8 +81,6 @@ _CUSTOM_GRID = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mri-slice-transfer grid``."""
-    from mri_slice_transfer.experiments.presets import PRESETS
-
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "examples:" + (__doc__ or "").split("Examples::", 1)[-1]
     parser.add_argument("--out", required=True, help="grid folder (runs/, results.csv, table.md, plot.png)")
@@ -156,7 +156,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _plan(args: argparse.Namespace) -> tuple[Any, list, str, Any, list[str]]:
     """(bundle path, planned runs, task, preset or None, notes)."""
-    from mri_slice_transfer.experiments.presets import expand_grid, get_preset
     from mri_slice_transfer.experiments.runner import GridError, bundle_task, find_bundle, plan_runs
 
     custom = [args.encoders, args.axes, args.aggregations, args.position_encodings, args.pretrained]
