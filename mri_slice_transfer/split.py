@@ -28,7 +28,6 @@ same check every bundle runs before training.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mri_slice_transfer.fileio import atomic_write_json, atomic_write_text
 from mri_slice_transfer.vocabulary import TASKS, Task
 
 if TYPE_CHECKING:  # pandas is imported inside the functions: the CLI parser stays light
@@ -414,7 +414,6 @@ def split_datalist(
     import pandas as pd
 
     from mri_slice_transfer.data.datalist import read_datalist, read_split_datalists
-    from mri_slice_transfer.fileio import atomic_write_text
 
     src = Path(csv_path)
     out = Path(out_dir)
@@ -441,7 +440,7 @@ def split_datalist(
     out.mkdir(parents=True, exist_ok=True)
     for name, frame in result.frames.items():
         atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False, lineterminator="\n"))
-    atomic_write_text(out / "split_report.json", json.dumps(result.report, indent=2) + "\n")
+    atomic_write_json(out / "split_report.json", result.report)
     atomic_write_text(out / "split_report.md", format_split_report(result.report))
     read_split_datalists(out, task, dataset_dir=root.resolve(), check_files=check_files)
     return result

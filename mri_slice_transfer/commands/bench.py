@@ -8,11 +8,9 @@ The options are a table (:data:`OPTIONS`); :func:`resolve_options` turns them in
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from mri_slice_transfer.bench.process import ISOLATIONS, default_isolation
@@ -203,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``mri-slice-transfer bench``; exit code 1 if any measurement failed."""
     from mri_slice_transfer.bench.report import format_report
     from mri_slice_transfer.bench.run import failed_measurements, run_bench
-    from mri_slice_transfer.fileio import atomic_write_text
+    from mri_slice_transfer.fileio import atomic_write_json
 
     opts = resolve_options(args)
     result = run_bench(opts)
@@ -214,9 +212,7 @@ def run(args: argparse.Namespace) -> int:
     }
     print(format_report(result))
     if opts["json"]:
-        path = Path(opts["json"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(result, indent=2, default=str) + "\n")
+        path = atomic_write_json(opts["json"], result, default=str)
         print(f"wrote {path}")
     failed = failed_measurements(result)
     if failed:
