@@ -59,7 +59,6 @@ __all__ = [
     "collect_run_result",
     "find_bundle",
     "bundle_task",
-    "read_marker",
     "log_tail",
 ]
 
