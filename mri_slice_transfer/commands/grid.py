@@ -17,10 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mri_slice_transfer.experiments.presets import PRESETS, expand_grid, get_preset
+from mri_slice_transfer.experiments.presets import PRESETS, Preset, expand_grid, get_preset
+
+if TYPE_CHECKING:
+    from mri_slice_transfer.experiments.runner import BundleRunner, PlannedRun
 
 __all__ = ["HELP", "QUICK_EPOCHS", "add_arguments", "run", "parse_override"]
 
@@ -154,8 +158,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--no-plot", action="store_true", help="skip plot.png")
 
 
-def _plan(args: argparse.Namespace) -> tuple[Any, list, str, Any, list[str]]:
-    """(bundle path, planned runs, task, preset or None, notes)."""
+@dataclass(frozen=True)
+class GridPlan:
+    """What the options ask for.
+
+    Attributes:
+        bundle: the bundle folder.
+        runs: every run of the grid, in table order.
+        task: the bundle's task.
+        preset: the preset, if one was chosen.
+        notes: what the custom grid left out, for the user.
+    """
+
+    bundle: Path
+    runs: list[PlannedRun]
+    task: str
+    preset: Preset | None
+    notes: list[str]
+
+
+def _plan(args: argparse.Namespace) -> GridPlan:
+    """The runs the options ask for (see :class:`GridPlan`)."""
     from mri_slice_transfer.experiments.runner import GridError, bundle_task, find_bundle, plan_runs
 
     custom = [args.encoders, args.axes, args.aggregations, args.position_encodings, args.pretrained]
@@ -205,7 +228,7 @@ def _plan(args: argparse.Namespace) -> tuple[Any, list, str, Any, list[str]]:
         base.update(epochs=epochs, demo_epochs=epochs)
     base.update(dict(args.override))
     runs = plan_runs(configs, seeds, base, strict_pretrained=args.strict_pretrained)
-    return bundle, runs, task, preset, notes
+    return GridPlan(bundle, runs, task, preset, notes)
 
 
 def _preflight(args: argparse.Namespace, task: str) -> None:
@@ -219,43 +242,18 @@ def _preflight(args: argparse.Namespace, task: str) -> None:
     print("data lists OK: " + ", ".join(f"{k} {len(v)} scans" for k, v in frames.items()))
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``mri-slice-transfer grid``; exit code 1 if any run failed."""
-    from mri_slice_transfer.errors import DataListError
-    from mri_slice_transfer.experiments.run_folder import collect_existing
-    from mri_slice_transfer.experiments.runner import BundleRunner, GridError, run_grid
-    from mri_slice_transfer.experiments.summary import summarize
+def _print_dry_run(plan: GridPlan, runner: BundleRunner, out: Path) -> None:
+    """The runs of ``plan`` and their command lines (``--dry-run``)."""
+    print(f"{len(plan.runs)} runs with bundle {plan.bundle} (task {plan.task}) into {out / 'runs'}:")
+    for r in plan.runs:
+        cmds = runner.commands(r, out / "runs" / r.run_id)
+        print(f"- {r.run_id}: {r.config.describe()}, seed {r.seed}")
+        for stage, cmd in cmds.items():
+            print(f"    {stage}: {shlex.join(cmd)}")
 
-    try:
-        bundle, runs, task, preset, notes = _plan(args)
-    except (GridError, ValueError) as err:
-        print(f"grid: {err}")
-        return 2
-    out = Path(args.out)
-    for note in notes:
-        print(f"note: {note}")
-    runner = BundleRunner(bundle, timeout=args.timeout)
-    if args.dry_run:
-        print(f"{len(runs)} runs with bundle {bundle} (task {task}) into {out / 'runs'}:")
-        for r in runs:
-            cmds = runner.commands(r, out / "runs" / r.run_id)
-            print(f"- {r.run_id}: {r.config.describe()}, seed {r.seed}")
-            for stage, cmd in cmds.items():
-                print(f"    {stage}: {shlex.join(cmd)}")
-        return 0
-    if args.summarize_only:
-        results = collect_existing(out)
-        if not results:
-            print(f"grid: no finished or failed runs under {out / 'runs'}")
-            return 2
-    else:
-        try:
-            _preflight(args, task)
-            results = run_grid(runs, out, runner, task, redo=args.redo, n_bootstrap=args.n_bootstrap)
-        except (GridError, DataListError) as err:
-            print(f"grid: {err}")
-            return 2
-    paths = summarize(results, out, task, preset=preset, plot=not args.no_plot)
+
+def _report(results: list[dict[str, Any]], paths: dict[str, Path]) -> int:
+    """Print what was written and which runs failed; the exit code (1 if any run failed)."""
     failed = [r for r in results if r.get("status") != "ok"]
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     if failed:
@@ -265,3 +263,40 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"all {len(results)} runs finished")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``mri-slice-transfer grid``; exit code 1 if any run failed."""
+    from mri_slice_transfer.errors import DataListError
+    from mri_slice_transfer.experiments.run_folder import collect_existing
+    from mri_slice_transfer.experiments.runner import BundleRunner, GridError, run_grid
+    from mri_slice_transfer.experiments.summary import summarize
+
+    try:
+        plan = _plan(args)
+    except (GridError, ValueError) as err:
+        print(f"grid: {err}")
+        return 2
+    out = Path(args.out)
+    for note in plan.notes:
+        print(f"note: {note}")
+    runner = BundleRunner(plan.bundle, timeout=args.timeout)
+    if args.dry_run:
+        _print_dry_run(plan, runner, out)
+        return 0
+    if args.summarize_only:
+        results = collect_existing(out)
+        if not results:
+            print(f"grid: no finished or failed runs under {out / 'runs'}")
+            return 2
+    else:
+        try:
+            _preflight(args, plan.task)
+            results = run_grid(
+                plan.runs, out, runner, plan.task, redo=args.redo, n_bootstrap=args.n_bootstrap
+            )
+        except (GridError, DataListError) as err:
+            print(f"grid: {err}")
+            return 2
+    paths = summarize(results, out, plan.task, preset=plan.preset, plot=not args.no_plot)
+    return _report(results, paths)
