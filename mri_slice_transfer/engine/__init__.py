@@ -1,7 +1,8 @@
 """Everything the MONAI bundle configs reference by dotted path (``mri_slice_transfer.engine.*``).
 
 One concept per module: :mod:`.bundle_root` (where the bundle lives), :mod:`.datasets` (user data or
-demo cohort), :mod:`.network`, :mod:`.precision` (bf16 autocast on CPU), :mod:`.losses`,
+demo cohort), :mod:`.network`, :mod:`.model_record` (``models/model.json``: what a trained model
+is), :mod:`.precision` (bf16 autocast on CPU), :mod:`.losses`,
 :mod:`.metrics` (and the AD decision threshold), :mod:`.schedule` (learning-rate schedules),
 :mod:`.handlers` (metrics files, best model, atomic checkpoint + resume, the per-epoch training log, the
 stop on a non-finite loss), :mod:`.checkpoint` (weight files checked by their sha256, one loader),
@@ -42,6 +43,12 @@ from mri_slice_transfer.engine.metrics import (
     operating_threshold,
     threshold_setting,
 )
+from mri_slice_transfer.engine.model_record import (
+    ModelRecord,
+    ModelRecordError,
+    build_network_from_record,
+    resolve_record,
+)
 from mri_slice_transfer.engine.network import build_network, set_output_bias
 from mri_slice_transfer.engine.options import as_bool, as_optional, as_pretrained
 from mri_slice_transfer.engine.precise_bn import PreciseBatchNorm
@@ -70,6 +77,10 @@ __all__ = [
     "ExistingRunError",
     "AutocastInferer",
     "BestModelSaver",
+    "ModelRecord",
+    "ModelRecordError",
+    "build_network_from_record",
+    "resolve_record",
     "DataSource",
     "FullCheckpoint",
     "MetricsWriter",

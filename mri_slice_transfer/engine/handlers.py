@@ -21,9 +21,10 @@ from ignite.engine import Engine, Events
 from mri_slice_transfer.engine.checkpoint import DIGEST_KEY, load_weights, save_checkpoint
 from mri_slice_transfer.engine.distributed import is_main_process, unwrap
 from mri_slice_transfer.engine.io import atomic_torch_save, write_csv, write_json
+from mri_slice_transfer.engine.model_record import training_data_summary, training_record
 from mri_slice_transfer.engine.seeding import rng_state, set_rng_state
 from mri_slice_transfer.fileio import file_sha256
-from mri_slice_transfer.vocabulary import is_better
+from mri_slice_transfer.vocabulary import is_better, task_spec
 
 __all__ = [
     "MetricsWriter",
@@ -75,21 +76,53 @@ class BestModelSaver:
     so a kill between the two is detected when the model is loaded
     (:func:`~mri_slice_transfer.engine.checkpoint.load_model_weights`).
 
+    With ``task`` given, the record is the full :class:`~mri_slice_transfer.engine.model_record.ModelRecord`
+    (architecture, input scale, preprocessing, output meaning, versions; with :meth:`set_training` also
+    the training data summary and the initial output bias), from which evaluation and inference build
+    the network.
+
     Args:
         network: the trained network (DDP wrapper is unwrapped).
         path: usually ``models/model.pt``.
-        metric_name: name in ``engine.state.metrics``.
-        lower_is_better: for brain-age MAE (bundles: ``$mri_slice_transfer.engine.lower_is_better(@task)``).
+        metric_name: name in ``engine.state.metrics``; default the task's key metric (``val_<key>``).
+        lower_is_better: for brain-age MAE; default the task's rule.
+        task: the task (None: a record of the epoch, metrics and sha256 only, as 0.5.0 wrote).
+        input_scale: the scale of the template grid the network is trained at.
     """
 
-    def __init__(self, network: torch.nn.Module, path: str, metric_name: str, lower_is_better: bool) -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        path: str,
+        metric_name: str | None = None,
+        lower_is_better: bool | None = None,
+        task: str | None = None,
+        input_scale: float | None = None,
+    ) -> None:
         self.network = network
         self.path = Path(path)
         self.record_path = self.path.with_suffix(".json")
-        self.metric_name = metric_name
-        self.lower_is_better = bool(lower_is_better)
+        spec = task_spec(task) if task is not None else None
+        if metric_name is None or lower_is_better is None:
+            if spec is None:
+                raise ValueError("BestModelSaver needs a task, or both metric_name and lower_is_better")
+        self.metric_name = metric_name if metric_name is not None else "val_" + spec.key_metric
+        self.lower_is_better = bool(spec.lower_is_better if lower_is_better is None else lower_is_better)
+        self.task = task
+        self.input_scale = input_scale
+        self.training: dict[str, Any] = {}
         self.best: float | None = None
         self.best_epoch = 0
+
+    def set_training(self, data: Any = None, output_bias: float | None = None) -> None:
+        """Facts of the training run the record includes, known once the data is read.
+
+        Args:
+            data: the run's :class:`~mri_slice_transfer.engine.datasets.DataSource` (None: not recorded).
+            output_bias: the value the output bias was initialised to (None: not initialised).
+        """
+        summary = training_data_summary(data) if data is not None else {}
+        self.training = {"training_data": summary, "output_bias": output_bias}
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -106,12 +139,25 @@ class BestModelSaver:
         if is_main_process():
             atomic_torch_save(unwrap(self.network).state_dict(), self.path)
             metrics = {k: float(v) for k, v in engine.state.metrics.items() if _is_number(v)}
-            record = {"epoch": self.best_epoch, "key_metric": self.metric_name, "metrics": metrics}
-            record[DIGEST_KEY] = file_sha256(self.path)
-            write_json(record, self.record_path)
+            write_json(self.record(metrics, file_sha256(self.path)), self.record_path)
             logger.debug(
                 "new best %s=%.4f at epoch %d -> %s", self.metric_name, value, self.best_epoch, self.path
             )
+
+    def record(self, metrics: dict[str, float], sha256: str) -> dict[str, Any]:
+        """The content of ``model.json`` for the current best epoch."""
+        if self.task is None:
+            return {
+                "epoch": self.best_epoch,
+                "key_metric": self.metric_name,
+                "metrics": metrics,
+                DIGEST_KEY: sha256,
+            }
+        record = training_record(
+            self.network, self.task, self.best_epoch, self.metric_name, metrics, sha256,
+            input_scale=self.input_scale, **self.training,
+        )  # fmt: skip
+        return record.to_json()
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch}

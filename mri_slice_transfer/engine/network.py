@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
 import torch
 
 from mri_slice_transfer.engine.distributed import unwrap
+from mri_slice_transfer.engine.options import as_bool, as_pretrained
 
-__all__ = ["build_network", "set_output_bias", "to_device", "encoder_init"]
+__all__ = ["ARCHITECTURE_ARGS", "architecture", "build_network", "set_output_bias", "encoder_init"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +32,45 @@ def build_network(channels_last: bool = False, fast_cpu_convs: bool = True, **kw
     from mri_slice_transfer.networks import build_model
     from mri_slice_transfer.networks.cpu_conv import use_fast_cpu_convs
 
+    if "pretrained_strict" in kwargs:
+        kwargs["pretrained_strict"] = as_bool(kwargs["pretrained_strict"])
+    if "pretrained" in kwargs:
+        kwargs["pretrained"] = as_pretrained(kwargs["pretrained"])
     model = build_model(**kwargs)
+    model.architecture = architecture(build_model, kwargs)
     if fast_cpu_convs:
         use_fast_cpu_convs(model)
-    if channels_last:
+    if as_bool(channels_last):
         for module in model.modules():
             if isinstance(module, torch.nn.Conv2d):
                 module.to(memory_format=torch.channels_last)
     return model
+
+
+#: The :func:`~mri_slice_transfer.networks.build_model` arguments that define a trained network.
+ARCHITECTURE_ARGS = ("encoder", "axis", "aggregation", "position_encoding", "num_outputs", "spatial_size")
+
+
+def architecture(factory: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`ARCHITECTURE_ARGS` a ``factory(**kwargs)`` call used (its defaults for those not given).
+
+    Args:
+        factory: ``build_model``.
+        kwargs: the arguments it was called with.
+
+    Returns:
+        plain values (strings, ints, a list for ``spatial_size``), as a model record writes them.
+    """
+    defaults = {k: p.default for k, p in inspect.signature(factory).parameters.items()}
+    out = {}
+    for name in ARCHITECTURE_ARGS:
+        value = kwargs.get(name, defaults[name])
+        out[name] = (
+            [int(v) for v in value]
+            if name == "spatial_size"
+            else (str(value).lower() if isinstance(value, str) else value)
+        )
+    return out
 
 
 def encoder_init(model: torch.nn.Module) -> str:
@@ -79,8 +112,3 @@ def set_output_bias(model: torch.nn.Module, value: float | None) -> torch.nn.Mod
         layer.bias.fill_(float(value))
     logger.info("output bias initialised to the training mean label %.3f", float(value))
     return model
-
-
-def to_device(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
-    """Move the model to ``device`` (kept as a function so configs stay one-liners)."""
-    return model.to(device)
