@@ -6,6 +6,7 @@ from its record alone, and ``predict`` gives the inference CSV's table, value fo
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -121,3 +122,18 @@ def test_load_model_refuses_contradicting_options_and_missing_weights(
         mri_slice_transfer.load_model(bundle, input_scale=1)
     with pytest.raises(WeightFileError, match="not found"):
         mri_slice_transfer.load_model(tmp_path)
+
+
+def test_readme_python_example_runs_on_a_trained_model(trained: tuple[Path, Path], scans: Path) -> None:
+    bundle, _ = trained
+    if bundle.name != "adni_ad":
+        pytest.skip("the README example is the AD bundle's")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Python in ten lines", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    assert len(code.strip().splitlines()) <= 10
+    code = code.replace('"bundles/adni_ad"', repr(str(bundle))).replace('"scans/"', repr(str(scans)))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
+    assert list(namespace["table"]["status"]) == ["ok"] * 4 + ["error"]
+    assert not namespace["network"].training and namespace["record"].input_scale == 0.25
