@@ -10,6 +10,8 @@ from __future__ import annotations
 import configparser
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from test_api import _train
 from test_bundles import FAST, REPO, write_tiny_dataset
 
 import mri_slice_transfer
+from mri_slice_transfer.fileio import file_sha256
 
 BUNDLES = ("adni_ad", "ukbb_brain_age")
 
@@ -211,3 +214,27 @@ def test_ckpt_export_torchscript_equals_eager(trained: Path, tmp_path: Path) -> 
         eager, scripted = model.network(x), exported(x)
     assert scripted.shape == eager.shape == (3, 1)
     torch.testing.assert_close(scripted, eager, rtol=0, atol=1e-5)
+
+
+def test_make_demo_model_packs_a_trained_run(trained: Path, tmp_path: Path) -> None:
+    """``scripts/make_demo_model.py --from RUN --half``: float16 weights + record, loaded without options."""
+    out = tmp_path / "demo"
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "make_demo_model.py"),
+        "--from",
+        str(trained),
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run([*cmd, "--half"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    assert (out / "model.pt").stat().st_size < 0.6 * (trained / "models" / "model.pt").stat().st_size
+    assert f"sha256 (large_files.yml hash_val): {file_sha256(out / 'model.pt')}" in done.stdout
+    shipped, original = mri_slice_transfer.load_model(out), mri_slice_transfer.load_model(trained)
+    assert shipped.record.spatial_size == original.record.spatial_size
+    x = torch.randn(2, 1, *shipped.record.spatial_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(shipped.network(x), original.network(x), rtol=0, atol=0.05)
