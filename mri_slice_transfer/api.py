@@ -126,6 +126,12 @@ def _data_dicts(inputs: Inputs) -> list[dict]:
         return resolve_inputs(os.fspath(inputs))
     if torch.is_tensor(inputs):
         inputs = list(inputs) if inputs.ndim == 5 else [inputs]
+    kinds = {torch.is_tensor(item) for item in inputs}
+    if len(kinds) != 1:
+        raise ValueError(
+            "predict needs at least one input, and all inputs must be files or all tensors, not "
+            + ("nothing" if not kinds else "a mix of both")
+        )
     items = []
     for i, item in enumerate(inputs):
         if torch.is_tensor(item):

@@ -112,6 +112,8 @@ def test_predict_accepts_files_and_tensors(trained: tuple[Path, Path], scans: Pa
     np.testing.assert_allclose(batch[value], by_file[value], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match=r"must have shape \[1, 91, 109, 91\].*not \[1, 23, 27, 23\]"):
         model.predict([torch.zeros(1, 23, 27, 23)])
+    with pytest.raises(ValueError, match="must be files or all tensors, not a mix of both"):
+        model.predict([tensors[0], str(files[0])])
 
 
 def test_load_model_refuses_contradicting_options_and_missing_weights(
