@@ -11,8 +11,8 @@ stop on a non-finite loss), :mod:`.checkpoint` (weight files checked by their sh
 :mod:`.precise_bn` (BatchNorm statistics recomputed before validation),
 :mod:`.predictions`, :mod:`.inputs` and :mod:`.progress` (evaluation / inference outputs, inputs and
 progress), :mod:`.raw_inputs` (inference on raw scans, prepared on the way), :mod:`.distributed`,
-:mod:`.seeding`, :mod:`.run_info` (the run log), :mod:`.allocator` (malloc settings for CPU
-training) and :mod:`.io` (atomic writes).
+:mod:`.seeding`, :mod:`.recipe` (demo or real-data settings), :mod:`.run_info` (the run log),
+:mod:`.allocator` (malloc settings for CPU training) and :mod:`.io` (atomic writes).
 """
 
 from mri_slice_transfer.engine.allocator import keep_freed_memory
@@ -23,7 +23,8 @@ from mri_slice_transfer.engine.checkpoint import (
     load_model_weights,
     load_weights,
 )
-from mri_slice_transfer.engine.datasets import DataSource, resolve_data
+from mri_slice_transfer.engine.datasets import DataSource, initial_output_bias, resolve_data
+from mri_slice_transfer.engine.distributed import default_device, handlers_for_rank
 from mri_slice_transfer.engine.handlers import (
     BestModelSaver,
     FullCheckpoint,
@@ -31,6 +32,7 @@ from mri_slice_transfer.engine.handlers import (
     NonFiniteLossError,
     StopOnNonFiniteLoss,
     TrainingLog,
+    handler,
 )
 from mri_slice_transfer.engine.inputs import resolve_inputs, run_name
 from mri_slice_transfer.engine.lock import RunLock, RunLockedError
@@ -52,11 +54,17 @@ from mri_slice_transfer.engine.model_record import (
 from mri_slice_transfer.engine.network import build_network, set_output_bias
 from mri_slice_transfer.engine.options import as_bool, as_optional, as_pretrained
 from mri_slice_transfer.engine.precise_bn import PreciseBatchNorm
-from mri_slice_transfer.engine.precision import AutocastInferer, cpu_autocast_enabled, cuda_amp_enabled
+from mri_slice_transfer.engine.precision import (
+    AutocastInferer,
+    cpu_autocast_enabled,
+    cuda_amp_enabled,
+    make_inferer,
+)
 from mri_slice_transfer.engine.predictions import PredictionWriter, SafeTransform
-from mri_slice_transfer.engine.progress import ScanProgress
-from mri_slice_transfer.engine.raw_inputs import prepare_inputs
-from mri_slice_transfer.engine.resize import scaled_size, with_resize
+from mri_slice_transfer.engine.progress import ScanProgress, training_progress_bar
+from mri_slice_transfer.engine.raw_inputs import inference_datalist, prepare_inputs
+from mri_slice_transfer.engine.recipe import TrainingRecipe, training_recipe
+from mri_slice_transfer.engine.resize import ScaleInputd, scaled_size, with_resize
 from mri_slice_transfer.engine.run_guard import ExistingRunError, TrainingGuard
 from mri_slice_transfer.engine.run_info import log_run_info
 from mri_slice_transfer.engine.schedule import make_lr_scheduler
@@ -89,6 +97,16 @@ __all__ = [
     "SafeTransform",
     "ScanProgress",
     "build_network",
+    "default_device",
+    "handler",
+    "handlers_for_rank",
+    "inference_datalist",
+    "initial_output_bias",
+    "make_inferer",
+    "ScaleInputd",
+    "TrainingRecipe",
+    "training_progress_bar",
+    "training_recipe",
     "as_bool",
     "as_optional",
     "as_pretrained",

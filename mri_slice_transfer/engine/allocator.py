@@ -19,6 +19,8 @@ import ctypes.util
 import logging
 import sys
 
+from mri_slice_transfer.engine.options import as_bool
+
 __all__ = ["keep_freed_memory"]
 
 logger = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ _M_MMAP_MAX = -4
 _MAX_TRIM_THRESHOLD = 2**31 - 1
 
 
-def keep_freed_memory(enabled: bool = True) -> bool:
+def keep_freed_memory(enabled: bool | str = True) -> bool:
     """Make glibc ``malloc`` serve large blocks from its heap and keep freed memory for reuse.
 
     Sets ``M_MMAP_MAX = 0`` (no ``mmap`` per large block) and ``M_TRIM_THRESHOLD`` to 2 GiB (freed
@@ -38,13 +40,13 @@ def keep_freed_memory(enabled: bool = True) -> bool:
     process from now on; memory already allocated is unchanged.
 
     Args:
-        enabled: False does nothing (so a bundle config can switch it off).
+        enabled: False (or ``"false"``) does nothing (so a bundle config can switch it off).
 
     Returns:
         True if the settings were applied; False if ``enabled`` is False or the C library is not glibc
         (macOS, Windows, musl), where nothing is changed.
     """
-    if not enabled or not sys.platform.startswith("linux"):
+    if not as_bool(enabled) or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

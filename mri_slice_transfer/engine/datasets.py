@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 
 from mri_slice_transfer.engine.distributed import barrier, is_main_process
+from mri_slice_transfer.engine.options import as_optional
 from mri_slice_transfer.paths import cache_dir
+from mri_slice_transfer.vocabulary import task_spec
 
-__all__ = ["DataSource", "resolve_data", "demo_cohort_dir", "frame_to_records"]
+__all__ = ["DataSource", "resolve_data", "demo_cohort_dir", "frame_to_records", "initial_output_bias"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +123,22 @@ def resolve_data(
     into ``cache_dir("demo", ...)`` (keyed by task, ``demo_n`` and ``demo_seed``) and used. Every
     problem in the data lists is raised together as a ``DataListError`` before any training starts.
     In a distributed run only rank 0 generates; the other ranks wait.
+
+    Args:
+        task: ``"adni_ad"`` or ``"brain_age"``.
+        datalist_dir: folder of ``train.csv``/``val.csv``/``test.csv`` (``"null"``/``""``: unset).
+        dataset_dir: folder the image paths are relative to (and the default ``datalist_dir``).
+        demo_n, demo_seed: size and seed of the demo cohort (strings of numbers accepted).
+        splits: the data lists to read.
+
+    Returns:
+        the data source.
     """
     from mri_slice_transfer.data import read_split_datalists
 
-    datalist_dir = datalist_dir or dataset_dir or None
+    dataset_dir = as_optional(dataset_dir)
+    datalist_dir = as_optional(datalist_dir) or dataset_dir or None
+    demo_n, demo_seed = int(demo_n), int(demo_seed)
     if datalist_dir:
         frames = read_split_datalists(datalist_dir, task, dataset_dir=dataset_dir or None, splits=splits)
         return DataSource(task, frames, False, Path(datalist_dir).resolve())
@@ -137,3 +151,16 @@ def resolve_data(
     frames = read_split_datalists(out, task, dataset_dir=out, splits=splits)
     info = {"demo_n": int(demo_n), "demo_seed": int(demo_seed)}
     return DataSource(task, frames, True, out, info)
+
+
+def initial_output_bias(data: DataSource) -> float | None:
+    """The value the output bias starts at: the training mean label for a regression task (brain age:
+    the mean age), None (no initialisation) for a binary task.
+
+    Args:
+        data: the run's data source.
+
+    Returns:
+        the bias value or None.
+    """
+    return None if task_spec(data.task).is_binary else data.label_mean("train")

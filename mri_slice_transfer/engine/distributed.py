@@ -14,7 +14,9 @@ __all__ = [
     "is_main_process",
     "barrier",
     "init_distributed",
+    "default_device",
     "distributed_device",
+    "handlers_for_rank",
     "cleanup_distributed",
     "unwrap",
     "quiet_other_ranks",
@@ -76,11 +78,46 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def quiet_other_ranks(*engines: object) -> None:
-    """Only rank 0 logs at INFO level: other ranks' engine loggers are set to WARNING."""
+def quiet_other_ranks(*engines: object, **named: object) -> None:
+    """Only rank 0 logs at INFO level: other ranks' engine loggers are set to WARNING.
+
+    Args:
+        engines, named: the engines (configs name them: ``trainer=``, ``evaluator=``).
+    """
+    engines = (*engines, *named.values())
     import logging
 
     if is_main_process():
         return
     for engine in engines:
         getattr(engine, "logger", logging.getLogger()).setLevel(logging.WARNING)
+
+
+def default_device() -> torch.device:
+    """``cuda:0`` when a GPU is available, else the CPU (the bundles' ``device``)."""
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+#: Names of handler types that only log or write, attached on rank 0 only (:func:`handlers_for_rank`).
+RANK0_ONLY_HANDLERS: tuple[str, ...] = (
+    "MetricsWriter",
+    "ProgressBar",
+    "StatsHandler",
+    "TensorBoardStatsHandler",
+    "TrainingLog",
+)
+
+
+def handlers_for_rank(handlers: list) -> list:
+    """The handlers this process attaches: all on rank 0; on other ranks those that are not logging or
+    writing (types named in :data:`RANK0_ONLY_HANDLERS`), so the others keep their order.
+
+    Args:
+        handlers: the bundle's handler list (``train#handlers``, ``validate#handlers``).
+
+    Returns:
+        the list to attach on this rank.
+    """
+    if rank() == 0:
+        return list(handlers)
+    return [h for h in handlers if type(h).__name__ not in RANK0_ONLY_HANDLERS]

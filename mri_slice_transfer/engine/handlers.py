@@ -22,11 +22,13 @@ from mri_slice_transfer.engine.checkpoint import DIGEST_KEY, load_weights, save_
 from mri_slice_transfer.engine.distributed import is_main_process, unwrap
 from mri_slice_transfer.engine.io import atomic_torch_save, write_csv, write_json
 from mri_slice_transfer.engine.model_record import training_data_summary, training_record
+from mri_slice_transfer.engine.options import as_bool
 from mri_slice_transfer.engine.seeding import rng_state, set_rng_state
 from mri_slice_transfer.fileio import file_sha256
 from mri_slice_transfer.vocabulary import is_better, task_spec
 
 __all__ = [
+    "handler",
     "MetricsWriter",
     "BestModelSaver",
     "FullCheckpoint",
@@ -36,6 +38,23 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def handler(handler: Any) -> Any:
+    """``handler`` itself: puts a handler defined under its own config id into ``train#handlers``.
+
+    MONAI's ``ConfigWorkflow.check_properties`` reads every element of ``train#handlers`` as a
+    ``{"_target_": ...}`` dict, so a plain ``"@training_guard"`` reference cannot be listed there; the
+    bundles write ``{"_target_": "mri_slice_transfer.engine.handler", "handler": "@training_guard"}``
+    for handlers that other items refer to by id.
+
+    Args:
+        handler: the handler object.
+
+    Returns:
+        ``handler``.
+    """
+    return handler
 
 
 class MetricsWriter:
@@ -196,7 +215,7 @@ class FullCheckpoint:
         self.network = network
         self.optimizer = optimizer
         self.extras = dict(extras or {})
-        self.resume = bool(resume)
+        self.resume = as_bool(resume)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.load)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mri_slice_transfer.engine.options import as_bool, as_optional
 from mri_slice_transfer.vocabulary import IMAGE_SUFFIXES
 
 __all__ = ["SCAN_SUFFIXES", "resolve_inputs", "run_name"]
@@ -71,7 +72,7 @@ def _folder_scans(folder: Path, raw: bool) -> list[str]:
     return sorted(found)
 
 
-def resolve_inputs(source: str, dataset_dir: str | None = None, raw: bool = False) -> list[dict]:
+def resolve_inputs(source: str, dataset_dir: str | None = None, raw: bool | str = False) -> list[dict]:
     """Data dicts (``image``, ``image_path``, ``subject_id``, ``session_id``) for inference.
 
     Args:
@@ -81,9 +82,10 @@ def resolve_inputs(source: str, dataset_dir: str | None = None, raw: bool = Fals
             ``dataset_dir`` or else the CSV's folder). Paths are absolute but symbolic links are not
             resolved; files that do not exist or cannot be read (dangling links, link loops) are
             kept so that they get an error row.
-        dataset_dir: base folder of a CSV's relative paths.
-        raw: the scans are raw (``inference.json --prepare true``): a folder then also contributes
-            the DICOM series folders in it (or is itself one DICOM series).
+        dataset_dir: base folder of a CSV's relative paths (``"null"``: none).
+        raw: the scans are raw (``inference.json --prepare true``; a bool or its command-line
+            string): a folder then also contributes the DICOM series folders in it (or is itself one
+            DICOM series).
 
     Returns:
         one data dict per scan.
@@ -91,6 +93,7 @@ def resolve_inputs(source: str, dataset_dir: str | None = None, raw: bool = Fals
     Raises:
         ValueError: no source, a CSV without an ``image`` column, or nothing found.
     """
+    dataset_dir, raw = as_optional(dataset_dir), as_bool(raw)
     if not source:
         raise ValueError(
             "no inference input: set --input (or --input_dir) to a folder, a glob pattern or a CSV file"

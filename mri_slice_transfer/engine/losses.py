@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from mri_slice_transfer.engine.options import as_bool
 from mri_slice_transfer.vocabulary import task_spec
 
 __all__ = ["TaskLoss", "make_loss"]
@@ -32,8 +35,24 @@ class TaskLoss(torch.nn.Module):
         return self.fn(pred.float().reshape(-1), label.float().reshape(-1))
 
 
-def make_loss(task: str, pos_weight: float | None = None) -> TaskLoss:
-    """The paper's loss for ``task`` (AD: optionally class-balanced with ``pos_weight``)."""
+def make_loss(
+    task: str, pos_weight: float | None = None, data: Any = None, class_balance: Any = False
+) -> TaskLoss:
+    """The paper's loss for ``task`` (AD: optionally class-balanced).
+
+    Args:
+        task: ``"adni_ad"`` or ``"brain_age"``.
+        pos_weight: AD only: an explicit BCE ``pos_weight``.
+        data: the run's :class:`~mri_slice_transfer.engine.datasets.DataSource`; with
+            ``class_balance``, ``pos_weight`` = n_CN / n_AD of its training list.
+        class_balance: balance the classes of a binary task (a bool or its command-line string); no
+            effect for a regression task, which has no classes.
+
+    Returns:
+        the loss module.
+    """
     if pos_weight is not None and not task_spec(task).is_binary:
         raise ValueError(f"pos_weight only applies to the AD task, not {task!r}")
+    if pos_weight is None and data is not None and as_bool(class_balance) and task_spec(task).is_binary:
+        pos_weight = data.positive_weight("train")
     return TaskLoss(task, pos_weight)

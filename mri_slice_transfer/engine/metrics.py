@@ -198,15 +198,19 @@ def threshold_setting(decision_threshold: str | float) -> float | None:
     return value
 
 
-def operating_threshold(decision_threshold: str | float, model_json: str | Path) -> DecisionThreshold:
+def operating_threshold(
+    decision_threshold: str | float, model_json: str | Path, task: str | None = None
+) -> DecisionThreshold | None:
     """The decision threshold evaluation and inference use for a trained AD model.
 
     Args:
+        task: the bundle's task; a regression task has no threshold (None is returned).
         decision_threshold: ``"validation"`` (the threshold chosen on validation for the saved model,
             read from ``model_json``) or a fixed probability.
         model_json: the file :class:`~mri_slice_transfer.engine.handlers.BestModelSaver` writes beside
-            ``model.pt`` (``models/model.json``): ``val_threshold_logit`` (the cut), or in records of
-            older versions only ``val_threshold`` (a probability, converted to its logit).
+            ``model.pt`` (``models/model.json``; the path of ``model.pt`` finds it too):
+            ``val_threshold_logit`` (the cut), or in records of older versions only ``val_threshold``
+            (a probability, converted to its logit).
 
     Returns:
         the threshold; with ``"validation"`` and no threshold recorded (a model trained with a fixed
@@ -216,10 +220,13 @@ def operating_threshold(decision_threshold: str | float, model_json: str | Path)
         ValueError: the record's ``val_threshold`` and ``val_threshold_logit`` disagree (one was
             edited by hand) or are not numbers; the message names the file.
     """
+    if task is not None and not task_spec(task).is_binary:
+        return None
     fixed = threshold_setting(decision_threshold)
     if fixed is not None:
         return as_threshold(fixed)
     path = Path(model_json)
+    path = path.with_suffix(".json") if path.suffix == ".pt" else path
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))["metrics"]
         problem = None if "val_threshold" in metrics else "no val_threshold"
@@ -304,6 +311,11 @@ def compute_metrics(
     return regression_metrics(pred, label)
 
 
+def _threshold_option(threshold: str | float | DecisionThreshold | None) -> float | DecisionThreshold | None:
+    """A threshold argument as the bundles may write it: ``"validation"`` (None: tuned) or ``"0.5"``."""
+    return threshold_setting(threshold) if isinstance(threshold, str) else threshold
+
+
 def _epoch_metric(task: str, name: str, threshold: float | DecisionThreshold | None) -> EpochMetric:
     def fn(pred: torch.Tensor, label: torch.Tensor) -> float:
         p, y = pred.numpy(), label.numpy()
@@ -327,11 +339,11 @@ def make_key_metric(
     Args:
         task: ``"adni_ad"`` or ``"brain_age"``.
         prefix: metric name prefix (``"val_"``, ``"test_"``).
-        threshold: AD decision threshold (a :class:`DecisionThreshold` or a probability); None = tuned
-            on the evaluated scans (:func:`tune_threshold`).
+        threshold: AD decision threshold (a :class:`DecisionThreshold` or a probability); None or
+            ``"validation"`` = tuned on the evaluated scans (:func:`tune_threshold`); ignored for brain age.
     """
     key = task_spec(task).key_metric
-    return {prefix + key: _epoch_metric(task, key, threshold)}
+    return {prefix + key: _epoch_metric(task, key, _threshold_option(threshold))}
 
 
 def make_additional_metrics(
@@ -343,6 +355,7 @@ def make_additional_metrics(
     names = list(compute_metrics(task, np.array([0.0, 1.0]), np.array([0.0, 1.0])))
     spec = task_spec(task)
     names += ["threshold", "threshold_logit"] if spec.is_binary else []
+    threshold = _threshold_option(threshold)
     return {prefix + n: _epoch_metric(task, n, threshold) for n in names if n != spec.key_metric}
 
 

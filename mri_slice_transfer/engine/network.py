@@ -10,13 +10,19 @@ import torch
 
 from mri_slice_transfer.engine.distributed import unwrap
 from mri_slice_transfer.engine.options import as_bool, as_pretrained
+from mri_slice_transfer.engine.resize import scaled_size
 
 __all__ = ["ARCHITECTURE_ARGS", "architecture", "build_network", "set_output_bias", "encoder_init"]
 
 logger = logging.getLogger(__name__)
 
 
-def build_network(channels_last: bool = False, fast_cpu_convs: bool = True, **kwargs: Any) -> torch.nn.Module:
+def build_network(
+    channels_last: bool | str = False,
+    fast_cpu_convs: bool = True,
+    input_scale: float | str | None = None,
+    **kwargs: Any,
+) -> torch.nn.Module:
     """``build_model(**kwargs)``; optionally with 2D conv weights in channels-last memory format.
 
     Args:
@@ -27,6 +33,7 @@ def build_network(channels_last: bool = False, fast_cpu_convs: bool = True, **kw
             (:mod:`mri_slice_transfer.networks.cpu_conv`: matrix-product weight gradients on small
             maps, fp32 for 1-channel inputs). No effect in fp32 or on CUDA; parameters and
             checkpoints are unchanged.
+        input_scale: instead of ``spatial_size``: the template grid at this scale (:func:`scaled_size`).
         kwargs: :func:`mri_slice_transfer.networks.build_model` arguments.
     """
     from mri_slice_transfer.networks import build_model
@@ -36,6 +43,8 @@ def build_network(channels_last: bool = False, fast_cpu_convs: bool = True, **kw
         kwargs["pretrained_strict"] = as_bool(kwargs["pretrained_strict"])
     if "pretrained" in kwargs:
         kwargs["pretrained"] = as_pretrained(kwargs["pretrained"])
+    if input_scale is not None:
+        kwargs["spatial_size"] = scaled_size(float(input_scale))
     model = build_model(**kwargs)
     model.architecture = architecture(build_model, kwargs)
     if fast_cpu_convs:

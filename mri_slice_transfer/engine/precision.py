@@ -12,21 +12,36 @@ from typing import Any
 import torch
 from monai.inferers import SimpleInferer
 
-__all__ = ["AutocastInferer", "cpu_autocast_enabled", "cuda_amp_enabled", "precision_label"]
+from mri_slice_transfer.engine.options import as_bool
+
+__all__ = ["AutocastInferer", "cpu_autocast_enabled", "cuda_amp_enabled", "make_inferer", "precision_label"]
 
 
 def _device_type(device: torch.device | str) -> str:
     return torch.device(device).type
 
 
-def cpu_autocast_enabled(amp: bool, device: torch.device | str) -> bool:
-    """Whether to run the forward pass under bf16 autocast on the CPU."""
-    return bool(amp) and _device_type(device) == "cpu"
+def cpu_autocast_enabled(amp: bool | str, device: torch.device | str) -> bool:
+    """Whether to run the forward pass under bf16 autocast on the CPU (``amp`` may be ``"true"``)."""
+    return as_bool(amp) and _device_type(device) == "cpu"
 
 
-def cuda_amp_enabled(amp: bool, device: torch.device | str) -> bool:
-    """Whether to switch on MONAI's engine ``amp`` (CUDA only)."""
-    return bool(amp) and _device_type(device) == "cuda"
+def cuda_amp_enabled(amp: bool | str, device: torch.device | str) -> bool:
+    """Whether to switch on MONAI's engine ``amp`` (CUDA only; ``amp`` may be ``"true"``)."""
+    return as_bool(amp) and _device_type(device) == "cuda"
+
+
+def make_inferer(amp: bool | str, device: torch.device | str) -> AutocastInferer:
+    """The bundles' inferer: :class:`AutocastInferer`, on when ``amp`` is set and the device is a CPU.
+
+    Args:
+        amp: the ``amp`` option (a bool or its command-line string).
+        device: the run's device.
+
+    Returns:
+        the inferer.
+    """
+    return AutocastInferer(enabled=cpu_autocast_enabled(amp, device))
 
 
 def precision_label(amp: bool, device: torch.device | str) -> str:

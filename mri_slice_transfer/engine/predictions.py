@@ -15,6 +15,7 @@ from scipy.special import expit
 from mri_slice_transfer.engine.distributed import is_main_process
 from mri_slice_transfer.engine.io import write_csv, write_json
 from mri_slice_transfer.engine.metrics import THRESHOLD, DecisionThreshold, as_threshold, compute_metrics
+from mri_slice_transfer.engine.resize import scaled_size
 from mri_slice_transfer.vocabulary import task_spec
 
 __all__ = ["SafeTransform", "PredictionWriter"]
@@ -29,13 +30,22 @@ class SafeTransform:
     reported: its row gets the error text instead, and every other scan is predicted as usual. A data
     dict with a non-empty ``prepare_error`` (its raw scan could not be prepared, see
     :func:`~mri_slice_transfer.engine.raw_inputs.prepare_inputs`) becomes such a row without loading.
+
+
+    Args:
+        transform: the preprocessing chain.
+        spatial_size: size of the blank image of an unreadable scan (the network's input grid).
+        input_scale: instead of ``spatial_size``: the grid at this scale (:func:`scaled_size`).
     """
 
     def __init__(
-        self, transform: Callable[[dict], dict], spatial_size: tuple[int, ...] = (91, 109, 91)
+        self,
+        transform: Callable[[dict], dict],
+        spatial_size: tuple[int, ...] = (91, 109, 91),
+        input_scale: float | str | None = None,
     ) -> None:
         self.transform = transform
-        self.spatial_size = tuple(spatial_size)
+        self.spatial_size = tuple(spatial_size) if input_scale is None else scaled_size(float(input_scale))
 
     def __call__(self, data: dict) -> dict:
         if data.get("prepare_error"):
@@ -109,11 +119,11 @@ class PredictionWriter:
         task: str,
         predictions_csv: str,
         metrics_json: str | None = None,
-        threshold: float | DecisionThreshold = THRESHOLD,
+        threshold: float | DecisionThreshold | None = THRESHOLD,
     ) -> None:
         self.task = task
         self._binary = task_spec(task).is_binary
-        self.threshold = as_threshold(threshold)
+        self.threshold = as_threshold(THRESHOLD if threshold is None else threshold)
         self.predictions_csv = Path(predictions_csv)
         self.metrics_json = Path(metrics_json) if metrics_json else None
         self.rows: list[dict] = []

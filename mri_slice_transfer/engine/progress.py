@@ -10,6 +10,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from mri_slice_transfer.engine.distributed import is_main_process
+from mri_slice_transfer.engine.options import as_bool
 
 __all__ = ["ScanProgress"]
 
@@ -51,7 +52,7 @@ class ScanProgress:
     ) -> None:
         if int(every) < 1 or float(interval) <= 0:
             raise ValueError(f"ScanProgress: every must be >= 1 and interval > 0, not {every} and {interval}")
-        self.desc, self.enabled = desc, bool(enabled)
+        self.desc, self.enabled = desc, as_bool(enabled)
         self.every, self.interval = int(every), float(interval)
         self.interactive = sys.stderr.isatty() if interactive is None else bool(interactive)
         self._bar: Any = None
@@ -100,3 +101,17 @@ class ScanProgress:
         todo = self.total - self.done
         left = f", about {todo / rate:.0f} s left" if todo > 0 and rate > 0 else ""
         logger.info("%s: %d%s scans (%.2f scans/s%s)", self.desc, self.done, of, rate, left)
+
+
+def training_progress_bar(enabled: bool | str = True) -> Any:
+    """Ignite's per-iteration ``ProgressBar`` for training (not kept after each epoch).
+
+    Args:
+        enabled: the ``progress_bar`` option (a bool or its command-line string); False hides it.
+
+    Returns:
+        the ``ignite.handlers.ProgressBar``.
+    """
+    from ignite.handlers import ProgressBar
+
+    return ProgressBar(persist=False, disable=not as_bool(enabled))

@@ -18,7 +18,7 @@ import os
 from os import PathLike
 from pathlib import Path
 
-from mri_slice_transfer.engine.options import as_optional
+from mri_slice_transfer.engine.options import as_bool, as_optional
 
 __all__ = ["PREPARE_KEYS", "prepare_inputs"]
 
@@ -175,3 +175,25 @@ def prepare_inputs(
         out_dir / "qc.html",
     )
     return out
+
+
+def inference_datalist(
+    records: list[dict],
+    prepare: bool | str = False,
+    out_dir: str | PathLike | None = None,
+    workers: int | str = 1,
+    checkpoint: str | PathLike | None = None,
+) -> list[dict]:
+    """The inference data dicts: ``records`` as they are, or with ``prepare`` their prepared scans.
+
+    Args:
+        records: data dicts from :func:`~mri_slice_transfer.engine.inputs.resolve_inputs`.
+        prepare: register the raw scans first (``inference.json --prepare true``; a bool or its string).
+        out_dir, workers, checkpoint: see :func:`prepare_inputs`.
+
+    Returns:
+        the data dicts to predict.
+    """
+    if not as_bool(prepare):
+        return records
+    return prepare_inputs(records, out_dir, int(workers), checkpoint=checkpoint)

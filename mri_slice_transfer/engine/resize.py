@@ -7,13 +7,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
 
-from monai.transforms import Compose, Resized
+from monai.transforms import Compose, MapTransform, Resized
 
 from mri_slice_transfer.template import TEMPLATE_SHAPE
 
-__all__ = ["scaled_size", "with_resize"]
+__all__ = ["ScaleInputd", "scaled_size", "with_resize"]
 
 
 def scaled_size(scale: float = 1.0, base: tuple[int, ...] = TEMPLATE_SHAPE) -> tuple[int, ...]:
@@ -39,3 +40,29 @@ def with_resize(transform: Callable, scale: float = 1.0, keys: str = "image") ->
 
         return ScanCompose([*transform.transforms, resize])
     return Compose([transform, resize])
+
+
+class ScaleInputd(MapTransform):
+    """Area-resize the images to :func:`scaled_size` of ``input_scale``; nothing at scale 1.
+
+    The last transform of the bundles' preprocessing chain (``train.json``, ``inference.json``). It is
+    deterministic, so ``CacheDataset`` caches its output with the rest of the chain.
+
+    Args:
+        keys: image keys (``[C, X, Y, Z]`` on the template grid).
+        input_scale: the scale (a number or its command-line string); 1 keeps 91 x 109 x 91.
+        allow_missing_keys: do not raise if a key is absent.
+    """
+
+    def __init__(self, keys: Any, input_scale: float | str = 1.0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.input_scale = float(input_scale)
+        self.spatial_size = scaled_size(self.input_scale)
+        self.resize = None
+        if self.input_scale != 1.0:
+            self.resize = Resized(
+                keys, spatial_size=self.spatial_size, mode="area", allow_missing_keys=allow_missing_keys
+            )
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        return dict(data) if self.resize is None else self.resize(data)

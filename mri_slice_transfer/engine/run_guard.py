@@ -26,6 +26,7 @@ from ignite.engine import Engine, Events
 from mri_slice_transfer.engine.distributed import is_main_process
 from mri_slice_transfer.engine.handlers import BestModelSaver, FullCheckpoint, MetricsWriter
 from mri_slice_transfer.engine.lock import RunLock
+from mri_slice_transfer.engine.options import as_bool
 from mri_slice_transfer.fileio import sweep_temp_files
 
 __all__ = ["ExistingRunError", "TrainingGuard", "LOCK_NAME"]
@@ -61,7 +62,7 @@ class TrainingGuard:
         overwrite: bool = False,
     ) -> None:
         self.resume = checkpoint.resume
-        self.overwrite = bool(overwrite)
+        self.overwrite = as_bool(overwrite)
         if self.resume and self.overwrite:
             raise ValueError("--resume true and --overwrite true contradict each other: choose one")
         self.outputs = [checkpoint.path, best_model.path, best_model.record_path, metrics.csv, metrics.json]

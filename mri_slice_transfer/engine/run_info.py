@@ -12,6 +12,8 @@ from mri_slice_transfer.engine.datasets import DataSource
 from mri_slice_transfer.engine.distributed import is_main_process, world_size
 from mri_slice_transfer.engine.network import encoder_init
 from mri_slice_transfer.engine.precision import precision_label
+from mri_slice_transfer.engine.recipe import TrainingRecipe
+from mri_slice_transfer.engine.resize import scaled_size
 from mri_slice_transfer.fileio import atomic_write_json
 
 __all__ = ["log_run_info", "RUN_INFO_ENV"]
@@ -25,10 +27,10 @@ logger = logging.getLogger("mri_slice_transfer.bundle")
 
 def log_run_info(
     device: torch.device | str,
-    amp: bool,
+    amp: bool | str,
     data: DataSource | None = None,
     network: torch.nn.Module | None = None,
-    settings: dict[str, Any] | None = None,
+    settings: dict[str, Any] | TrainingRecipe | None = None,
 ) -> str:
     """Log (rank 0) and return one block describing the run.
 
@@ -40,11 +42,15 @@ def log_run_info(
         amp: mixed precision requested.
         data: the data source (None: not described).
         network: the network (None: its encoder initialisation is not described).
-        settings: demo settings to name when the data is the demo cohort.
+        settings: demo settings to name when the data is the demo cohort (a :class:`TrainingRecipe`
+            is shown as ``max_epochs``, ``batch_size``, ``lr``, ``lr_schedule``, ``input_scale``,
+            ``input_size``).
 
     Returns:
         the block, one fact per line.
     """
+    if isinstance(settings, TrainingRecipe):
+        settings = _recipe_text(settings)
     threads = torch.get_num_threads()
     lines = [f"device: {torch.device(device)} (processes: {world_size()}, torch threads: {threads})"]
     lines.append(f"precision: {precision_label(amp, device)}")
@@ -71,3 +77,13 @@ def log_run_info(
         if init is not None and os.environ.get(RUN_INFO_ENV):
             atomic_write_json(os.environ[RUN_INFO_ENV], {"encoder_init": init})
     return text
+
+
+def _recipe_text(recipe: TrainingRecipe) -> dict[str, Any]:
+    """The recipe under the names the run log has always used."""
+    batch = "batch_size" if world_size() == 1 else "batch_size_per_process"
+    out = {"max_epochs": recipe.epochs, batch: recipe.batch_size, "lr": recipe.lr}
+    out.update(lr_schedule=recipe.lr_schedule, input_scale=recipe.input_scale)
+    if recipe.input_scale is not None:
+        out["input_size"] = scaled_size(recipe.input_scale)
+    return out

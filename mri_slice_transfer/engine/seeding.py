@@ -12,9 +12,16 @@ from monai.utils import set_determinism
 __all__ = ["seed_everything", "rng_state", "set_rng_state"]
 
 
-def seed_everything(seed: int | None) -> int | None:
-    """Seed Python, NumPy and torch (via ``monai.utils.set_determinism``); ``None`` leaves them alone."""
-    if seed is None:
+def seed_everything(seed: int | str | None) -> int | None:
+    """Seed Python, NumPy and torch (via ``monai.utils.set_determinism``); ``None`` leaves them alone.
+
+    Args:
+        seed: the seed (``"0"`` from the command line too); None or ``"null"``: no seeding.
+
+    Returns:
+        the seed used, or None.
+    """
+    if seed is None or (isinstance(seed, str) and seed.strip().lower() in ("", "none", "null")):
         return None
     set_determinism(seed=int(seed))
     return int(seed)
