@@ -153,15 +153,14 @@ def _template_tensor(x: torch.Tensor, index: int) -> torch.Tensor:
 
 
 def _transform(record: ModelRecord, tensors: bool):
-    """``inference.json``'s preprocessing at the record's input scale (tensors: only the resize)."""
-    from monai.transforms import Compose
-
+    """``inference.json``'s ``preprocessing`` at the record's input scale (tensors: only the resize)."""
     from mri_slice_transfer.engine.predictions import SafeTransform
-    from mri_slice_transfer.engine.resize import with_resize
-    from mri_slice_transfer.transforms import get_inference_transforms
+    from mri_slice_transfer.engine.resize import ScaleInputd
+    from mri_slice_transfer.transforms import ScanCompose, get_inference_transforms
 
-    chain = Compose([]) if tensors else get_inference_transforms()
-    return SafeTransform(with_resize(chain, record.input_scale), spatial_size=record.spatial_size)
+    chain = [] if tensors else list(get_inference_transforms().transforms)
+    chain.append(ScaleInputd(keys="image", input_scale=record.input_scale))
+    return SafeTransform(ScanCompose(chain), spatial_size=record.spatial_size)
 
 
 def predict(
@@ -192,24 +191,22 @@ def predict(
     from monai.data import DataLoader, Dataset
     from monai.engines import SupervisedEvaluator
 
-    from mri_slice_transfer.engine.metrics import THRESHOLD, operating_threshold
-    from mri_slice_transfer.engine.precision import AutocastInferer
+    from mri_slice_transfer.engine.metrics import operating_threshold
+    from mri_slice_transfer.engine.precision import make_inferer
     from mri_slice_transfer.engine.predictions import PredictionWriter
-    from mri_slice_transfer.vocabulary import task_spec
 
     model = model if isinstance(model, TrainedModel) else load_model(model)
     data = _data_dicts(inputs)
     tensors = any(torch.is_tensor(d["image"]) for d in data)
     record = model.record
-    binary = task_spec(record.task).is_binary
-    threshold = operating_threshold(decision_threshold, record_path(model.weights)) if binary else THRESHOLD
+    threshold = operating_threshold(decision_threshold, record_path(model.weights), record.task.value)
     writer = PredictionWriter(record.task.value, predictions_csv=os.devnull, threshold=threshold)
     loader = DataLoader(Dataset(data, _transform(record, tensors)), batch_size=int(batch_size), shuffle=False)
     evaluator = SupervisedEvaluator(
         device=model.device,
         val_data_loader=loader,
         network=model.network,
-        inferer=AutocastInferer(enabled=False),
+        inferer=make_inferer(amp=False, device=model.device),
     )
     evaluator.add_event_handler(Events.STARTED, writer.reset)
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, writer.collect)

@@ -84,14 +84,8 @@ def test_load_model_rebuilds_the_trained_network_from_its_record(trained: tuple[
 def test_predict_equals_bundle_inference(trained: tuple[Path, Path], scans: Path, tmp_path: Path) -> None:
     bundle, _ = trained
     out_csv = tmp_path / "pred.csv"
-    run_workflow(
-        str(bundle / "configs" / "inference.json"),
-        "infer",
-        input=str(scans),
-        predictions_csv=str(out_csv),
-        **MODEL,
-        **RUN,
-    )
+    infer = {"input": str(scans), "predictions_csv": str(out_csv), "progress_bar": False}
+    run_workflow(str(bundle / "configs" / "inference.json"), "infer", **infer)  # no model options
     table = mri_slice_transfer.load_model(bundle).predict(scans)
     assert table.to_csv(index=False) == out_csv.read_text(encoding="utf-8")  # same columns, same values
     assert list(table["status"]) == ["ok"] * 4 + ["error"]
