@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from mri_slice_transfer.engine.model_record import ModelRecordError
 from mri_slice_transfer.errors import DataListError
 from mri_slice_transfer.template import TEMPLATE_AFFINE, TEMPLATE_SHAPE
 
@@ -134,6 +136,54 @@ def test_evaluate_scores_the_test_split(trained: Path, tiny_data: Path) -> None:
     run_workflow(configs, "eval", dataset_dir=str(tiny_data), decision_threshold=0.5, **FAST)
     metrics = json.loads((trained / "eval" / "test_metrics.json").read_text(encoding="utf-8"))
     assert metrics["threshold"] == 0.5
+
+
+#: A real slice-set network at non-default settings (cnn5 on a 0.2-scaled grid: 18 x 22 x 18).
+UNUSUAL_MODEL = {
+    "encoder": "cnn5",
+    "pretrained": False,
+    "axis": "coronal",
+    "aggregation": "max",
+    "position_encoding": "sinusoidal",
+    "input_scale": 0.2,
+    "channels_last": False,
+}
+
+
+def test_evaluate_and_inference_rebuild_the_model_from_its_record(tiny_data: Path, tmp_path: Path) -> None:
+    """Issue 13: no model option after training; evaluate and inference reproduce validation exactly."""
+    bundle = copy_bundle(tmp_path)
+    quiet = {"progress_bar": False, "batch_size": 4, "cache_num_workers": 1}
+    run_workflow(
+        str(bundle / "configs" / "train.json"), dataset_dir=str(tiny_data), epochs=2, **quiet, **UNUSUAL_MODEL
+    )
+    record = json.loads((bundle / "models" / "model.json").read_text(encoding="utf-8"))
+    assert {k: record[k] for k in UNUSUAL_MODEL if k not in ("pretrained", "channels_last")} == {
+        k: v for k, v in UNUSUAL_MODEL.items() if k not in ("pretrained", "channels_last")
+    }
+    assert record["spatial_size"] == [18, 22, 18] and record["num_slices"] == 22
+    assert record["training_data"]["sizes"] == {"train": 8, "val": 4, "test": 4}
+    # evaluation of the validation split with no model option gives the recorded validation metrics
+    configs = [str(bundle / "configs" / f) for f in ("train.json", "evaluate.json")]
+    val = {"validate#datalist": "$@data.records('val')"}
+    run_workflow(configs, "eval", dataset_dir=str(tiny_data), **quiet, **val)
+    metrics = json.loads((bundle / "eval" / "test_metrics.json").read_text(encoding="utf-8"))
+    for name in ("balanced_accuracy", "f1", "average_precision", "roc_auc", "threshold_logit"):
+        assert metrics[name] == record["metrics"]["val_" + name]
+    evaluated = pd.read_csv(bundle / "eval" / "test_predictions.csv")
+    # inference on the same scans, again with no model option, gives the same logits
+    out_csv = tmp_path / "pred.csv"
+    pd.DataFrame({"image": evaluated["image"]}).to_csv(tmp_path / "val.csv", index=False)
+    infer = {"input": str(tmp_path / "val.csv"), "predictions_csv": str(out_csv), "progress_bar": False}
+    run_workflow(str(bundle / "configs" / "inference.json"), "infer", **infer)
+    inferred = pd.read_csv(out_csv)
+    assert inferred["logit"].tolist() == evaluated["logit"].tolist()
+    assert inferred["predicted"].tolist() == evaluated["predicted"].tolist()
+    # an explicit option that contradicts the record is an error naming both values
+    with pytest.raises(RuntimeError) as err:  # MONAI wraps what a config factory raises
+        run_workflow(str(bundle / "configs" / "inference.json"), "infer", input_scale="1", **infer)
+    assert isinstance(err.value.__cause__, ModelRecordError)
+    assert re.search(r"--input_scale 1\.0 contradicts .* records input_scale 0\.2", str(err.value.__cause__))
 
 
 def test_inference_survives_a_corrupt_scan(trained: Path, tiny_data: Path, tmp_path: Path) -> None:

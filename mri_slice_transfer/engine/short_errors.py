@@ -17,6 +17,7 @@ from types import TracebackType
 from mri_slice_transfer.engine.checkpoint import WeightFileError
 from mri_slice_transfer.engine.handlers import NonFiniteLossError
 from mri_slice_transfer.engine.lock import RunLockedError
+from mri_slice_transfer.engine.model_record import ModelRecordError
 from mri_slice_transfer.engine.run_guard import ExistingRunError
 from mri_slice_transfer.errors import DataListError, ScanError
 
@@ -25,6 +26,7 @@ __all__ = ["USER_ERRORS", "short_errors", "user_error"]
 #: Errors whose message says all a user needs (the file, the problem, what to do).
 USER_ERRORS: tuple[type[BaseException], ...] = (
     WeightFileError,
+    ModelRecordError,
     RunLockedError,
     ExistingRunError,
     NonFiniteLossError,
