@@ -18,8 +18,10 @@ from test_bundles import copy_bundle, run_workflow, write_tiny_dataset
 
 import mri_slice_transfer
 from mri_slice_transfer.engine.checkpoint import WeightFileError
+from mri_slice_transfer.engine.metrics import THRESHOLD, DecisionThreshold, compute_metrics
 from mri_slice_transfer.engine.model_record import ModelRecordError
 from mri_slice_transfer.transforms import load_scan_tensor
+from mri_slice_transfer.vocabulary import task_spec
 
 #: A small real SliceSetNet, not the default one: every setting differs from train.json's AD defaults.
 MODEL = {
@@ -133,3 +135,22 @@ def test_readme_python_example_runs_on_a_trained_model(trained: tuple[Path, Path
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
     assert list(namespace["table"]["status"]) == ["ok"] * 4 + ["error"]
     assert not namespace["network"].training and namespace["record"].input_scale == 0.25
+
+
+def test_load_model_reproduces_the_recorded_validation_metrics(trained: tuple[Path, Path]) -> None:
+    """``predict`` on the validation list gives the metrics training recorded for the saved epoch."""
+    bundle, data = trained
+    model = mri_slice_transfer.load_model(bundle)
+    record, spec = model.record, task_spec(model.record.task)
+    val = pd.read_csv(data / "val.csv")
+    table = model.predict(data / "val.csv")
+    assert (table["status"] == "ok").all() and len(table) == len(val)
+    labels = val[spec.label_column].map(spec.classes) if spec.classes else val[spec.label_column]
+    value = table["logit"] if spec.is_binary else table["predicted_age"]
+    threshold = DecisionThreshold(record.threshold_logit) if spec.is_binary else THRESHOLD
+    metrics = compute_metrics(record.task.value, value.to_numpy(), labels.to_numpy(float), threshold)
+    compared = {
+        k.removeprefix("val_"): v for k, v in record.metrics.items() if k.removeprefix("val_") in metrics
+    }
+    assert spec.key_metric in compared
+    assert {k: metrics[k] for k in compared} == compared  # exactly
