@@ -298,3 +298,27 @@ def test_two_process_gloo_ddp(tiny_data: Path, tmp_path: Path) -> None:
     assert ckpt["trainer"]["iteration"] == 2 * 2  # 8 scans / (2 processes x batch 2) per epoch
     rows = json.loads((bundle / "eval" / "val_metrics.json").read_text(encoding="utf-8"))
     assert [r["epoch"] for r in rows] == [1, 2]
+
+
+@pytest.mark.parametrize("bundle", ["adni_ad", "ukbb_brain_age"])
+def test_configs_read_like_a_recipe(bundle: str) -> None:
+    """Issue 18: few, short expressions; no conversion wrappers; handlers by id, not list position."""
+    for path in sorted((REPO / "bundles" / bundle / "configs").glob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        expressions = [line.strip() for line in text.splitlines() if '"$' in line]
+        assert len(expressions) <= 20 and all(len(e) <= 100 for e in expressions), path.name
+        assert "as_bool(" not in text and "as_optional(" not in text, path.name
+        assert not re.search(r"handlers#\d|handlers\[", text), path.name
+
+
+def test_the_recipe_is_the_demo_one_without_data() -> None:
+    from mri_slice_transfer.engine.recipe import training_recipe
+
+    real = {"epochs": "100", "batch_size": 8, "lr": "1e-4", "lr_schedule": "constant", "input_scale": 1}
+    demo = {"epochs": 10, "batch_size": "4", "lr": 3e-4, "lr_schedule": "cosine", "input_scale": "0.5"}
+    chosen = training_recipe("null", "", real, demo)
+    assert (chosen.demo, chosen.epochs, chosen.batch_size, chosen.input_scale) == (True, 10, 4, 0.5)
+    chosen = training_recipe(None, "/data", real, demo)
+    assert (chosen.demo, chosen.epochs, chosen.lr, chosen.input_scale) == (False, 100, 1e-4, 1.0)
+    with pytest.raises(ValueError, match="demo_epochs must be a number, not 'ten'"):
+        training_recipe(None, None, real, {**demo, "epochs": "ten"})
