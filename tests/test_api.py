@@ -122,10 +122,9 @@ def test_load_model_refuses_contradicting_options_and_missing_weights(
         mri_slice_transfer.load_model(tmp_path)
 
 
+@pytest.mark.parametrize("trained", ["adni_ad"], indirect=True)  # the README example is the AD bundle's
 def test_readme_python_example_runs_on_a_trained_model(trained: tuple[Path, Path], scans: Path) -> None:
     bundle, _ = trained
-    if bundle.name != "adni_ad":
-        pytest.skip("the README example is the AD bundle's")
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Python in ten lines", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
