@@ -65,8 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arch.add_argument("--encoder", choices=names(Encoder), default=None)
     arch.add_argument("--axis", choices=names(Axis), default=None)
     arch.add_argument("--aggregation", choices=names(Aggregation), default=None)
-    arch.add_argument("--position-encoding", choices=names(PositionEncoding), default=None)
-    arch.add_argument("--input-scale", type=float, default=None, help="e.g. 0.5 for the demo training")
+    arch.add_argument(
+        "--position-encoding", "--position_encoding", choices=names(PositionEncoding), default=None
+    )
+    arch.add_argument(
+        "--input-scale", "--input_scale", type=float, default=None, help="e.g. 0.5 for the demo training"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: Name of the per-scan summary in the output folder.
 SUMMARY_CSV = "interpret.csv"
+#: Scans between progress log lines when standard error is not a terminal (no bar).
+LOG_EVERY = 10
 #: Sub-folder of the group averages.
 GROUP = "group"
 
@@ -240,6 +242,8 @@ def interpret_scans(
                 _explain_into(row, data["image"][None].float(), net, explainers, out / name, group)
             result.rows.append(row)
             bar.update(1)
+            if bar.disable and (len(result.rows) % LOG_EVERY == 0 or len(result.rows) == len(items)):
+                logger.info("interpret: %d/%d scans", len(result.rows), len(items))
     n_ok = len(result.rows) - result.n_errors
     result.group = group.write(out / GROUP) if n_ok else {}
     result.summary_csv = write_csv(result.rows, out / SUMMARY_CSV)
