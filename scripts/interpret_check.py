@@ -61,11 +61,17 @@ def write_lists(cohort: Path, out: Path, shuffle: bool, seed: int) -> Path:
     return out
 
 
+def trained_epochs(bundle: Path) -> int:
+    """The last epoch the bundle's validation metrics record (0: none)."""
+    path = bundle / "eval" / "val_metrics.json"
+    return max((int(r["epoch"]) for r in json.loads(path.read_text())), default=0) if path.is_file() else 0
+
+
 def start_training(
     bundle: Path, lists: Path, cohort: Path, epochs: int, seed: int
 ) -> subprocess.Popen | None:
     """Start training a copy of the adni_ad bundle in ``bundle`` (None: already trained)."""
-    if (bundle / "train.done").is_file():
+    if trained_epochs(bundle) >= epochs:
         return None
     shutil.copytree(REPO / "bundles" / "adni_ad" / "configs", bundle / "configs", dirs_exist_ok=True)
     cmd = [
@@ -137,7 +143,6 @@ def main() -> int:
         if job is not None:
             if job.wait() != 0:
                 raise SystemExit(f"training {name} failed: see {work / name / 'train.log'}")
-            (work / name / "adni_ad" / "train.done").write_text("ok\n")
     for name in runs:
         results[name] = measure(work / name / "adni_ad", cohort, work / f"{name}_maps", region, brain)
     results["margin_group"] = results["true"]["group_share"] - results["shuffled"]["group_share"]

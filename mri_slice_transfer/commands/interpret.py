@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Grad-CAM's conv layer, a module name of the network, e.g. encoder.backbone.layer3 for finer "
         "ResNet maps (default: the encoder's last conv block)",
     )
+    parser.add_argument(
+        "--no-scan-plots", action="store_true", help="no PNGs per scan (NIfTI / CSV only; group PNGs still)"
+    )
     arch = parser.add_argument_group(
         "architecture",
         "only for a model.json written before 0.6 (no architecture recorded); must be the training's",
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             occlusion_mask=args.occlusion_mask,
             architecture=architecture,
             gradcam_layer=args.gradcam_layer,
+            scan_plots=not args.no_scan_plots,
         )
     except (FileNotFoundError, ModelRecordError, WeightFileError, ValueError) as err:
         print(f"interpret: {err}")

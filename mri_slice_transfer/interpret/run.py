@@ -148,7 +148,9 @@ def _explainers(
     return made
 
 
-def _explain_scan(x: torch.Tensor, explainers: dict[str, Any], folder: Path, title: str) -> tuple[dict, dict]:
+def _explain_scan(
+    x: torch.Tensor, explainers: dict[str, Any], folder: Path, title: str, plots: bool = True
+) -> tuple[dict, dict]:
     """Run every method on one scan and write its files; returns (row fields, values for the group)."""
     from mri_slice_transfer.interpret.plots import plot_overlay, plot_slice_importance
 
@@ -159,24 +161,32 @@ def _explain_scan(x: torch.Tensor, explainers: dict[str, Any], folder: Path, tit
         values[method] = value
         if method == "slices":
             fields["slices_csv"] = str(write_slice_csv(value, folder / "slices.csv"))
-            plot_slice_importance(value, folder / "slices.png", f"{title}: slice importance")
+            if plots:
+                plot_slice_importance(value, folder / "slices.png", f"{title}: slice importance")
             continue
         if not np.all(np.isfinite(value)):
             raise FloatingPointError(f"the {method} map has non-finite values (non-finite network output?)")
         nii = save_template_nifti(value, folder / f"{method}.nii.gz", f"{method} {title}")
-        plot_overlay(nii, folder / f"{method}.png", f"{title}: {method}", signed=method == "occlusion")
+        if plots:
+            plot_overlay(nii, folder / f"{method}.png", f"{title}: {method}", signed=method == "occlusion")
         fields[f"{method}_nii"] = str(nii)
     return fields, values
 
 
 def _explain_into(
-    row: dict, x: torch.Tensor, net: torch.nn.Module, explainers: dict[str, Any], folder: Path, group: _Group
+    row: dict,
+    x: torch.Tensor,
+    net: torch.nn.Module,
+    explainers: dict[str, Any],
+    folder: Path,
+    group: _Group,
+    plots: bool = True,
 ) -> None:
     """Explain one loaded scan into ``row`` and ``group``; a failure becomes the row's error."""
     try:
         with torch.no_grad():
             row["output"] = float(net(x)[0, 0])
-        fields, values = _explain_scan(x, explainers, folder, folder.name)
+        fields, values = _explain_scan(x, explainers, folder, folder.name, plots)
     except Exception as exc:  # noqa: BLE001 - one scan's failure becomes its error row
         row.update(status="error", error=f"{type(exc).__name__}: {exc}".replace("\n", " "))
         logger.warning("%s: %s", row["image"], row["error"])
@@ -201,6 +211,7 @@ def interpret_scans(
     occlusion_mask: int = 8,
     architecture: dict[str, Any] | None = None,
     gradcam_layer: str | None = None,
+    scan_plots: bool = True,
 ) -> InterpretResult:
     """Explain a trained model's output on every scan of ``source``; see the module docstring for files.
 
@@ -214,6 +225,7 @@ def interpret_scans(
         architecture: explicit architecture options for a model record without them (0.5.0), see
             :func:`~mri_slice_transfer.interpret.model.load_trained_model`.
         gradcam_layer: Grad-CAM's conv layer (a module name); None: the encoder's last conv block.
+        scan_plots: write each scan's PNGs (the group's are always written).
 
     Returns:
         the :class:`InterpretResult`; ``interpret.csv`` and the group files are written.
@@ -239,7 +251,9 @@ def interpret_scans(
             if data["status"] != "ok":
                 row.update(status="error", error=data["error"])
             else:
-                _explain_into(row, data["image"][None].float(), net, explainers, out / name, group)
+                _explain_into(
+                    row, data["image"][None].float(), net, explainers, out / name, group, scan_plots
+                )
             result.rows.append(row)
             bar.update(1)
             if bar.disable and (len(result.rows) % LOG_EVERY == 0 or len(result.rows) == len(items)):
