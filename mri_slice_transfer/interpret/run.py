@@ -30,6 +30,7 @@ from mri_slice_transfer.interpret.geometry import save_template_nifti
 from mri_slice_transfer.interpret.methods import DEFAULT_METHODS, METHODS
 from mri_slice_transfer.interpret.slices import SliceImportance, slice_importance, write_slice_csv
 from mri_slice_transfer.networks.slice_set import SliceSetNet
+from mri_slice_transfer.vocabulary import IMAGE_SUFFIXES
 
 __all__ = ["InterpretResult", "interpret_scans", "scan_names"]
 
@@ -64,12 +65,10 @@ class InterpretResult:
 
 def scan_names(images: Sequence[str]) -> list[str]:
     """Unique output names: each file name without its image ending (``-2``, ``-3`` for repeats)."""
-    from mri_slice_transfer.engine.inputs import SCAN_SUFFIXES
-
     names, seen = [], {}
     for image in images:
         base = Path(image).name
-        for suffix in sorted(SCAN_SUFFIXES, key=len, reverse=True):
+        for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
             if base.lower().endswith(suffix):
                 base = base[: -len(suffix)]
                 break
