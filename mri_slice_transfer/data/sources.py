@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from mri_slice_transfer.data.bids import bids_t1w_files, join_key, scan_entities
-from mri_slice_transfer.data.datalist import REQUIRED_COLUMNS, SEX_VALUES, read_datalist
+from mri_slice_transfer.data.datalist import SEX_VALUES, read_datalist
 from mri_slice_transfer.fileio import atomic_path
 from mri_slice_transfer.vocabulary import TaskSpec, task_spec
 
@@ -314,21 +314,20 @@ def _join_clinical(scans: pd.DataFrame, clinical: Clinical, columns: Sequence[st
     out = scans.drop(columns=[c for c in used if c in scans.columns])
     out_key = list(zip(*(out[c].map(join_key) for c in keys), strict=True))
     values = table.drop_duplicates("_key").set_index("_key")[used]
+    unique = {k for k, n in counts.items() if n == 1}
     for col in used:
-        out[col] = [values.at[k, col] if k in values.index and counts[k] == 1 else "" for k in out_key]
-    ids = " ".join(f"{c}" for c in keys)
+        out[col] = [values.at[k, col] if k in unique else "" for k in out_key]
+    ids = " ".join(keys)
     for i, k in zip(out.index, out_key, strict=True):
-        if k not in counts.index:
-            out.loc[i, ["_problem", "_reason"]] = [
-                "no clinical row",
-                f"no row of {clinical.name} for {ids} {'/'.join(k)}",
-            ]
-        elif counts[k] > 1:
-            out.loc[i, ["_problem", "_reason"]] = [
-                "ambiguous clinical rows",
-                f"{counts[k]} rows of {clinical.name} for {ids} {'/'.join(k)} differ in {', '.join(used)}"
-                + ("" if clinical.session else "; join per session with --session-column"),
-            ]
+        n = int(counts.get(k, 0))
+        if n != 1:
+            out.at[i, "_problem"] = "no clinical row" if n == 0 else "ambiguous clinical rows"
+            out.at[i, "_reason"] = (
+                f"no row of {clinical.name} for {ids} {'/'.join(k)}"
+                if n == 0
+                else f"{n} rows of {clinical.name} for {ids} {'/'.join(k)} differ in {', '.join(used)}"
+                + ("" if clinical.session else "; join per session with --session-column")
+            )
     return out
 
 
@@ -380,13 +379,13 @@ def _sex(value: str) -> str:
 def _duplicates(frame: pd.DataFrame) -> None:
     """Mark every T1w of a (subject, session) after the first (e.g. ``run-2``) as dropped."""
     keyed = frame[(frame["_problem"] == "") & (frame["session_id"] != "")]
-    for _, group in keyed.groupby(["subject_id", "session_id"], sort=False):
-        for i in group.index[1:]:
-            frame.loc[i, ["_problem", "_reason"]] = [
-                "another scan of the session",
-                f"{group.iloc[0]['subject_id']} {group.iloc[0]['session_id']} has another scan, "
-                f"{group.iloc[0]['image']}, which is kept",
-            ]
+    first = keyed.groupby(["subject_id", "session_id"], sort=False)["image"].transform("first")
+    later = first.index[keyed.duplicated(["subject_id", "session_id"])]
+    frame.loc[later, "_problem"] = "another scan of the session"
+    frame.loc[later, "_reason"] = [
+        f"{frame.at[i, 'subject_id']} {frame.at[i, 'session_id']} has another scan, {first[i]}, which is kept"
+        for i in later
+    ]
 
 
 def _labelled(
@@ -397,15 +396,16 @@ def _labelled(
     extra: Mapping[str, str | None],
 ) -> pd.DataFrame:
     """The data-list frame (task columns + ``_problem``/``_reason``) of scans with their clinical columns."""
-    out = scans[[*REQUIRED_COLUMNS[:1], "session_id", *REQUIRED_COLUMNS[1:], "_problem", "_reason"]].copy()
+    out = scans[["subject_id", "session_id", "image", "_problem", "_reason"]].copy()
     source = _column(scans, label_column)
-    labels = []
-    for i, row in scans.iterrows():
-        label, problem, reason = _label(str(row[source]) if source else "", spec, label_column, mapping)
-        labels.append(label)
-        if problem and not out.at[i, "_problem"]:
-            out.loc[i, ["_problem", "_reason"]] = [problem, reason]
-    out[spec.label_column] = labels
+    cells = scans[source].astype(str) if source else pd.Series("", index=scans.index)
+    checked = pd.DataFrame(
+        [_label(v, spec, label_column, mapping) for v in cells], index=scans.index, columns=["l", "p", "r"]
+    )
+    out[spec.label_column] = checked["l"]
+    fresh = (out["_problem"] == "") & (checked["p"] != "")
+    out.loc[fresh, "_problem"] = checked.loc[fresh, "p"]
+    out.loc[fresh, "_reason"] = checked.loc[fresh, "r"]
     for name, column in extra.items():
         found = _column(scans, column)
         if found and name != spec.label_column:
