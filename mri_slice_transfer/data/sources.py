@@ -145,7 +145,8 @@ def scans_from_manifest(manifest: str | PathLike) -> tuple[pd.DataFrame, pd.Data
 
     Args:
         manifest: the manifest (its ``output`` paths are used; subject and session from its
-            ``subject_id`` / ``session_id`` columns, or from the input's path for older manifests).
+            ``subject_id`` / ``session_id`` columns, or from the input's path for older manifests,
+            whose relative ``output`` paths are taken from the current folder, where ``prepare`` ran).
 
     Returns:
         ``(scans, dropped)``: scans as :func:`scans_from_bids` (without table columns) plus
@@ -161,9 +162,8 @@ def scans_from_manifest(manifest: str | PathLike) -> tuple[pd.DataFrame, pd.Data
         sub = r.get("subject_id", "") or e.subject_id
         ses = r.get("session_id", "") or e.session_id
         if r["status"] in _PREPARED and r["output"]:
-            rows.append(
-                {"subject_id": sub, "session_id": ses, "image": r["output"], "prepare_status": r["status"]}
-            )
+            image = os.path.abspath(r["output"])  # older manifests: relative to where prepare ran
+            rows.append({"subject_id": sub, "session_id": ses, "image": image, "prepare_status": r["status"]})
         else:
             reason = f"preparation of {r['input']} failed: {r.get('error', '') or r['status']}"
             dropped.append(

@@ -219,7 +219,7 @@ def prepare_scan(
 
     start = time.perf_counter()
     path = Path(path)
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.abspath(Path(out_dir).expanduser()))  # absolute paths in the manifest
     out_dir.mkdir(parents=True, exist_ok=True)
     dof = DEFAULT_DOF if dof is None else int(dof)
     settings = _settings(dof, n4)
@@ -376,7 +376,7 @@ def prepare_scans(
         raise ValueError(f"dof must be one of {DOF_CHOICES}, not {dof!r}")
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    out_dir = Path(out_dir).expanduser()
+    out_dir = Path(os.path.abspath(Path(out_dir).expanduser()))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = find_inputs(inputs)
     names = _unique_names(paths)
