@@ -272,3 +272,46 @@ def test_inference_inputs_fill_subject_and_session_from_paths(tmp_path: Path) ->
     (ukb / "T1_brain_to_MNI.nii.gz").write_bytes(b"x")
     items = resolve_inputs(str(tmp_path / "ukb"))
     assert [(i["subject_id"], i["session_id"]) for i in items] == [("sub-1000001", "ses-2")]
+
+
+def test_adni_scans_join_adnimerge_by_nearest_exam_date(tmp_path: Path, capsys) -> None:
+    """prepare names ADNI downloads sub-ADNI<PTID>/ses-<date>; ADNIMERGE rows match by PTID + EXAMDATE."""
+    raw = "/ADNI/{ptid}/MPRAGE/{date}_08_20_30.0/I{n}"
+    visits = [("002_S_0295", "2006-04-18"), ("002_S_0295", "2007-05-02"), ("011_S_0003", "2005-09-12")]
+    outputs = [tmp_path / f"scan{n}.nii.gz" for n in range(len(visits))]
+    for p in outputs:
+        p.write_bytes(b"x")
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(
+        {
+            "input": [raw.format(ptid=p, date=d, n=n) for n, (p, d) in enumerate(visits)],
+            "output": [str(p) for p in outputs],
+            "status": ["ok", "ok", "flagged"],
+        }
+    ).to_csv(manifest, index=False)
+    merge = tmp_path / "ADNIMERGE.csv"
+    merge.write_text(
+        "RID,PTID,VISCODE,EXAMDATE,DX\n295,002_S_0295,bl,2006-04-10,CN\n295,002_S_0295,m12,2007-04-20,Dementia\n"
+        "3,011_S_0003,bl,2005-05-01,Dementia\n"
+    )
+    out = tmp_path / "adni.csv"
+    args = ["datalist", "--manifest", str(manifest), "--clinical", str(merge), "--subject-column", "PTID"]
+    args += [
+        "--session-column",
+        "EXAMDATE",
+        "--max-days",
+        "60",
+        "--label-column",
+        "DX",
+        "--map",
+        "Dementia=AD",
+    ]
+    assert main([*args, "--out", str(out)]) == 0
+    rows = pd.read_csv(out, dtype=str)
+    assert rows[["subject_id", "session_id", "dx"]].values.tolist() == [
+        ["sub-ADNI002S0295", "ses-20060418", "CN"],  # 8 days after the bl exam
+        ["sub-ADNI002S0295", "ses-20070502", "AD"],  # 12 days after m12
+    ]
+    dropped = pd.read_csv(tmp_path / "adni_dropped.csv")
+    assert dropped["subject_id"].tolist() == ["sub-ADNI011S0003"]  # 134 days from its only exam
+    assert "within 60 days" in dropped["reason"][0]

@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--session-column", help="session column of --clinical, to join per session (e.g. VISCODE)"
     )
     parser.add_argument(
+        "--max-days",
+        type=int,
+        help="--session-column holds dates (e.g. ADNIMERGE EXAMDATE): join each scan (session = its date, "
+        "e.g. ses-20060418) to its subject's row with the nearest date at most this many days away",
+    )
+    parser.add_argument(
         "--label-column", help="column with the label (default: dx for adni_ad, age for brain_age)"
     )
     parser.add_argument("--map", dest="mapping", help="label values to classes, e.g. Dementia=AD,CN=CN")
@@ -71,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
             scans = sources.scans_from_pattern(args.folder, args.pattern)
         clinical = None
         if args.clinical:
-            clinical = sources.clinical_table(args.clinical, args.subject_column, args.session_column)
+            clinical = sources.clinical_table(
+                args.clinical, args.subject_column, args.session_column, args.max_days
+            )
         result = sources.build_datalist(
             scans,
             args.out,

@@ -266,16 +266,25 @@ def _column(frame: pd.DataFrame, name: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class Clinical:
-    """A clinical table and how to join it: ``subject`` (and ``session``) id columns of ``table``."""
+    """A clinical table and how to join it: ``subject`` (and ``session``) id columns of ``table``.
+
+    With ``max_days``, ``session`` holds dates (e.g. ADNIMERGE's ``EXAMDATE``) and a scan whose session
+    label is its acquisition date (``ses-20060418``) takes the row of its subject with the nearest date
+    at most ``max_days`` away.
+    """
 
     table: pd.DataFrame
     name: str
     subject: str
     session: str | None = None
+    max_days: int | None = None
 
 
 def clinical_table(
-    path: str | PathLike, subject_column: str | None = None, session_column: str | None = None
+    path: str | PathLike,
+    subject_column: str | None = None,
+    session_column: str | None = None,
+    max_days: int | None = None,
 ) -> Clinical:
     """Read a clinical table (CSV or TSV) and find its id columns.
 
@@ -283,6 +292,8 @@ def clinical_table(
         path: the table (e.g. ADNIMERGE.csv, participants.tsv, a UK Biobank export).
         subject_column: its subject id column (default: the first of :data:`SUBJECT_COLUMNS` present).
         session_column: its session / visit column, to join per session (default: per subject).
+        max_days: join each scan to the row with the nearest date in ``session_column`` (at most this
+            many days from the scan's session date); see :class:`Clinical`.
 
     Returns:
         the table with its join columns.
@@ -300,12 +311,38 @@ def clinical_table(
     session = _column(table, session_column)
     if session_column and session is None:
         raise ValueError(f"{path}: no session column {session_column!r} (found {', '.join(table.columns)})")
-    return Clinical(table, str(path), str(_column(table, found[0])), session)
+    if max_days is not None and session is None:
+        raise ValueError(f"max_days needs a session column of dates (e.g. EXAMDATE), not {session_column!r}")
+    return Clinical(table, str(path), str(_column(table, found[0])), session, max_days)
+
+
+def _nearest_sessions(scans: pd.DataFrame, clinical: Clinical) -> pd.Series:
+    """Per scan, the clinical ``session`` cell of its subject's row with the nearest date (or ``""``)."""
+    assert clinical.session is not None and clinical.max_days is not None
+    table = clinical.table
+    dates = pd.to_datetime(table[clinical.session], errors="coerce", format="mixed")
+    by_subject = pd.DataFrame(
+        {"k": table[clinical.subject].map(join_key), "d": dates, "s": table[clinical.session]}
+    )
+    by_subject = by_subject.dropna(subset=["d"]).groupby("k")
+    scan_dates = pd.to_datetime(scans["session_id"].map(join_key), errors="coerce", format="%Y%m%d")
+    out = []
+    for sub, when in zip(scans["subject_id"].map(join_key), scan_dates, strict=True):
+        if pd.isna(when) or sub not in by_subject.groups:
+            out.append("")
+            continue
+        rows = by_subject.get_group(sub)
+        gap = (rows["d"] - when).abs()
+        out.append(rows["s"].loc[gap.idxmin()] if gap.min().days <= clinical.max_days else "")
+    return pd.Series(out, index=scans.index)
 
 
 def _join_clinical(scans: pd.DataFrame, clinical: Clinical, columns: Sequence[str]) -> pd.DataFrame:
     """Add ``columns`` of the clinical table to ``scans``; ``_problem``/``_reason`` for unjoined scans."""
     keys = {"subject_id": clinical.subject} | ({"session_id": clinical.session} if clinical.session else {})
+    if clinical.max_days is not None:
+        scans = scans.assign(_visit=_nearest_sessions(scans, clinical))
+        keys = {"subject_id": clinical.subject, "_visit": str(clinical.session)}
     used = [c for c in dict.fromkeys(columns) if c in clinical.table.columns]
     table = clinical.table[list(dict.fromkeys([*keys.values(), *used]))].copy()
     table["_key"] = list(zip(*(table[c].map(join_key) for c in keys.values()), strict=True))
@@ -317,18 +354,19 @@ def _join_clinical(scans: pd.DataFrame, clinical: Clinical, columns: Sequence[st
     unique = {k for k, n in counts.items() if n == 1}
     for col in used:
         out[col] = [values.at[k, col] if k in unique else "" for k in out_key]
-    ids = " ".join(keys)
+    ids = " ".join(keys).replace("_visit", "session_id")
     for i, k in zip(out.index, out_key, strict=True):
         n = int(counts.get(k, 0))
         if n != 1:
             out.at[i, "_problem"] = "no clinical row" if n == 0 else "ambiguous clinical rows"
             out.at[i, "_reason"] = (
                 f"no row of {clinical.name} for {ids} {'/'.join(k)}"
+                + (f" (dated within {clinical.max_days} days)" if clinical.max_days is not None else "")
                 if n == 0
                 else f"{n} rows of {clinical.name} for {ids} {'/'.join(k)} differ in {', '.join(used)}"
                 + ("" if clinical.session else "; join per session with --session-column")
             )
-    return out
+    return out.drop(columns=["_visit"], errors="ignore")
 
 
 def _label(value: str, spec: TaskSpec, column: str, mapping: Mapping[str, str]) -> tuple[str, str, str]:
