@@ -315,3 +315,32 @@ def test_adni_scans_join_adnimerge_by_nearest_exam_date(tmp_path: Path, capsys) 
     dropped = pd.read_csv(tmp_path / "adni_dropped.csv")
     assert dropped["subject_id"].tolist() == ["sub-ADNI011S0003"]  # 134 days from its only exam
     assert "within 60 days" in dropped["reason"][0]
+
+
+def test_mni_1mm_images_go_straight_to_the_template_grid(tmp_path: Path) -> None:
+    """UK Biobank's T1_brain_to_MNI (FSL MNI152 1 mm grid, 182x218x182) needs no prepare: its voxel centres
+    include the 2 mm grid's, so the bundles' transforms filter and pick (the strided path), no registration.
+    """
+    import nibabel as nib
+    import numpy as np
+    from scipy import ndimage
+
+    from mri_slice_transfer.template import load_template, load_template_1mm
+    from mri_slice_transfer.transforms import get_inference_transforms
+    from mri_slice_transfer.transforms.io import LoadScand
+    from mri_slice_transfer.transforms.spatial import resample_to_template
+
+    src = load_template_1mm()  # nilearn's ICBM152 2009a at 1 mm
+    fsl_1mm = np.array([[-1.0, 0, 0, 90], [0, 1, 0, -126], [0, 0, 1, -72], [0, 0, 0, 1]])
+    grid = np.indices((182, 218, 182), dtype=np.float32).reshape(3, -1)
+    vox = np.linalg.inv(src.affine) @ fsl_1mm
+    data = ndimage.map_coordinates(src.t1, vox[:3, :3] @ grid + vox[:3, 3:4], order=1)
+    path = tmp_path / "1000001_20252_2_0" / "T1" / "T1_brain_to_MNI.nii.gz"
+    path.parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(data.reshape(182, 218, 182).astype(np.float32), fsl_1mm), path)
+
+    loaded = LoadScand(keys="image")({"image": str(path)})["image"]
+    assert resample_to_template(loaded).meta["resample_path"] == "strided"
+    x = get_inference_transforms()({"image": str(path)})["image"][0].numpy()
+    t = load_template()
+    assert x.shape == t.t1.shape and np.corrcoef(x[t.mask], t.t1[t.mask])[0, 1] > 0.995
