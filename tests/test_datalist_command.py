@@ -210,7 +210,12 @@ def test_nothing_labelled_and_bad_options_are_one_line_errors(tmp_path: Path, ca
     ]
     assert main(args) == 1
     out = capsys.readouterr().out
-    assert "no scan could be labelled" in out and "no dx value" in out and not (tmp_path / "x.csv").exists()
+    assert "no 'dx' column in the scans' tables (found subject_id, session_id, image)" in out
+    (tmp_path / "dx.csv").write_text("subject_id,dx\ns1,MCI\n")
+    assert main([*args, "--clinical", str(tmp_path / "dx.csv")]) == 1
+    out = capsys.readouterr().out
+    assert "no scan could be labelled" in out and "dx 'MCI' is not one of CN/AD" in out
+    assert not (tmp_path / "x.csv").exists()
     assert main([*args, "--map", "AD"]) == 1
     assert "--map must be value=label pairs separated by commas, not 'AD'" in capsys.readouterr().out
 

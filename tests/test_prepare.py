@@ -372,3 +372,14 @@ def test_output_names_keep_subject_and_session_and_stay_when_files_join(batch, t
     assert again["status"].tolist() == ["skipped", "skipped", "ok"]
     assert again["output"].tolist()[:2] == table["output"].tolist()
     assert Path(again["output"][2]).name == f"sub-1000002_ses-2_{space}_T1w.nii.gz"
+
+
+def test_same_subject_of_two_sites_gets_a_hash_before_the_bids_suffix():
+    from mri_slice_transfer.prepare.batch import _unique_names
+
+    names = _unique_names(
+        [Path("/site1/sub-01/anat/sub-01_T1w.nii.gz"), Path("/site2/sub-01/anat/sub-01_T1w.nii")]
+    )
+    assert names[0] != names[1]
+    assert all(n.startswith("sub-01/anat/sub-01_space-MNI152NLin2009aSym_res-2_hash-") for n in names)
+    assert all(n.endswith("_T1w") for n in names)  # still found as *_T1w by datalist --bids

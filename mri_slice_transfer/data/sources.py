@@ -37,8 +37,10 @@ from mri_slice_transfer.vocabulary import TaskSpec, task_spec
 
 __all__ = [
     "DROPPED_COLUMNS",
+    "Clinical",
     "DatalistResult",
     "build_datalist",
+    "clinical_table",
     "format_datalist_summary",
     "parse_mapping",
     "read_table",
@@ -501,6 +503,12 @@ def build_datalist(
         wanted = [c for c in (label_column, age_column, sex_column) if c]
         frame = _join_clinical(
             frame, clinical, [str(_column(clinical.table, c)) for c in wanted if _column(clinical.table, c)]
+        )
+    if _column(frame, label_column) is None:
+        found = ", ".join(c for c in frame.columns if not c.startswith("_")) or "none"
+        where = f" or {clinical.name}" if clinical is not None else ""
+        raise ValueError(
+            f"no {label_column!r} column in the scans' tables{where} (found {found}); set --label-column"
         )
     rows = _labelled(frame, spec, label_column, mapping or {}, {"age": age_column, "sex": sex_column})
     bad = rows["_problem"] != ""

@@ -83,8 +83,9 @@ def _unique_names(paths: list[Path]) -> list[str]:
         counts[n] = counts.get(n, 0) + 1
     out = []
     for p, n in zip(paths, names, strict=True):
-        if counts[n] > 1:
-            n = f"{n}_{hashlib.sha1(os.path.abspath(p).encode()).hexdigest()[:8]}"
+        if counts[n] > 1:  # e.g. sub-01 of two sites: a hash of the path, before a BIDS suffix
+            digest = hashlib.sha1(os.path.abspath(p).encode()).hexdigest()[:8]
+            n = f"{n[:-4]}_hash-{digest}_T1w" if n.endswith("_T1w") else f"{n}_{digest}"
         out.append(n)
     return out
 
