@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from mri_slice_transfer import __version__
-from mri_slice_transfer.commands import bench, demo_data, grid, info, interpret, prepare, split
+from mri_slice_transfer.commands import bench, datalist, demo_data, grid, info, interpret, prepare, split
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -22,6 +22,7 @@ COMMANDS: dict[str, ModuleType] = {
     "info": info,
     "demo-data": demo_data,
     "prepare": prepare,
+    "datalist": datalist,
     "split": split,
     "grid": grid,
     "bench": bench,

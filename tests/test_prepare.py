@@ -337,3 +337,49 @@ def test_read_scan_names_permission_denied_and_broken_links(tmp_path, monkeypatc
     with pytest.raises(ScanError, match="permission denied") as info:
         read_scan(path)
     assert "corrupt" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_output_names_keep_subject_and_session_and_stay_when_files_join(batch, tmp_path):
+    """BIDS and UK Biobank inputs get BIDS-derivative names; a second scan joining keeps the first's name."""
+    import shutil
+
+    import pandas as pd
+
+    anat = tmp_path / "bids" / "sub-01" / "ses-bl" / "anat"
+    anat.mkdir(parents=True)
+    shutil.copy(batch["raw"] / "ras.nii.gz", anat / "sub-01_ses-bl_T1w.nii.gz")
+    first = tmp_path / "ukb" / "1000001_20252_2_0" / "T1"
+    first.mkdir(parents=True)
+    shutil.copy(batch["raw"] / "ras.nii.gz", first / "T1.nii.gz")
+    out = tmp_path / "out"
+    table = prepare_scans([tmp_path / "bids", tmp_path / "ukb"], out, workers=1, threads=1, progress=False)
+    space = "space-MNI152NLin2009aSym_res-2"
+    assert [Path(p).relative_to(out).as_posix() for p in table["output"]] == [
+        f"sub-01/ses-bl/anat/sub-01_ses-bl_{space}_T1w.nii.gz",
+        f"sub-1000001/ses-2/anat/sub-1000001_ses-2_{space}_T1w.nii.gz",
+    ]
+    assert table[["subject_id", "session_id"]].values.tolist() == [
+        ["sub-01", "ses-bl"],
+        ["sub-1000001", "ses-2"],
+    ]
+    manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
+    assert manifest["subject_id"].tolist() == ["sub-01", "sub-1000001"]
+    # a second UK Biobank scan, also named T1.nii.gz, joins the batch: the first keeps its name and is skipped
+    second = tmp_path / "ukb" / "1000002_20252_2_0" / "T1"
+    second.mkdir(parents=True)
+    shutil.copy(batch["raw"] / "lps.nrrd", second / "T1.nrrd")
+    again = prepare_scans([tmp_path / "bids", tmp_path / "ukb"], out, workers=1, threads=1, progress=False)
+    assert again["status"].tolist() == ["skipped", "skipped", "ok"]
+    assert again["output"].tolist()[:2] == table["output"].tolist()
+    assert Path(again["output"][2]).name == f"sub-1000002_ses-2_{space}_T1w.nii.gz"
+
+
+def test_same_subject_of_two_sites_gets_a_hash_before_the_bids_suffix():
+    from mri_slice_transfer.prepare.batch import _unique_names
+
+    names = _unique_names(
+        [Path("/site1/sub-01/anat/sub-01_T1w.nii.gz"), Path("/site2/sub-01/anat/sub-01_T1w.nii")]
+    )
+    assert names[0] != names[1]
+    assert all(n.startswith("sub-01/anat/sub-01_space-MNI152NLin2009aSym_res-2_hash-") for n in names)
+    assert all(n.endswith("_T1w") for n in names)  # still found as *_T1w by datalist --bids

@@ -2,6 +2,8 @@
 
 - :data:`TASKS`, :func:`read_datalist`, :func:`read_split_datalists`: the data list format of
   ``docs/data_lists.md``, checked up front (every problem reported at once).
+- :mod:`.sources` (``build_datalist``) and :mod:`.bids` (``scan_entities``): one CSV of all scans from a
+  BIDS dataset, ``prepare``'s manifest or any folder plus a clinical table (``docs/real_data.md``).
 - :func:`generate_cohort`, :func:`plan_cohort`: synthetic AD / brain-age cohorts derived from the
   ICBM152 template (``docs/demo_data.md``).
 

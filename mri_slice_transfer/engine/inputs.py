@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mri_slice_transfer.data.bids import bids_t1w_files, scan_entities
 from mri_slice_transfer.engine.options import as_bool, as_optional
 from mri_slice_transfer.vocabulary import IMAGE_SUFFIXES
 
@@ -72,11 +73,25 @@ def _folder_scans(folder: Path, raw: bool) -> list[str]:
     return sorted(found)
 
 
+def _with_entities(image: str, subject: str, session: str) -> dict:
+    """A data dict; an empty subject or session is read from the path (:func:`scan_entities`)."""
+    if not subject or not session:
+        entities = scan_entities(image)
+        subject = subject or entities.subject_id
+        session = session or (entities.session_id if entities.subject else "")
+    return {"image": image, "image_path": image, "subject_id": str(subject), "session_id": str(session)}
+
+
 def resolve_inputs(source: str, dataset_dir: str | None = None, raw: bool | str = False) -> list[dict]:
     """Data dicts (``image``, ``image_path``, ``subject_id``, ``session_id``) for inference.
 
+    ``subject_id`` / ``session_id`` come from a CSV's columns or else from the scan's path (BIDS
+    ``sub-``/``ses-`` entities, UK Biobank and ADNI folders:
+    :func:`~mri_slice_transfer.data.bids.scan_entities`).
+
     Args:
-        source: a folder (scans in it and in its sub-folders, sorted; names starting with ``.``, such
+        source: a folder (a BIDS dataset: its ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` files; else the
+            scans in it and in its sub-folders, sorted; names starting with ``.``, such
             as temporary files, are skipped), a glob (``"scans/*.nii.gz"``) or a CSV with an ``image``
             column (optional ``subject_id``/``session_id``; relative paths are taken from
             ``dataset_dir`` or else the CSV's folder). Paths are absolute but symbolic links are not
@@ -109,14 +124,11 @@ def resolve_inputs(source: str, dataset_dir: str | None = None, raw: bool | str 
         sessions = frame["session_id"].tolist() if "session_id" in frame else [""] * len(frame)
     else:
         if path.is_dir():
-            found = _folder_scans(path, raw)
+            found = [os.path.abspath(p) for p in bids_t1w_files(path)] or _folder_scans(path, raw)
         else:
             found = sorted(os.path.abspath(p) for p in glob.glob(str(path), recursive=True))
         if not found:
             looked = ", ".join(SCAN_SUFFIXES) + (", DICOM series folders" if raw else "")
             raise ValueError(f"no scans found for input {source!r} (looked for {looked})")
         images, subjects, sessions = found, [""] * len(found), [""] * len(found)
-    return [
-        {"image": img, "image_path": img, "subject_id": str(sub), "session_id": str(ses)}
-        for img, sub, ses in zip(images, subjects, sessions, strict=True)
-    ]
+    return [_with_entities(img, sub, ses) for img, sub, ses in zip(images, subjects, sessions, strict=True)]

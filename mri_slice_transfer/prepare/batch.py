@@ -1,6 +1,7 @@
 """Preparing raw scans for the models: one scan (:func:`prepare_scan`) or a batch (:func:`prepare_scans`).
 
-For each scan, in ``out_dir``::
+For each scan, in ``out_dir`` (``<name>`` is BIDS-derivative style when the scan's path names its subject,
+e.g. ``sub-01/ses-bl/anat/sub-01_ses-bl_space-MNI152NLin2009aSym_res-2_T1w``; see :func:`output_name`)::
 
     <name>.nii.gz    the scan on the 91x109x91 2 mm template grid, template brain mask applied (float32)
     <name>.tfm       ITK transform file: template physical point (LPS mm) -> scan physical point (LPS mm)
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mri_slice_transfer.data.bids import derivative_name, scan_entities
 from mri_slice_transfer.errors import ScanError
 from mri_slice_transfer.fileio import atomic_path, atomic_write_json, file_sha256
 from mri_slice_transfer.prepare.io import IMAGE_SUFFIXES, find_inputs
@@ -39,8 +41,8 @@ log = logging.getLogger(__name__)
 #: Columns of ``manifest.csv`` (``quality`` is the registration verdict, ok or flagged, also for skipped
 #: rows; ``note`` says why a scan was flagged or skipped).
 MANIFEST_COLUMNS = (
-    "input", "output", "transform", "qc", "status", "metric", "correlation", "seconds", "error",
-    "quality", "note", "output_bytes", "output_sha256",
+    "input", "subject_id", "session_id", "output", "transform", "qc", "status", "metric", "correlation",
+    "seconds", "error", "quality", "note", "output_bytes", "output_sha256",
 )  # fmt: skip
 #: Outputs of one scan whose size and sha256 the record keeps (a re-run checks them).
 _CHECKED = ("output", "transform", "qc")
@@ -49,8 +51,24 @@ RECORD_VERSION = 1
 
 
 def output_name(path: str | PathLike) -> str:
-    """Base name of a scan's outputs: its file name without the image extension (folder name for DICOM)."""
+    """Base name of a scan's outputs, relative to the output folder, without extension.
+
+    When the path names the scan's subject (BIDS entities, a UK Biobank ``<eid>_20252_2_0`` folder or
+    an ADNI ``002_S_0295`` folder: :func:`~mri_slice_transfer.data.bids.scan_entities`), the name is
+    BIDS-derivative style (:func:`~mri_slice_transfer.data.bids.derivative_name`), so it depends on
+    the scan alone, not on the other files of a batch. Otherwise it is the file name without the image
+    extension (the folder name for DICOM).
+
+    Args:
+        path: the raw scan (file or DICOM folder).
+
+    Returns:
+        e.g. ``"sub-01/ses-bl/anat/sub-01_ses-bl_space-MNI152NLin2009aSym_res-2_T1w"`` or ``"scan07"``.
+    """
     p = Path(path)
+    derived = derivative_name(scan_entities(os.path.abspath(p)))
+    if derived is not None:
+        return derived
     name = p.name
     for s in IMAGE_SUFFIXES + (".dcm",):
         if name.lower().endswith(s):
@@ -65,8 +83,9 @@ def _unique_names(paths: list[Path]) -> list[str]:
         counts[n] = counts.get(n, 0) + 1
     out = []
     for p, n in zip(paths, names, strict=True):
-        if counts[n] > 1:
-            n = f"{n}_{hashlib.sha1(os.path.abspath(p).encode()).hexdigest()[:8]}"
+        if counts[n] > 1:  # e.g. sub-01 of two sites: a hash of the path, before a BIDS suffix
+            digest = hashlib.sha1(os.path.abspath(p).encode()).hexdigest()[:8]
+            n = f"{n[:-4]}_hash-{digest}_T1w" if n.endswith("_T1w") else f"{n}_{digest}"
         out.append(n)
     return out
 
@@ -165,6 +184,8 @@ def _write_json(obj: dict, path: Path) -> None:
 
 def _row(path: Path, files: dict[str, Path], **kw) -> dict:
     row = {c: None for c in MANIFEST_COLUMNS}
+    entities = scan_entities(os.path.abspath(path))
+    row.update(subject_id=entities.subject_id, session_id=entities.session_id)
     row.update(input=str(path), output=None, transform=None, qc=None, error="", note="", quality="")
     row.update(kw)
     return row
@@ -199,11 +220,12 @@ def prepare_scan(
 
     start = time.perf_counter()
     path = Path(path)
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.abspath(Path(out_dir).expanduser()))  # absolute paths in the manifest
     out_dir.mkdir(parents=True, exist_ok=True)
     dof = DEFAULT_DOF if dof is None else int(dof)
     settings = _settings(dof, n4)
     files = _paths(out_dir, name or output_name(path))
+    files["record"].parent.mkdir(parents=True, exist_ok=True)
     done_files = {k: str(v) for k, v in files.items() if k != "record"}
     if skip_existing:
         record = _done(path, files, settings)
@@ -355,7 +377,7 @@ def prepare_scans(
         raise ValueError(f"dof must be one of {DOF_CHOICES}, not {dof!r}")
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    out_dir = Path(out_dir).expanduser()
+    out_dir = Path(os.path.abspath(Path(out_dir).expanduser()))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = find_inputs(inputs)
     names = _unique_names(paths)

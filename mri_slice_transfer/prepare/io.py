@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from mri_slice_transfer.checks import check_voxel_values
+from mri_slice_transfer.data.bids import bids_t1w_files
 from mri_slice_transfer.errors import ScanError
 from mri_slice_transfer.transforms.io import missing_problem, permission_problem
 from mri_slice_transfer.vocabulary import IMAGE_SUFFIXES
@@ -63,15 +64,8 @@ def is_dicom_folder(folder: Path) -> bool:
     return any(_looks_like_dicom(p) for p in files[:20])
 
 
-def _bids_t1w(folder: Path) -> list[Path]:
-    found = []
-    for pattern in ("sub-*/anat/*_T1w.nii*", "sub-*/ses-*/anat/*_T1w.nii*"):
-        found += [p for p in folder.glob(pattern) if _suffix(p) in (".nii", ".nii.gz")]
-    return sorted(set(found))
-
-
 def _scan_folder(folder: Path) -> list[Path]:
-    bids = _bids_t1w(folder)
+    bids = bids_t1w_files(folder)
     if bids:
         return bids
     out: list[Path] = []
