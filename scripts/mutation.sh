@@ -21,11 +21,13 @@ MUTMUT="$(dirname "$PYTHON")/mutmut"
 MINUTES="${MUTATION_MINUTES:-20}"
 OUT="${MUTATION_OUT:-$ROOT/runs/mutation}"
 
-# The fast test files that exercise each module (the slow bundle/DDP/registration tests stay out).
+# The fast test files (or single tests) that exercise each module (the slow bundle/DDP/registration tests
+# stay out: mutmut's first pass runs every selected test once, and a slow one eats the time budget).
+RN=tests/test_researcher_numbers.py
 tests_for() {
     case "$1" in
         engine/metrics.py) echo "tests/test_engine.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
-        engine/handlers.py) echo "tests/test_engine.py tests/test_researcher_numbers.py" ;;
+        engine/handlers.py) echo "tests/test_mutation_handlers.py $RN::test_saved_model_is_the_best_validation_epoch" ;;
         engine/predictions.py) echo "tests/test_engine.py tests/test_researcher_numbers.py tests/test_infer_raw.py" ;;
         fileio.py) echo "tests/test_researcher_numbers.py tests/test_engine.py tests/test_template.py" ;;
         grid/summary.py | grid/tables.py) echo "tests/test_grid.py tests/test_researcher_numbers.py" ;;
