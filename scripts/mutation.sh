@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Mutation testing with mutmut 3, one module at a time, on one core, in a bounded time.
 #
-#   scripts/mutation.sh MODULE...        e.g. scripts/mutation.sh engine/metrics.py fileio.py
+#   scripts/mutation.sh MODULE[:NAMES]...  e.g. scripts/mutation.sh engine/metrics.py fileio.py
+#                                                 scripts/mutation.sh prepare/registration.py:register_to_template
+#
+# NAMES (comma-separated functions or classes of MODULE) restricts the run to their mutants (mutmut's
+# mutant-name filter); the other mutants of the module are then counted as "not run".
 #
 # (mutmut imports the mutated copy from mutants/; PYTHONPATH is unset so that nothing shadows it.)
 #
@@ -40,10 +44,18 @@ tests_for() {
     esac
 }
 
-[ $# -gt 0 ] || { sed -n '2,15p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,19p' "$0"; exit 2; }
 [ -x "$MUTMUT" ] || { echo "mutmut not found next to $PYTHON: pip install -e '.[dev]'" >&2; exit 2; }
 
-for module in "$@"; do
+for arg in "$@"; do
+    module="${arg%%:*}"
+    names=()
+    if [ "$arg" != "$module" ]; then
+        dotted="mri_slice_transfer.${module%.py}"
+        dotted="${dotted//\//.}"
+        IFS=, read -ra funcs <<< "${arg#*:}"
+        for f in "${funcs[@]}"; do names+=("$dotted.x_${f}__mutmut_*" "$dotted.xǁ${f}ǁ*"); done
+    fi
     [ -f "$ROOT/mri_slice_transfer/$module" ] || { echo "no such module: mri_slice_transfer/$module" >&2; exit 2; }
     tests="$(tests_for "$module")"
     name="${module//\//.}"
@@ -56,11 +68,11 @@ with open(path, "a", encoding="utf-8") as f:
     f.write(f"only_mutate = [{module!r}]\n")
     f.write(f"pytest_add_cli_args_test_selection = {tests!r}\n")
 PY
-    echo "== $module: tests $tests; at most $MINUTES min on one core (in $work)"
+    echo "== $arg: tests $tests; at most $MINUTES min on one core (in $work)"
     status=0
     # own process group (setsid), so that no mutmut worker outlives the time budget
     (cd "$work" && env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-        setsid nice -n 19 timeout -k 30 "${MINUTES}m" "$MUTMUT" run --max-children 1 > mutmut-run.log 2>&1) &
+        setsid nice -n 19 timeout -k 30 "${MINUTES}m" "$MUTMUT" run --max-children 1 "${names[@]}" > mutmut-run.log 2>&1) &
     group=$!
     wait "$group" || status=$?
     kill -- "-$group" 2> /dev/null || true
