@@ -35,7 +35,8 @@ tests_for() {
         engine/predictions.py) echo "tests/test_mutation_predictions.py $RN::test_csv_probability_is_sigmoid_of_the_ad_logit $RN::test_test_metrics_count_the_scans_they_are_over" ;;
         fileio.py) echo "tests/test_researcher_numbers.py tests/test_engine.py tests/test_template.py" ;;
         grid/summary.py | grid/tables.py) echo "tests/test_grid.py tests/test_researcher_numbers.py" ;;
-        prepare/qc.py | prepare/registration.py) echo "tests/test_prepare.py tests/test_researcher_numbers.py" ;;
+        prepare/qc.py) echo "tests/test_mutation_prepare.py" ;;
+        prepare/registration.py) echo "tests/test_mutation_prepare.py $RN::test_registration_qc_flags_an_implausible_scale" ;;
         split.py | data/datalist.py) echo "tests/test_split.py tests/test_datalist.py tests/test_properties.py" ;;
         data/anatomy.py) echo "tests/test_synthetic.py tests/test_researcher_numbers.py" ;;
         networks/*) echo "tests/test_networks.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
