@@ -39,6 +39,12 @@ tests_for() {
         prepare/registration.py) echo "tests/test_mutation_prepare.py $RN::test_registration_qc_flags_an_implausible_scale" ;;
         split.py | data/datalist.py) echo "tests/test_split.py tests/test_datalist.py tests/test_properties.py" ;;
         data/anatomy.py) echo "tests/test_synthetic.py tests/test_researcher_numbers.py" ;;
+        networks/slice_set.py)
+            n=tests/test_networks.py
+            echo "tests/test_mutation_networks.py $RN::test_learned_position_is_added_before_the_layernorm" \
+                "$n::test_slices_cut_the_right_planes $n::test_chunked_equals_unchunked" \
+                "$n::test_chunked_recompute_keeps_batchnorm_statistics $n::test_bad_arguments_list_choices" \
+                "$n::test_output_bias_and_spatial_size_checks $n::test_position_encoding_modules" ;;
         networks/*) echo "tests/test_networks.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
         transforms/*) echo "tests/test_transforms.py tests/test_properties.py" ;;
         *) echo "no test selection for $1: add it to tests_for in $0" >&2; return 1 ;;
