@@ -46,6 +46,12 @@ tests_for() {
                 "$n::test_chunked_recompute_keeps_batchnorm_statistics $n::test_bad_arguments_list_choices" \
                 "$n::test_output_bias_and_spatial_size_checks $n::test_position_encoding_modules" ;;
         networks/*) echo "tests/test_networks.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
+        transforms/intensity.py) echo "tests/test_mutation_transforms.py tests/test_transforms.py::test_normalize_brain_keeps_metadata" ;;
+        transforms/spatial.py)
+            t=tests/test_transforms.py
+            echo "tests/test_mutation_transforms.py $t::test_strided_path_equals_interpolation" \
+                "$t::test_exact_path_is_bit_exact_for_template_grid_and_ras_storage" \
+                "tests/test_properties.py::test_exact_path_undoes_any_axis_permutation_and_flip" ;;
         transforms/*) echo "tests/test_transforms.py tests/test_properties.py" ;;
         *) echo "no test selection for $1: add it to tests_for in $0" >&2; return 1 ;;
     esac
