@@ -37,8 +37,13 @@ tests_for() {
         grid/summary.py | grid/tables.py) echo "tests/test_grid.py tests/test_researcher_numbers.py" ;;
         prepare/qc.py) echo "tests/test_mutation_prepare.py" ;;
         prepare/registration.py) echo "tests/test_mutation_prepare.py $RN::test_registration_qc_flags_an_implausible_scale" ;;
-        split.py | data/datalist.py) echo "tests/test_split.py tests/test_datalist.py tests/test_properties.py" ;;
-        data/anatomy.py) echo "tests/test_synthetic.py tests/test_researcher_numbers.py" ;;
+        split.py) echo "tests/test_split.py tests/test_datalist.py tests/test_properties.py" ;;
+        data/datalist.py)
+            echo "tests/test_datalist.py tests/test_split.py::test_split_command_writes_checked_lists_and_a_report" \
+                "tests/test_properties.py::test_split_never_shares_a_subject_and_guard_refuses_a_planted_duplicate" ;;
+        data/anatomy.py)
+            echo "tests/test_mutation_anatomy.py $RN::test_demo_ad_twin_has_less_mtl_grey_matter_and_larger_ventricles" \
+                "tests/test_synthetic.py::test_ventricles_grow_with_age_and_ad_same_subject" ;;
         networks/slice_set.py)
             n=tests/test_networks.py
             echo "tests/test_mutation_networks.py $RN::test_learned_position_is_added_before_the_layernorm" \
