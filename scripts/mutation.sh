@@ -37,7 +37,7 @@ tests_for() {
         grid/summary.py | grid/tables.py) echo "tests/test_grid.py tests/test_researcher_numbers.py" ;;
         prepare/qc.py) echo "tests/test_mutation_prepare.py" ;;
         prepare/registration.py) echo "tests/test_mutation_prepare.py $RN::test_registration_qc_flags_an_implausible_scale" ;;
-        split.py) echo "tests/test_split.py tests/test_datalist.py tests/test_properties.py" ;;
+        split.py) echo "tests/test_mutation_split.py tests/test_split.py tests/test_datalist.py tests/test_properties.py" ;;
         data/datalist.py)
             echo "tests/test_datalist.py tests/test_split.py::test_split_command_writes_checked_lists_and_a_report" \
                 "tests/test_properties.py::test_split_never_shares_a_subject_and_guard_refuses_a_planted_duplicate" ;;
