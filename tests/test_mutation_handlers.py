@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -187,6 +188,18 @@ def test_a_non_finite_loss_stops_training_naming_epoch_and_iteration(bad) -> Non
     assert seen == [1, 2, 3, 4, 5]
 
 
+def test_non_finite_loss_message_without_an_epoch_length_counts_overall_and_says_what_to_try() -> None:
+    """Data without a length (epoch_length None): the iteration is the overall one; the advice is complete."""
+    state = SimpleNamespace(output=float("nan"), epoch=1, iteration=7, epoch_length=None)
+    with pytest.raises(NonFiniteLossError) as info:
+        StopOnNonFiniteLoss()(SimpleNamespace(state=state))
+    assert str(info.value) == (
+        "training loss is nan at epoch 1, iteration 7 of the epoch (7 overall): training stopped. Lower the "
+        "learning rate (--lr), check the inputs for NaN / inf values, or turn off mixed precision "
+        "(--amp false); resume from the last good epoch with --resume true."
+    )
+
+
 # --- TrainingLog: one INFO line per epoch ------------------------------------------------------
 
 
@@ -221,7 +234,7 @@ def test_training_log_line_has_mean_loss_lr_and_the_validation_of_that_epoch(
     assert lines[1].endswith(" s") and len(lines) == 2
     # ignite's own per-epoch INFO lines are demoted to DEBUG (they would interleave with the progress bar)
     ignite = [r for r in caplog.records if r.name.startswith("ignite")]
-    assert ignite and all(r.levelno == logging.DEBUG for r in ignite)
+    assert ignite and all(r.levelno == logging.DEBUG and r.levelname == "DEBUG" for r in ignite)
     assert sum(isinstance(f, type(trainer.logger.filters[0])) for f in trainer.logger.filters) == 1
     log.attach(Engine(lambda e, b: None))  # attaching again does not add a second filter to the evaluator
     assert len(evaluator.logger.filters) == 1
@@ -235,6 +248,9 @@ def test_training_log_without_iterations_or_validation_shows_nan_and_no_metrics(
     assert log.validation_text(1) == ""
     log.evaluator.state.epoch, log.evaluator.state.metrics = 1, {"val_mae": 4.0}
     assert log.validation_text(2) == "" and log.validation_text(1) == ", val_mae 4.0000"
+    log.evaluator.state.metrics = {"val_mae": 4.0, "val_r": 0.5}
+    log.evaluator.state.best_metric = 3.5  # without best_metric_epoch: no "best" part
+    assert log.validation_text(1) == ", val_mae 4.0000 val_r 0.5000"
     assert TrainingLog(log.optimizer).validation_text(1) == ""
     trainer = Engine(lambda e, b: None)
     trainer.state.epoch, trainer.state.max_epochs = 3, 4
