@@ -60,7 +60,7 @@ def test_an_unreadable_scan_becomes_a_blank_error_row_naming_the_root_cause(capl
     assert out["status"] == "error" and out["error"] == "OSError: disk unreadable"
     assert torch.equal(out["image"], torch.zeros(1, 4, 5, 6))
     assert out["subject_id"] == "s1" and out["image_path"] == "/x/a.nii"
-    assert "cannot use /x/a.nii: OSError: disk unreadable" in caplog.text
+    assert caplog.records[-1].getMessage() == "cannot use /x/a.nii: OSError: disk unreadable"
 
     def scan_error(data: dict) -> dict:
         try:
@@ -68,8 +68,22 @@ def test_an_unreadable_scan_becomes_a_blank_error_row_naming_the_root_cause(capl
         except ScanError as exc:
             raise RuntimeError("in Compose") from exc
 
-    out = SafeTransform(scan_error)({"image": "b.nii"})
+    with caplog.at_level(logging.WARNING, logger="mri_slice_transfer.engine.predictions"):
+        out = SafeTransform(scan_error)({"image": "b.nii"})
     assert out["error"] == "ScanError: /x/b.nii: holds NaN values"
+    assert caplog.records[-1].getMessage().startswith("cannot use b.nii: ")  # no image_path: the image
+
+    def scan_error_with_a_cause(data: dict) -> dict:  # the ScanError, not what caused it, is the reason
+        try:
+            try:
+                raise OSError("errno 5")
+            except OSError as exc:
+                raise ScanError("/x/c.nii", "cannot be read") from exc
+        except ScanError:
+            raise RuntimeError("in Compose")  # noqa: B904 - chained implicitly, as MONAI's Compose does
+
+    out = SafeTransform(scan_error_with_a_cause)({"image": "c.nii"})
+    assert out["error"] == "ScanError: /x/c.nii: cannot be read"
 
 
 def test_a_scan_that_could_not_be_prepared_is_an_error_row_without_loading() -> None:
@@ -136,7 +150,10 @@ def test_a_non_finite_output_is_an_error_row_and_all_failed_is_an_error(tmp_path
         writer.write()
     frame = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
     assert list(frame["status"]) == ["error", "error"] and frame["error"][1] == "bad"
-    assert frame["error"][0].startswith("non-finite network output (inf): the model weights may be damaged")
+    assert frame["error"][0] == (
+        "non-finite network output (inf): the model weights may be damaged (restore or retrain "
+        "models/model.pt) or the scan's intensities are extreme"
+    )
     assert list(frame["predicted"]) == ["", ""] and list(frame["probability"]) == ["", ""]
     writer.reset()
     assert writer.n_non_finite == 0 and writer.rows == [] and writer._raw == []
