@@ -166,7 +166,28 @@ def test_checkpoint_is_not_loaded_without_resume_and_a_missing_one_starts_from_s
     with caplog.at_level(logging.WARNING, logger="mri_slice_transfer.engine.handlers"):
         _, _, _, trainer = _training(tmp_path / "empty", 1, resume=True)
     assert trainer.state.epoch == 1 and trainer.state.iteration == 3
-    assert "resume requested but" in caplog.text and "checkpoint.pt does not exist" in caplog.text
+    path = tmp_path / "empty" / "checkpoint.pt"
+    assert (
+        caplog.records[-1].getMessage()
+        == f"resume requested but {path} does not exist: starting from scratch"
+    )
+    assert FullCheckpoint(str(path), torch.nn.Linear(1, 1), None).resume is False  # resume only when asked
+
+
+def test_a_broken_checkpoint_on_resume_is_refused_saying_what_to_do(tmp_path: Path) -> None:
+    """The error names the file and points to the backup, a fresh start and the best model so far."""
+    _training(tmp_path, 1, resume=False)
+    data = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception, match="checkpoint.pt") as info:
+        _training(tmp_path, 2, resume=True)
+    error = info.value
+    while error.__cause__ is not None and "Restore it" not in str(error):
+        error = error.__cause__
+    assert str(error).endswith(
+        "Restore it from a backup, or start again without --resume (with --overwrite true); "
+        f"the best model so far is {tmp_path / 'model.pt'}."
+    )
 
 
 # --- StopOnNonFiniteLoss -----------------------------------------------------------------------
