@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mri_slice_transfer.data.datalist import DataListError
 from mri_slice_transfer.split import (
     FALLBACK_FRACTIONS,
     default_fractions,
@@ -33,7 +34,7 @@ def test_default_fractions_note_gives_the_papers_counts_and_percentages() -> Non
 
 def test_fractions_are_normalised_ratios_and_bad_ones_are_named() -> None:
     assert parse_fractions("7; 1.5 ;1.5") == pytest.approx((0.7, 0.15, 0.15))
-    assert parse_fractions((2, 1, 1)) == (0.5, 0.25, 0.25)
+    assert parse_fractions((5, 3, 2)) == (0.5, 0.3, 0.2)
     with pytest.raises(ValueError, match=r"three numbers train,val,test \(e.g. 70,15,15\), got '1,x,1'"):
         parse_fractions("1,x,1")
     with pytest.raises(ValueError, match=r"three numbers .* got \[1, None, 1\]"):
@@ -102,17 +103,21 @@ def test_split_report_markdown_has_the_summary_line_the_table_and_the_strata() -
     assert format_split_report(unstratified).endswith("| - | - | - | - |\n")
 
 
-def _cohort(folder: Path) -> Path:
-    (folder / "img").mkdir(parents=True)
+def _cohort(folder: Path, images: Path | None = None) -> Path:
+    """40 subjects (1-2 scans), cells with spaces, a leading zero and NA; images under ``images``."""
+    images = images or folder
+    (images / "img").mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for s in range(40):
         for k in range(1 + s % 2):
-            (folder / "img" / f"s{s}_{k}.nii").touch()
-            rows.append(
-                f" s{s:02d} , ses-{k}, img/s{s}_{k}.nii ,{'AD' if s % 3 == 0 else 'CN'}, 0{60 + s}.50 ,old"
-            )
+            (images / "img" / f"s{s}_{k}.nii").touch()
+            dx = "AD" if s % 3 == 0 else "CN"
+            rows.append(f" s{s:02d} , ses-{k}, img/s{s}_{k}.nii ,{dx}, 0{60 + s}.50 ,NA,old")
     csv = folder / "all.csv"
-    csv.write_text("subject_id , session_id,image,dx,age,split\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    csv.write_text(
+        "subject_id , session_id,image,dx,age,note,split\n" + "\n".join(rows) + "\n", encoding="utf-8"
+    )
     return csv
 
 
@@ -122,8 +127,8 @@ def test_split_lists_keep_the_input_cell_text_and_the_report_names_the_input(tmp
     csv = _cohort(tmp_path / "c")
     res = split_datalist(csv, tmp_path / "out", "adni_ad", seed=0, unit="subjects")
     train = (tmp_path / "out" / "train.csv").read_text(encoding="utf-8").splitlines()
-    assert train[0] == "subject_id,session_id,image,dx,age"
-    assert all(",img/" in line and line.endswith("0") and not line.startswith(" ") for line in train[1:])
+    assert train[0] == "subject_id,session_id,image,dx,age,note"
+    assert all(",img/" in line and line.endswith("0,NA") and not line.startswith(" ") for line in train[1:])
     assert any(line.split(",")[4].startswith("0") for line in train[1:])  # "060.50" kept as text
     written = {s: pd.read_csv(tmp_path / "out" / f"{s}.csv", dtype=str) for s in ("train", "val", "test")}
     assert sum(len(f) for f in written.values()) == 60 and res.unit == "subjects"
@@ -141,3 +146,18 @@ def test_split_lists_keep_the_input_cell_text_and_the_report_names_the_input(tmp
         split_datalist(csv, tmp_path / "out", "adni_ad")
     again = split_datalist(csv, tmp_path / "out", "adni_ad", seed=1, overwrite=True, unit="subjects")
     assert again.seed == 1
+
+
+def test_split_options_reach_the_split_and_images_are_found_under_the_dataset_dir(tmp_path: Path) -> None:
+    """fractions, stratify and age bins are those asked for; relative images start at --dataset_dir and
+    must exist (unless check_files is False); the output folder may be new and nested."""
+    csv = _cohort(tmp_path / "lists", images=tmp_path / "data")
+    res = split_datalist(
+        csv, tmp_path / "a" / "out", "adni_ad", fractions="50,30,20", stratify="dx+age", age_bins=2,
+        dataset_dir=tmp_path / "data",
+    )  # fmt: skip
+    assert res.fractions == (0.5, 0.3, 0.2) and res.stratify == "dx+age"
+    assert len(set(res.strata.values())) == 4  # 2 diagnoses x 2 age bins
+    with pytest.raises(DataListError, match=r"image 'img/s0_0.nii' not found"):
+        split_datalist(csv, tmp_path / "b", "adni_ad")  # images looked for next to the CSV
+    assert split_datalist(csv, tmp_path / "c", "adni_ad", check_files=False).stratify == "dx"
