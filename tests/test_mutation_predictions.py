@@ -125,6 +125,8 @@ def test_prediction_rows_hold_label_logit_probability_and_the_decision_at_the_cu
     ]
     assert list(frame["logit"]) == pytest.approx([0.5, 0.49, 2.0, -1.0])
     assert list(frame["session_id"]) == [""] * 4 and list(frame["status"]) == ["ok"] * 4
+    assert list(frame["subject_id"]) == ["s0", "s1", "s2", "s3"]
+    assert metrics["balanced_accuracy"] == 0.0  # at the cut 0.5 every call is wrong (0.25 at 0)
     assert metrics["threshold_logit"] == 0.5 and metrics["threshold"] == pytest.approx(1 / (1 + np.exp(-0.5)))
     assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8")) == pytest.approx(
         metrics, nan_ok=True
@@ -195,6 +197,7 @@ def test_prepared_scans_get_the_raw_input_and_the_prepare_qc_columns(tmp_path: P
 def test_prediction_writer_needs_decollated_outputs_and_attaches_to_the_run(tmp_path: Path) -> None:
     """A batched dict is refused with the fix; attached, one evaluator run writes one row per scan."""
     writer = PredictionWriter("brain_age", str(tmp_path / "p.csv"))
+    assert writer.n_non_finite == 0 and writer.rows == []
     batched = SimpleNamespace(state=SimpleNamespace(batch={"image": 0}, output=[{"pred": 1}]))
     with pytest.raises(TypeError, match="decollate=True"):
         writer.collect(batched)
