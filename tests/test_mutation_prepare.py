@@ -184,6 +184,28 @@ def test_qc_png_outline_is_red_for_a_flagged_scan_and_green_otherwise(tmp_path) 
     assert colours[True][0] > 50 and colours[True][1] == 0
     assert colours[False][1] > 50 and colours[False][0] == 0
     assert not list(tmp_path.glob("*.tmp*"))
+    rgb = mpimg.imread(qc_png(data, mask, tmp_path / "default.png"))[..., :3]  # not flagged by default
+    assert not ((rgb[..., 0] > 0.8) & (rgb[..., 1] < 0.4) & (rgb[..., 2] < 0.4)).any()
+
+
+def test_qc_png_views_cut_through_the_mask_centre_and_scale_to_the_brain(tmp_path, monkeypatch) -> None:
+    """Sagittal, coronal (left on the left) and axial planes through the centre of the mask's bounding
+    box; grey levels from 0 to the 99.5th percentile inside the mask."""
+    import matplotlib.axes
+
+    shown = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", lambda ax, img, **kw: shown.append((img, kw)))
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0, 10, (12, 16, 14)).astype(np.float32)
+    data[0, 0, 0] = 1000.0  # outside the mask: does not set the grey scale
+    mask = np.zeros(data.shape, bool)
+    mask[4:9, 10:15, 2:13] = True  # bounding-box centre (6, 12, 7)
+    qc_png(data, mask, tmp_path / "q.png")
+    expected = [data[6, :, :].T, data[::-1, 12, :].T, data[::-1, :, 7].T]
+    assert len(shown) == 3
+    for (img, kw), want in zip(shown, expected, strict=True):
+        np.testing.assert_array_equal(img, want)
+        assert kw["vmin"] == 0 and kw["vmax"] == pytest.approx(np.percentile(data[mask], 99.5))
 
 
 def test_qc_overview_lists_errors_then_flagged_then_ok_and_counts_them(tmp_path) -> None:
@@ -198,11 +220,27 @@ def test_qc_overview_lists_errors_then_flagged_then_ok_and_counts_them(tmp_path)
         {"input": "/d/d.nii", "status": "skipped", "quality": "flagged"},
         {"input": "/d/e.nii", "status": "skipped"},
         {"input": "/d/0.nii", "status": None},
+        {"input": "/d/f.nii", "status": "error", "quality": "ok", "error": "bad"},  # quality: skipped only
+        {"input": "/d/g.nii", "status": "custom"},  # an unknown status goes last
     ]
     page = write_overview(rows, tmp_path / "out" / "qc.html").read_text(encoding="utf-8")
-    order = [page.index(f"{name}.nii") for name in "cbd0ae"]
-    assert order == sorted(order)  # error, flagged (b before d), ok (0 before a), skipped
-    assert "<h1>Prepared scans: 1 error, 2 flagged, 2 ok, 1 skipped</h1>" in page
+    order = [page.index(f"{name}.nii") for name in "cfbd0aeg"]
+    assert order == sorted(order)  # error, flagged (b before d), ok (0 before a), skipped, others
+    assert "<h1>Prepared scans: 2 error, 2 flagged, 2 ok, 1 skipped, 1 custom</h1>" in page
+    assert page.startswith(
+        "<!doctype html><meta charset=utf-8><title>prepare QC</title><style>"
+        "body{font-family:sans-serif;background:#111;color:#ddd}"
+        ".card{display:inline-block;vertical-align:top;border:3px solid;margin:4px;padding:4px;width:560px}"
+        ".card img{width:100%}.msg{font-size:12px;white-space:pre-wrap}</style>"
+    )
+    assert (
+        "</h1><p>Each image shows the prepared scan with the template brain outline; it should follow the "
+        "brain's edge. Errors and flagged registrations come first.</p><div class" in page
+    )
+    assert page.count('</div></div>\n<div class="card"') == len(rows) - 1  # one card per line
+    assert (
+        '<b style="color:#2a2">skipped</b> e.nii <br><div class=msg></div>' in page
+    )  # no metric, image, text
     assert (
         '<b style="color:#c00">error</b> c.nii' in page and '<b style="color:#d60">flagged</b> d.nii' in page
     )
