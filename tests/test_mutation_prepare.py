@@ -163,6 +163,20 @@ def test_correlation_with_the_template_is_1_for_the_template_and_0_for_a_blank_s
     assert 0.0 < reg._correlation(t1, shifted) < 0.99
 
 
+def test_correlation_is_over_the_brain_mask_with_zero_outside_the_scan() -> None:
+    """A scan covering only part of the template: outside its field of view it counts as 0, and only
+    voxels of the template brain mask count (computed here directly on the shared 2 mm grid)."""
+    t1, mask, _ = reg.template_images()
+    part = sitk.RegionOfInterest(t1, [60, 70, 50], [15, 20, 25])  # same grid, smaller field of view
+    a, m = sitk.GetArrayFromImage(t1), sitk.GetArrayFromImage(mask) > 0
+    cover = np.zeros(a.shape, bool)
+    cover[25:75, 20:90, 15:75] = True  # (z, y, x) array order
+    expected = np.corrcoef(np.where(cover, a, 0.0)[m], a[m])[0, 1]
+    assert reg._correlation(part, sitk.AffineTransform(3)) == pytest.approx(expected, rel=1e-5)
+    coarse = sitk.BinShrink(t1, [2, 2, 2])  # 4 mm voxels, the same physical space
+    assert reg._correlation(coarse, sitk.AffineTransform(3)) > 0.8  # a scan on its own grid
+
+
 # --- QC pictures and qc.html --------------------------------------------------------------------
 
 
