@@ -113,7 +113,8 @@ def _cohort(folder: Path, images: Path | None = None) -> Path:
         for k in range(1 + s % 2):
             (images / "img" / f"s{s}_{k}.nii").touch()
             dx = "AD" if s % 3 == 0 else "CN"
-            rows.append(f" s{s:02d} , ses-{k}, img/s{s}_{k}.nii ,{dx}, 0{60 + s}.50 ,NA,old")
+            note = "NA" if s else ' "a, b"'  # a quoted cell after a space keeps its comma
+            rows.append(f" s{s:02d} , ses-{k}, img/s{s}_{k}.nii ,{dx}, 0{60 + s}.50 ,{note},old")
     csv = folder / "all.csv"
     csv.write_text(
         "subject_id , session_id,image,dx,age,note,split\n" + "\n".join(rows) + "\n", encoding="utf-8"
@@ -128,7 +129,12 @@ def test_split_lists_keep_the_input_cell_text_and_the_report_names_the_input(tmp
     res = split_datalist(csv, tmp_path / "out", "adni_ad", seed=0, unit="subjects")
     train = (tmp_path / "out" / "train.csv").read_text(encoding="utf-8").splitlines()
     assert train[0] == "subject_id,session_id,image,dx,age,note"
-    assert all(",img/" in line and line.endswith("0,NA") and not line.startswith(" ") for line in train[1:])
+    lists = "".join(
+        (tmp_path / "out" / f"{name}.csv").read_text(encoding="utf-8") for name in ("val", "test")
+    )
+    assert sum(line.endswith(',"a, b"') for line in train + lists.splitlines()) == 1
+    assert all(",img/" in line and line.endswith(("0,NA", '"a, b"')) for line in train[1:])
+    assert not any(line.startswith(" ") for line in train)
     assert any(line.split(",")[4].startswith("0") for line in train[1:])  # "060.50" kept as text
     written = {s: pd.read_csv(tmp_path / "out" / f"{s}.csv", dtype=str) for s in ("train", "val", "test")}
     assert sum(len(f) for f in written.values()) == 60 and res.unit == "subjects"
@@ -160,4 +166,9 @@ def test_split_options_reach_the_split_and_images_are_found_under_the_dataset_di
     assert len(set(res.strata.values())) == 4  # 2 diagnoses x 2 age bins
     with pytest.raises(DataListError, match=r"image 'img/s0_0.nii' not found"):
         split_datalist(csv, tmp_path / "b", "adni_ad")  # images looked for next to the CSV
-    assert split_datalist(csv, tmp_path / "c", "adni_ad", check_files=False).stratify == "dx"
+    default = split_datalist(csv, tmp_path / "c", "adni_ad", check_files=False)
+    assert default.stratify == "dx" and default.seed == 0  # the documented default seed
+    no_age = tmp_path / "lists" / "no_age.csv"
+    pd.read_csv(csv, dtype=str, skipinitialspace=True).drop(columns="age").to_csv(no_age, index=False)
+    with pytest.raises(ValueError, match=r"no_age.csv: stratify 'dx\+age' needs an 'age' column"):
+        split_datalist(no_age, tmp_path / "d", "adni_ad", stratify="dx+age", check_files=False)
