@@ -7,6 +7,7 @@ engine/handlers.py (scripts/mutation.sh) can select them (docs/testing.md).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -87,8 +88,13 @@ def test_best_model_saver_attached_to_the_evaluator_saves_the_best_epoch(tmp_pat
     saver = BestModelSaver(net, str(tmp_path / "model.pt"), "val_bacc", lower_is_better=False)
     saver.attach(evaluator)
     evaluator.run([0], max_epochs=3)
-    assert json.loads((tmp_path / "model.json").read_text(encoding="utf-8"))["epoch"] == 2
-    assert torch.load(tmp_path / "model.pt", weights_only=True)["weight"].item() == 2.0
+    record = json.loads((tmp_path / "model.json").read_text(encoding="utf-8"))
+    assert (
+        record["epoch"] == 2 and torch.load(tmp_path / "model.pt", weights_only=True)["weight"].item() == 2.0
+    )
+    assert (
+        record["sha256"] == hashlib.sha256((tmp_path / "model.pt").read_bytes()).hexdigest()
+    )  # this model's
 
 
 def test_a_resumed_best_model_saver_only_replaces_the_model_for_a_better_epoch(tmp_path: Path) -> None:
