@@ -39,7 +39,8 @@ tests_for() {
         prepare/registration.py) echo "tests/test_mutation_prepare.py $RN::test_registration_qc_flags_an_implausible_scale" ;;
         split.py) echo "tests/test_mutation_split.py tests/test_split.py tests/test_datalist.py tests/test_properties.py" ;;
         data/datalist.py)
-            echo "tests/test_datalist.py tests/test_split.py::test_split_command_writes_checked_lists_and_a_report" \
+            echo "tests/test_mutation_datalist.py tests/test_datalist.py" \
+                "tests/test_split.py::test_split_command_writes_checked_lists_and_a_report" \
                 "tests/test_properties.py::test_split_never_shares_a_subject_and_guard_refuses_a_planted_duplicate" ;;
         data/anatomy.py)
             echo "tests/test_mutation_anatomy.py $RN::test_demo_ad_twin_has_less_mtl_grey_matter_and_larger_ventricles" \
