@@ -38,6 +38,7 @@ def test_sinusoidal_table_is_sin_cos_of_position_over_10000_powers(k: int, d: in
     x = torch.randn(3, k, d, dtype=torch.float64)
     out = pe(x)
     assert out.dtype == torch.float64
+    assert pe(x.to(torch.bfloat16)).dtype == torch.bfloat16  # added in the input's precision (bf16 autocast)
     torch.testing.assert_close(out, x + pe.table.double())
 
 
@@ -80,6 +81,7 @@ def test_attention_pooling_follows_its_formula_and_keeps_the_weights() -> None:
     torch.manual_seed(1)
     d = 4
     att = AttentionAggregation(d).double()
+    assert att.last_weights is None  # no forward pass yet
     with torch.no_grad():
         att.query.mul_(5.0)  # sharper weights than at init, so that a wrong scale shows
         att.norm.weight.uniform_(0.5, 1.5)
@@ -100,6 +102,8 @@ def test_attention_pooling_follows_its_formula_and_keeps_the_weights() -> None:
 @pytest.mark.parametrize("axis,k", [("sagittal", 5), ("Coronal", 6), ("axial", 7)])
 def test_number_of_slices_is_the_size_along_the_slicing_axis(axis: str, k: int) -> None:
     assert num_slices((5, 6, 7), axis) == k
+    with pytest.raises(ValueError, match=r"unknown axis 'transverse'; choose one of sagittal"):
+        num_slices((5, 6, 7), "transverse")
 
 
 @pytest.mark.parametrize("encoder,pe_dim", [("cnn5", 64), ("resnet18", 32)])
