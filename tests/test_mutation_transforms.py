@@ -66,6 +66,27 @@ def test_an_empty_or_constant_brain_is_a_scan_error_naming_the_file(values, prob
     with pytest.raises(ScanError) as info:
         normalize_brain(torch.tensor([[[values]]]))
     assert info.value.path is None
+    with pytest.raises(ScanError) as info:
+        normalize_brain(MetaTensor(torch.tensor([[[values]]])))  # a MetaTensor without a file name
+    assert info.value.path is None
+
+
+def test_normalisation_errors_say_what_to_do() -> None:
+    with pytest.raises(ScanError) as info:
+        normalize_brain(torch.zeros(1, 2, 2, 2))
+    assert info.value.problem == (
+        "no non-zero voxel on the MNI152 2 mm template grid after resampling: the image lies outside "
+        "template space, so the scan is probably not in MNI space. Register it to MNI space first, "
+        "e.g. with `mri-slice-transfer prepare`."
+    )
+    with pytest.raises(ScanError) as info:
+        normalize_brain(torch.full((1, 2, 2, 2), 3.0))
+    assert info.value.problem == (
+        "all 8 non-zero voxels on the template grid have the same value (3), so the image cannot be "
+        "normalised; check the file holds a T1 image registered to MNI space "
+        "(e.g. `mri-slice-transfer prepare`)."
+    )
+    assert normalize_brain(torch.tensor([[[[1.0, 3.0]]]], dtype=torch.float64)).dtype == torch.float32
 
 
 def test_normalise_dict_transform_normalises_each_key_and_may_skip_missing_ones() -> None:
