@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Mutation testing with mutmut 3, one module at a time, on one core, in a bounded time.
 #
-#   scripts/mutation.sh MODULE...        e.g. scripts/mutation.sh engine/metrics.py fileio.py
+#   scripts/mutation.sh MODULE[:NAMES]...  e.g. scripts/mutation.sh engine/metrics.py fileio.py
+#                                                 scripts/mutation.sh prepare/registration.py:register_to_template
+#
+# NAMES (comma-separated functions or classes of MODULE) restricts the run to their mutants (mutmut's
+# mutant-name filter); the other mutants of the module are then counted as "not run".
 #
 # (mutmut imports the mutated copy from mutants/; PYTHONPATH is unset so that nothing shadows it.)
 #
@@ -21,27 +25,56 @@ MUTMUT="$(dirname "$PYTHON")/mutmut"
 MINUTES="${MUTATION_MINUTES:-20}"
 OUT="${MUTATION_OUT:-$ROOT/runs/mutation}"
 
-# The fast test files that exercise each module (the slow bundle/DDP/registration tests stay out).
+# The fast test files (or single tests) that exercise each module (the slow bundle/DDP/registration tests
+# stay out: mutmut's first pass runs every selected test once, and a slow one eats the time budget).
+RN=tests/test_researcher_numbers.py
 tests_for() {
     case "$1" in
         engine/metrics.py) echo "tests/test_engine.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
-        engine/handlers.py) echo "tests/test_engine.py tests/test_researcher_numbers.py" ;;
-        engine/predictions.py) echo "tests/test_engine.py tests/test_researcher_numbers.py tests/test_infer_raw.py" ;;
+        engine/handlers.py) echo "tests/test_mutation_handlers.py $RN::test_saved_model_is_the_best_validation_epoch" ;;
+        engine/predictions.py) echo "tests/test_mutation_predictions.py $RN::test_csv_probability_is_sigmoid_of_the_ad_logit $RN::test_test_metrics_count_the_scans_they_are_over" ;;
         fileio.py) echo "tests/test_researcher_numbers.py tests/test_engine.py tests/test_template.py" ;;
         experiments/summary.py | experiments/tables.py) echo "tests/test_grid.py tests/test_researcher_numbers.py" ;;
-        prepare/qc.py | prepare/registration.py) echo "tests/test_prepare.py tests/test_researcher_numbers.py" ;;
-        split.py | data/datalist.py) echo "tests/test_split.py tests/test_datalist.py tests/test_properties.py" ;;
-        data/anatomy.py) echo "tests/test_synthetic.py tests/test_researcher_numbers.py" ;;
+        prepare/qc.py) echo "tests/test_mutation_prepare.py" ;;
+        prepare/registration.py) echo "tests/test_mutation_prepare.py $RN::test_registration_qc_flags_an_implausible_scale" ;;
+        split.py) echo "tests/test_mutation_split.py tests/test_split.py tests/test_datalist.py tests/test_properties.py" ;;
+        data/datalist.py)
+            echo "tests/test_mutation_datalist.py tests/test_datalist.py" \
+                "tests/test_split.py::test_split_command_writes_checked_lists_and_a_report" \
+                "tests/test_properties.py::test_split_never_shares_a_subject_and_guard_refuses_a_planted_duplicate" ;;
+        data/anatomy.py)
+            echo "tests/test_mutation_anatomy.py $RN::test_demo_ad_twin_has_less_mtl_grey_matter_and_larger_ventricles" \
+                "tests/test_synthetic.py::test_ventricles_grow_with_age_and_ad_same_subject" ;;
+        networks/slice_set.py)
+            n=tests/test_networks.py
+            echo "tests/test_mutation_networks.py $RN::test_learned_position_is_added_before_the_layernorm" \
+                "$n::test_slices_cut_the_right_planes $n::test_chunked_equals_unchunked" \
+                "$n::test_chunked_recompute_keeps_batchnorm_statistics $n::test_bad_arguments_list_choices" \
+                "$n::test_output_bias_and_spatial_size_checks $n::test_position_encoding_modules" ;;
         networks/*) echo "tests/test_networks.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
+        transforms/intensity.py) echo "tests/test_mutation_transforms.py tests/test_transforms.py::test_normalize_brain_keeps_metadata" ;;
+        transforms/spatial.py)
+            t=tests/test_transforms.py
+            echo "tests/test_mutation_transforms.py $t::test_strided_path_equals_interpolation" \
+                "$t::test_exact_path_is_bit_exact_for_template_grid_and_ras_storage" \
+                "tests/test_properties.py::test_exact_path_undoes_any_axis_permutation_and_flip" ;;
         transforms/*) echo "tests/test_transforms.py tests/test_properties.py" ;;
         *) echo "no test selection for $1: add it to tests_for in $0" >&2; return 1 ;;
     esac
 }
 
-[ $# -gt 0 ] || { sed -n '2,15p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,19p' "$0"; exit 2; }
 [ -x "$MUTMUT" ] || { echo "mutmut not found next to $PYTHON: pip install -e '.[dev]'" >&2; exit 2; }
 
-for module in "$@"; do
+for arg in "$@"; do
+    module="${arg%%:*}"
+    names=()
+    if [ "$arg" != "$module" ]; then
+        dotted="mri_slice_transfer.${module%.py}"
+        dotted="${dotted//\//.}"
+        IFS=, read -ra funcs <<< "${arg#*:}"
+        for f in "${funcs[@]}"; do names+=("$dotted.x_${f}__mutmut_*" "$dotted.xǁ${f}ǁ*"); done
+    fi
     [ -f "$ROOT/mri_slice_transfer/$module" ] || { echo "no such module: mri_slice_transfer/$module" >&2; exit 2; }
     tests="$(tests_for "$module")"
     name="${module//\//.}"
@@ -54,11 +87,11 @@ with open(path, "a", encoding="utf-8") as f:
     f.write(f"only_mutate = [{module!r}]\n")
     f.write(f"pytest_add_cli_args_test_selection = {tests!r}\n")
 PY
-    echo "== $module: tests $tests; at most $MINUTES min on one core (in $work)"
+    echo "== $arg: tests $tests; at most $MINUTES min on one core (in $work)"
     status=0
     # own process group (setsid), so that no mutmut worker outlives the time budget
     (cd "$work" && env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-        setsid nice -n 19 timeout -k 30 "${MINUTES}m" "$MUTMUT" run --max-children 1 > mutmut-run.log 2>&1) &
+        setsid nice -n 19 timeout -k 30 "${MINUTES}m" "$MUTMUT" run --max-children 1 "${names[@]}" > mutmut-run.log 2>&1) &
     group=$!
     wait "$group" || status=$?
     kill -- "-$group" 2> /dev/null || true
