@@ -108,7 +108,7 @@ def measure(
     """Grad-CAM on ``scans``; the share of map mass (inside the brain) that is in ``region``."""
     import nibabel as nib
 
-    from mri_slice_transfer.interpret import interpret_scans
+    from mri_slice_transfer.interpret.run import interpret_scans
 
     if not (out / "interpret.csv").is_file():
         interpret_scans(

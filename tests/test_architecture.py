@@ -27,6 +27,10 @@ STDLIB_IMPORTS_TO_MOVE: frozenset[str] = frozenset({"engine/distributed.py: logg
 #: Packages whose ``__init__`` still imports its names lazily (PEP 562 ``__getattr__``).
 LAZY_PACKAGES_TO_CONVERT: frozenset[str] = frozenset({"data/__init__.py", "prepare/__init__.py"})
 
+#: The package root is lazy by design: every ``mri_slice_transfer.<module>`` import runs it (the command
+#: line's included), so ``mst.load_model`` cannot import torch when the root is imported.
+LAZY_BY_DESIGN: frozenset[str] = frozenset({"__init__.py"})
+
 
 def _modules() -> list[tuple[str, ast.Module, list[str]]]:
     """``(path relative to the package, syntax tree, source lines)`` of every module."""
@@ -92,7 +96,7 @@ def test_package_inits_import_eagerly_or_not_at_all() -> None:
         if rel.endswith("__init__.py")
         and any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)
     }
-    assert lazy == set(LAZY_PACKAGES_TO_CONVERT)
+    assert lazy == set(LAZY_PACKAGES_TO_CONVERT | LAZY_BY_DESIGN)
 
 
 def _in_function_imports(tree: ast.Module) -> list[tuple[str, int]]:
