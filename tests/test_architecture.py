@@ -13,14 +13,6 @@ PACKAGE = Path(mri_slice_transfer.__file__).resolve().parent
 #: Longest function, in code lines (see :func:`code_lines`).
 MAX_FUNCTION_LINES = 80
 
-#: Functions still over :data:`MAX_FUNCTION_LINES`, to be split; remove a name when it is split.
-LONG_FUNCTIONS_TO_SPLIT: frozenset[str] = frozenset(
-    {
-        "data/datalist.py::_check_frame",
-        "engine/raw_inputs.py::prepare_inputs",
-    }
-)
-
 #: Standard-library imports still inside a function (``"<module path>: <module>"``), to be moved up.
 STDLIB_IMPORTS_TO_MOVE: frozenset[str] = frozenset({"engine/distributed.py: logging"})
 
@@ -75,10 +67,7 @@ def _function_lengths() -> dict[str, int]:
 def test_no_function_is_longer_than_80_code_lines() -> None:
     lengths = _function_lengths()
     too_long = {name: n for name, n in lengths.items() if n > MAX_FUNCTION_LINES}
-    new = {name: n for name, n in too_long.items() if name not in LONG_FUNCTIONS_TO_SPLIT}
-    assert new == {}, f"functions over {MAX_FUNCTION_LINES} code lines (split them): {new}"
-    split_already = sorted(LONG_FUNCTIONS_TO_SPLIT - set(too_long))
-    assert split_already == [], f"remove from LONG_FUNCTIONS_TO_SPLIT (now short or gone): {split_already}"
+    assert too_long == {}, f"functions over {MAX_FUNCTION_LINES} code lines (split them): {too_long}"
 
 
 def test_code_lines_leave_out_docstring_comments_and_blank_lines() -> None:
