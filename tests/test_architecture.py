@@ -13,12 +13,6 @@ PACKAGE = Path(mri_slice_transfer.__file__).resolve().parent
 #: Longest function, in code lines (see :func:`code_lines`).
 MAX_FUNCTION_LINES = 80
 
-#: Standard-library imports still inside a function (``"<module path>: <module>"``), to be moved up.
-STDLIB_IMPORTS_TO_MOVE: frozenset[str] = frozenset({"engine/distributed.py: logging"})
-
-#: Packages whose ``__init__`` still imports its names lazily (PEP 562 ``__getattr__``).
-LAZY_PACKAGES_TO_CONVERT: frozenset[str] = frozenset({"data/__init__.py", "prepare/__init__.py"})
-
 #: The package root is lazy by design: every ``mri_slice_transfer.<module>`` import runs it (the command
 #: line's included), so ``mst.load_model`` cannot import torch when the root is imported.
 LAZY_BY_DESIGN: frozenset[str] = frozenset({"__init__.py"})
@@ -85,7 +79,7 @@ def test_package_inits_import_eagerly_or_not_at_all() -> None:
         if rel.endswith("__init__.py")
         and any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)
     }
-    assert lazy == set(LAZY_PACKAGES_TO_CONVERT | LAZY_BY_DESIGN)
+    assert lazy == set(LAZY_BY_DESIGN)
 
 
 def _in_function_imports(tree: ast.Module) -> list[tuple[str, int]]:
@@ -110,4 +104,4 @@ def test_standard_library_is_imported_at_the_top() -> None:
         for name, _line in _in_function_imports(tree)
         if name.split(".")[0] in stdlib
     }
-    assert late == set(STDLIB_IMPORTS_TO_MOVE)
+    assert late == set()

@@ -134,7 +134,7 @@ def resolve_data(
     Returns:
         the data source.
     """
-    from mri_slice_transfer.data import read_split_datalists
+    from mri_slice_transfer.data.datalist import read_split_datalists
 
     dataset_dir = as_optional(dataset_dir)
     datalist_dir = as_optional(datalist_dir) or dataset_dir or None

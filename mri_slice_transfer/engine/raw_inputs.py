@@ -2,7 +2,7 @@
 
 ``inference.json --prepare true`` builds its data list with :func:`prepare_inputs`: the scans found by
 :func:`~mri_slice_transfer.engine.inputs.resolve_inputs` are registered to the template by
-:func:`~mri_slice_transfer.prepare.prepare_scans` (progress bar, workers, resumable: a re-run reuses
+:func:`~mri_slice_transfer.prepare.batch.prepare_scans` (progress bar, workers, resumable: a re-run reuses
 scans prepared earlier with the same settings), and each data dict then points at the prepared image
 and carries the preparation's outcome, which :class:`~mri_slice_transfer.engine.PredictionWriter` writes
 beside the prediction. A scan whose preparation failed keeps its data dict, with the reason in
