@@ -105,3 +105,33 @@ def test_standard_library_is_imported_at_the_top() -> None:
         if name.split(".")[0] in stdlib
     }
     assert late == set()
+
+
+#: Modules allowed to serialise JSON into a file themselves: the one writer, and the lock file, which must be
+#: created exclusively (``os.link``), which an atomic replace cannot do.
+JSON_WRITERS: frozenset[str] = frozenset({"fileio.py", "engine/lock.py"})
+
+
+def _name(node: ast.expr) -> str:
+    """``"json.dumps"`` for ``json.dumps``, ``"write_text"`` for ``x.write_text``, ``"f"`` for ``f``."""
+    if isinstance(node, ast.Attribute):
+        return f"{node.value.id}.{node.attr}" if isinstance(node.value, ast.Name) else node.attr
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def test_json_files_are_written_by_the_one_json_writer() -> None:
+    # fileio.atomic_write_json: atomic, NaN as null, one argument order (path, obj)
+    own_writers = set()
+    for rel, tree, _ in _modules():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or rel in JSON_WRITERS:
+                continue
+            name = _name(node.func)
+            dumps_into_write = "write" in name.split(".")[-1] and any(
+                isinstance(arg, ast.BinOp | ast.Call)
+                and any(isinstance(n, ast.Call) and _name(n.func) == "json.dumps" for n in ast.walk(arg))
+                for arg in node.args
+            )
+            if name == "json.dump" or dumps_into_write:
+                own_writers.add(f"{rel}:{node.lineno}")
+    assert own_writers == set(), f"write JSON with fileio.atomic_write_json: {sorted(own_writers)}"

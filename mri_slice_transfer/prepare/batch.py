@@ -178,10 +178,6 @@ def _write_outputs(data: np.ndarray, transform, files: dict[str, Path]) -> None:
         sitk.WriteTransform(transform, str(tmp))
 
 
-def _write_json(obj: dict, path: Path) -> None:
-    atomic_write_json(path, obj)
-
-
 def _row(path: Path, files: dict[str, Path], **kw) -> dict:
     row = {c: None for c in MANIFEST_COLUMNS}
     entities = scan_entities(os.path.abspath(path))
@@ -306,7 +302,7 @@ def _prepare(
         "convention": "template_to_scan_ras maps template world mm (MNI152 RAS+) to scan world mm (RAS+); "
         "the .tfm holds the same map in ITK's LPS convention",
     }
-    _write_json(record, files["record"])
+    atomic_write_json(files["record"], record)
     return _row(
         path,
         files,
