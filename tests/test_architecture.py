@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -135,3 +136,11 @@ def test_json_files_are_written_by_the_one_json_writer() -> None:
             if name == "json.dump" or dumps_into_write:
                 own_writers.add(f"{rel}:{node.lineno}")
     assert own_writers == set(), f"write JSON with fileio.atomic_write_json: {sorted(own_writers)}"
+
+
+def test_the_engine_imports_simpleitk_only_to_prepare_raw_scans() -> None:
+    # import rule 7: bundle runs on NIfTI files do not load SimpleITK; engine.inputs / engine.raw_inputs
+    # import mri_slice_transfer.prepare inside the functions that look into DICOM folders or prepare scans
+    code = "import sys, mri_slice_transfer.engine; print('SimpleITK' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -29,6 +29,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from mri_slice_transfer.data.anatomy import SITES, ScanParams, render, static_maps, subject_anatomy
 from mri_slice_transfer.data.datalist import SPLITS
@@ -314,8 +315,6 @@ def generate_cohort(
 
 
 def _run(todo: Sequence[dict], space: str, out: Path, workers: int, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(todo), desc=f"demo scans ({space})", unit="scan", disable=not progress)
     try:
         if workers == 1 or len(todo) <= 1:
