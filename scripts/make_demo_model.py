@@ -56,9 +56,9 @@ def pack(run: Path, out: Path, half: bool) -> Path:
     """
     from mri_slice_transfer.api import weights_path
     from mri_slice_transfer.engine.checkpoint import load_model_weights
-    from mri_slice_transfer.engine.io import atomic_torch_save, write_json
+    from mri_slice_transfer.engine.io import atomic_torch_save
     from mri_slice_transfer.engine.model_record import record_path
-    from mri_slice_transfer.fileio import atomic_write_bytes, file_sha256
+    from mri_slice_transfer.fileio import atomic_write_bytes, atomic_write_json, file_sha256
 
     weights = weights_path(run)
     state = load_model_weights(weights)  # the sha256 in the record is checked here
@@ -72,7 +72,7 @@ def pack(run: Path, out: Path, half: bool) -> Path:
         if file_sha256(packed) != record["sha256"]:
             raise RuntimeError(f"{weights} changed while it was copied to {packed}; run the script again")
     record["sha256"] = file_sha256(packed)
-    write_json(record, record_path(packed))
+    atomic_write_json(record_path(packed), record)
     return packed
 
 

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import SimpleITK as sitk
 
-    from mri_slice_transfer.prepare import prepare_scans
+    from mri_slice_transfer.prepare.batch import prepare_scans
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     parts = pd.read_csv(args.cohort / "participants.csv")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,20 +13,6 @@ PACKAGE = Path(mri_slice_transfer.__file__).resolve().parent
 
 #: Longest function, in code lines (see :func:`code_lines`).
 MAX_FUNCTION_LINES = 80
-
-#: Functions still over :data:`MAX_FUNCTION_LINES`, to be split; remove a name when it is split.
-LONG_FUNCTIONS_TO_SPLIT: frozenset[str] = frozenset(
-    {
-        "data/datalist.py::_check_frame",
-        "engine/raw_inputs.py::prepare_inputs",
-    }
-)
-
-#: Standard-library imports still inside a function (``"<module path>: <module>"``), to be moved up.
-STDLIB_IMPORTS_TO_MOVE: frozenset[str] = frozenset({"engine/distributed.py: logging"})
-
-#: Packages whose ``__init__`` still imports its names lazily (PEP 562 ``__getattr__``).
-LAZY_PACKAGES_TO_CONVERT: frozenset[str] = frozenset({"data/__init__.py", "prepare/__init__.py"})
 
 #: The package root is lazy by design: every ``mri_slice_transfer.<module>`` import runs it (the command
 #: line's included), so ``mst.load_model`` cannot import torch when the root is imported.
@@ -75,10 +62,7 @@ def _function_lengths() -> dict[str, int]:
 def test_no_function_is_longer_than_80_code_lines() -> None:
     lengths = _function_lengths()
     too_long = {name: n for name, n in lengths.items() if n > MAX_FUNCTION_LINES}
-    new = {name: n for name, n in too_long.items() if name not in LONG_FUNCTIONS_TO_SPLIT}
-    assert new == {}, f"functions over {MAX_FUNCTION_LINES} code lines (split them): {new}"
-    split_already = sorted(LONG_FUNCTIONS_TO_SPLIT - set(too_long))
-    assert split_already == [], f"remove from LONG_FUNCTIONS_TO_SPLIT (now short or gone): {split_already}"
+    assert too_long == {}, f"functions over {MAX_FUNCTION_LINES} code lines (split them): {too_long}"
 
 
 def test_code_lines_leave_out_docstring_comments_and_blank_lines() -> None:
@@ -96,7 +80,7 @@ def test_package_inits_import_eagerly_or_not_at_all() -> None:
         if rel.endswith("__init__.py")
         and any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)
     }
-    assert lazy == set(LAZY_PACKAGES_TO_CONVERT | LAZY_BY_DESIGN)
+    assert lazy == set(LAZY_BY_DESIGN)
 
 
 def _in_function_imports(tree: ast.Module) -> list[tuple[str, int]]:
@@ -121,4 +105,42 @@ def test_standard_library_is_imported_at_the_top() -> None:
         for name, _line in _in_function_imports(tree)
         if name.split(".")[0] in stdlib
     }
-    assert late == set(STDLIB_IMPORTS_TO_MOVE)
+    assert late == set()
+
+
+#: Modules allowed to serialise JSON into a file themselves: the one writer, and the lock file, which must be
+#: created exclusively (``os.link``), which an atomic replace cannot do.
+JSON_WRITERS: frozenset[str] = frozenset({"fileio.py", "engine/lock.py"})
+
+
+def _name(node: ast.expr) -> str:
+    """``"json.dumps"`` for ``json.dumps``, ``"write_text"`` for ``x.write_text``, ``"f"`` for ``f``."""
+    if isinstance(node, ast.Attribute):
+        return f"{node.value.id}.{node.attr}" if isinstance(node.value, ast.Name) else node.attr
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def test_json_files_are_written_by_the_one_json_writer() -> None:
+    # fileio.atomic_write_json: atomic, NaN as null, one argument order (path, obj)
+    own_writers = set()
+    for rel, tree, _ in _modules():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or rel in JSON_WRITERS:
+                continue
+            name = _name(node.func)
+            dumps_into_write = "write" in name.split(".")[-1] and any(
+                isinstance(arg, ast.BinOp | ast.Call)
+                and any(isinstance(n, ast.Call) and _name(n.func) == "json.dumps" for n in ast.walk(arg))
+                for arg in node.args
+            )
+            if name == "json.dump" or dumps_into_write:
+                own_writers.add(f"{rel}:{node.lineno}")
+    assert own_writers == set(), f"write JSON with fileio.atomic_write_json: {sorted(own_writers)}"
+
+
+def test_the_engine_imports_simpleitk_only_to_prepare_raw_scans() -> None:
+    # import rule 7: bundle runs on NIfTI files do not load SimpleITK; engine.inputs / engine.raw_inputs
+    # import mri_slice_transfer.prepare inside the functions that look into DICOM folders or prepare scans
+    code = "import sys, mri_slice_transfer.engine; print('SimpleITK' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

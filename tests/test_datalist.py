@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mri_slice_transfer.data import TASKS, read_datalist, read_split_datalists
+from mri_slice_transfer.data.datalist import TASKS, read_datalist, read_split_datalists
 from mri_slice_transfer.errors import DataListError
 
 

@@ -22,7 +22,7 @@ from monai.bundle import ConfigParser  # noqa: E402
 from test_bundles import TINY_NET, copy_bundle, run_workflow  # noqa: E402
 from test_prepare import _make_scan, _orientation, _pose, _template_1mm_sitk  # noqa: E402
 
-from mri_slice_transfer.prepare import prepare_scan  # noqa: E402
+from mri_slice_transfer.prepare.batch import prepare_scan  # noqa: E402
 
 GOOD = ("a.nii.gz", "b.nrrd")
 #: Columns of the predictions CSV without ``--prepare`` (unchanged by this feature).

@@ -17,11 +17,11 @@ import torch
 from test_bundles import write_tiny_dataset
 
 from mri_slice_transfer.cli import main
-from mri_slice_transfer.engine.io import atomic_torch_save, write_json
+from mri_slice_transfer.engine.io import atomic_torch_save
 from mri_slice_transfer.engine.model_record import training_record
 from mri_slice_transfer.engine.network import build_network
 from mri_slice_transfer.engine.resize import scaled_size
-from mri_slice_transfer.fileio import file_sha256
+from mri_slice_transfer.fileio import atomic_write_json, file_sha256
 from mri_slice_transfer.interpret.geometry import slice_mni_coordinates, to_template_grid
 from mri_slice_transfer.interpret.gradcam import GradCAMMap
 from mri_slice_transfer.interpret.slices import slice_importance
@@ -132,7 +132,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rec = training_record(
         net, "adni_ad", 1, "val_balanced_accuracy", metrics, file_sha256(models / "model.pt"), SCALE
     )
-    write_json(rec.to_json(), models / "model.json")
+    atomic_write_json(models / "model.json", rec.to_json())
     return models.parent
 
 

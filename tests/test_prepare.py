@@ -17,7 +17,8 @@ import pytest
 sitk = pytest.importorskip("SimpleITK")
 
 from mri_slice_transfer.errors import ScanError  # noqa: E402
-from mri_slice_transfer.prepare import find_inputs, prepare_scan, prepare_scans, read_scan  # noqa: E402
+from mri_slice_transfer.prepare.batch import prepare_scan, prepare_scans  # noqa: E402
+from mri_slice_transfer.prepare.io import find_inputs, read_scan  # noqa: E402
 from mri_slice_transfer.template import TEMPLATE_AFFINE, load_template, load_template_1mm  # noqa: E402
 
 _RAS = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}

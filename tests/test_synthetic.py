@@ -12,9 +12,15 @@ import pytest
 from scipy import ndimage
 
 from mri_slice_transfer.cli import main
-from mri_slice_transfer.data import plan_cohort, read_split_datalists
 from mri_slice_transfer.data.anatomy import ScanParams, _world
-from mri_slice_transfer.data.synthetic import datalist_csvs, generate_cohort, site_summary, synthesize_scan
+from mri_slice_transfer.data.datalist import read_split_datalists
+from mri_slice_transfer.data.synthetic import (
+    datalist_csvs,
+    generate_cohort,
+    plan_cohort,
+    site_summary,
+    synthesize_scan,
+)
 from mri_slice_transfer.template import TEMPLATE_AFFINE, TEMPLATE_SHAPE
 
 

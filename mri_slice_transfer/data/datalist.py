@@ -79,14 +79,8 @@ def _read_csv(path: Path, name: str, problems: list[str]) -> pd.DataFrame | None
     return frame
 
 
-def _check_frame(
-    frame: pd.DataFrame,
-    name: str,
-    spec: TaskSpec,
-    root: Path,
-    check_files: bool,
-    problems: list[str],
-) -> pd.DataFrame:
+def _check_columns(frame: pd.DataFrame, name: str, spec: TaskSpec, problems: list[str]) -> None:
+    """Report missing required columns and an empty list."""
     required = (*REQUIRED_COLUMNS, spec.label_column)
     missing = [c for c in required if c not in frame.columns]
     if missing:
@@ -97,32 +91,45 @@ def _check_frame(
         )
     if len(frame) == 0:
         problems.append(f"{name}: no data rows")
-    out = frame.copy()
 
+
+def _check_subjects(frame: pd.DataFrame, name: str, problems: list[str]) -> None:
+    """Report rows with an empty ``subject_id``."""
     if "subject_id" in frame.columns:
         for i in frame.index[frame["subject_id"] == ""]:
             problems.append(f"{name} {_row(i)}: empty subject_id")
 
-    if "image" in frame.columns:
-        resolved = []
-        for i, value in frame["image"].items():
-            if value == "":
-                problems.append(f"{name} {_row(i)}: empty image path")
-                resolved.append("")
-                continue
-            p = Path(value).expanduser()
-            p = p if p.is_absolute() else root / p
-            resolved.append(str(p.resolve()))
-            if check_files and not p.is_file():
-                problems.append(f"{name} {_row(i)}: image {value!r} not found (looked for {p})")
-        out["image"] = resolved
-        nonempty = out[out["image"] != ""]
-        for img, group in nonempty.groupby("image", sort=True):
-            if len(group) > 1:
-                problems.append(
-                    f"{name} {_rows(list(group.index))}: the same image is listed more than once ({img})"
-                )
 
+def _resolve_images(
+    frame: pd.DataFrame, name: str, root: Path, check_files: bool, problems: list[str]
+) -> list[str]:
+    """Absolute ``image`` paths (``""`` where empty); report empty paths and, if asked, missing files."""
+    resolved = []
+    for i, value in frame["image"].items():
+        if value == "":
+            problems.append(f"{name} {_row(i)}: empty image path")
+            resolved.append("")
+            continue
+        p = Path(value).expanduser()
+        p = p if p.is_absolute() else root / p
+        resolved.append(str(p.resolve()))
+        if check_files and not p.is_file():
+            problems.append(f"{name} {_row(i)}: image {value!r} not found (looked for {p})")
+    return resolved
+
+
+def _check_duplicate_images(out: pd.DataFrame, name: str, problems: list[str]) -> None:
+    """Report an image (resolved path) listed in more than one row."""
+    nonempty = out[out["image"] != ""]
+    for img, group in nonempty.groupby("image", sort=True):
+        if len(group) > 1:
+            problems.append(
+                f"{name} {_rows(list(group.index))}: the same image is listed more than once ({img})"
+            )
+
+
+def _check_sessions(frame: pd.DataFrame, name: str, problems: list[str]) -> None:
+    """Report a (subject, session) pair listed in more than one row."""
     if "session_id" in frame.columns and "subject_id" in frame.columns:
         keyed = frame[(frame["subject_id"] != "") & (frame["session_id"] != "")]
         for (sub, ses), group in keyed.groupby(["subject_id", "session_id"], sort=True):
@@ -132,40 +139,75 @@ def _check_frame(
                     "is listed more than once"
                 )
 
+
+def _check_sex(frame: pd.DataFrame, name: str, problems: list[str]) -> None:
+    """Report ``sex`` values other than M, F or empty."""
     if "sex" in frame.columns:
         for i, value in frame["sex"].items():
             if value not in (*SEX_VALUES, ""):
                 problems.append(f"{name} {_row(i)}: sex {value!r} is not one of M, F (or empty)")
 
+
+def _class_label(value: str, where: str, spec: TaskSpec, problems: list[str]) -> float:
+    """A binary task's label as 0/1 (NaN, reported, when not one of the classes)."""
+    assert spec.classes is not None
+    if value not in spec.classes:
+        allowed = "/".join(spec.classes)
+        problems.append(f"{where}: {spec.label_column} {value!r} is not one of {allowed}")
+        return math.nan
+    return float(spec.classes[value])
+
+
+def _number_label(value: str, where: str, spec: TaskSpec, problems: list[str]) -> float:
+    """A regression task's label as a float; not a number, not finite or implausible is reported."""
+    col = spec.label_column
+    lo, hi = spec.value_range or (-math.inf, math.inf)
+    try:
+        number = float(value)
+    except ValueError:
+        problems.append(f"{where}: {col} {value!r} is not a number")
+        return math.nan
+    if not math.isfinite(number):
+        problems.append(f"{where}: {col} {value!r} is not finite")
+        return math.nan
+    if not lo <= number <= hi:
+        problems.append(f"{where}: {col} {value!r} is outside the plausible {lo:g}-{hi:g}")
+    return number
+
+
+def _labels(frame: pd.DataFrame, name: str, spec: TaskSpec, problems: list[str]) -> pd.Series:
+    """The float ``label`` column of the task's label column (bad values reported and NaN)."""
+    parse = _class_label if spec.is_binary else _number_label
+    labels = [
+        parse(value, f"{name} {_row(i)}", spec, problems) for i, value in frame[spec.label_column].items()
+    ]
+    return pd.Series(labels, index=frame.index, dtype="float64")
+
+
+def _check_frame(
+    frame: pd.DataFrame,
+    name: str,
+    spec: TaskSpec,
+    root: Path,
+    check_files: bool,
+    problems: list[str],
+) -> pd.DataFrame:
+    """Check one data list's rows, appending every problem to ``problems``, in file order per check.
+
+    Returns:
+        a copy with ``image`` resolved to absolute paths and a float ``label`` column.
+    """
+    _check_columns(frame, name, spec, problems)
+    out = frame.copy()
+    _check_subjects(frame, name, problems)
+    if "image" in frame.columns:
+        out["image"] = _resolve_images(frame, name, root, check_files, problems)
+        _check_duplicate_images(out, name, problems)
+    _check_sessions(frame, name, problems)
+    _check_sex(frame, name, problems)
     col = spec.label_column
     if col in frame.columns:
-        labels = []
-        for i, value in frame[col].items():
-            if spec.is_binary:
-                assert spec.classes is not None
-                if value not in spec.classes:
-                    allowed = "/".join(spec.classes)
-                    problems.append(f"{name} {_row(i)}: {col} {value!r} is not one of {allowed}")
-                    labels.append(math.nan)
-                else:
-                    labels.append(float(spec.classes[value]))
-            else:
-                lo, hi = spec.value_range or (-math.inf, math.inf)
-                try:
-                    number = float(value)
-                except ValueError:
-                    number = math.nan
-                    problems.append(f"{name} {_row(i)}: {col} {value!r} is not a number")
-                else:
-                    if not math.isfinite(number):
-                        problems.append(f"{name} {_row(i)}: {col} {value!r} is not finite")
-                        number = math.nan
-                    elif not lo <= number <= hi:
-                        problems.append(
-                            f"{name} {_row(i)}: {col} {value!r} is outside the plausible {lo:g}-{hi:g}"
-                        )
-                labels.append(number)
-        out["label"] = pd.Series(labels, index=frame.index, dtype="float64")
+        out["label"] = _labels(frame, name, spec, problems)
         if not spec.is_binary:
             out[col] = out["label"]
     if "age" in out.columns and spec.label_column != "age":

@@ -29,11 +29,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from mri_slice_transfer.data.anatomy import SITES, ScanParams, render, static_maps, subject_anatomy
 from mri_slice_transfer.data.datalist import SPLITS
 from mri_slice_transfer.data.raw import raw_geometry, raw_points
-from mri_slice_transfer.fileio import atomic_write_bytes, atomic_write_text
+from mri_slice_transfer.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mri_slice_transfer.template import TEMPLATE_AFFINE, TEMPLATE_SHAPE
 from mri_slice_transfer.vocabulary import task_spec
 
@@ -225,7 +226,7 @@ def _make_scan(row: dict, space: str, out: str) -> str:
     data, affine, transform = synthesize_scan(_params(row), space)
     if transform is not None:
         tpath = path.with_name(path.name.replace(".nii.gz", ".transform.json"))
-        atomic_write_text(tpath, json.dumps(transform, indent=2) + "\n")
+        atomic_write_json(tpath, transform)
     # code 4 = MNI152 for template-space scans, 1 = scanner for raw scans
     write_nifti(data, affine, path, code=4 if space == "template" else 1)
     return str(path)
@@ -301,7 +302,7 @@ def generate_cohort(
             ),
         }
     )
-    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(meta_path, meta)
 
     rows = plan.to_dict("records")
     todo = [r for r in rows if not _done(r, space, out)]
@@ -314,8 +315,6 @@ def generate_cohort(
 
 
 def _run(todo: Sequence[dict], space: str, out: Path, workers: int, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(todo), desc=f"demo scans ({space})", unit="scan", disable=not progress)
     try:
         if workers == 1 or len(todo) <= 1:

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mri_slice_transfer.data.datalist import read_split_datalists
+from mri_slice_transfer.data.synthetic import GENERATOR_VERSION, generate_cohort
 from mri_slice_transfer.engine.distributed import barrier, is_main_process
 from mri_slice_transfer.engine.options import as_optional
 from mri_slice_transfer.paths import cache_dir
@@ -89,8 +91,6 @@ def frame_to_records(frame: pd.DataFrame) -> list[dict]:
 def demo_cohort_dir(task: str, n: int, seed: int) -> Path:
     """Cache folder of the demo cohort for ``task``/``n``/``seed`` (and the generator version, so a
     changed generator never reuses an old cohort)."""
-    from mri_slice_transfer.data.synthetic import GENERATOR_VERSION
-
     name = f"{task}_template_n{int(n)}_seed{int(seed)}_v{GENERATOR_VERSION}"
     return cache_dir("demo", name, create=False)
 
@@ -100,8 +100,6 @@ def _ensure_demo_cohort(task: str, n: int, seed: int) -> Path:
     if (out / _DONE_MARKER).is_file():
         logger.info("demo cohort found in cache: %s", out)
         return out
-    from mri_slice_transfer.data.synthetic import generate_cohort
-
     out.mkdir(parents=True, exist_ok=True)  # the generator resumes an interrupted generation
     logger.info("generating the demo cohort once (task=%s, n=%d, seed=%d) into %s", task, n, seed, out)
     generate_cohort(task, space="template", n=int(n), seed=int(seed), out=out, progress=False)
@@ -134,8 +132,6 @@ def resolve_data(
     Returns:
         the data source.
     """
-    from mri_slice_transfer.data import read_split_datalists
-
     dataset_dir = as_optional(dataset_dir)
     datalist_dir = as_optional(datalist_dir) or dataset_dir or None
     demo_n, demo_seed = int(demo_n), int(demo_seed)

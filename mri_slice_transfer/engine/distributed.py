@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -85,8 +86,6 @@ def quiet_other_ranks(*engines: object, **named: object) -> None:
         engines, named: the engines (configs name them: ``trainer=``, ``evaluator=``).
     """
     engines = (*engines, *named.values())
-    import logging
-
     if is_main_process():
         return
     for engine in engines:

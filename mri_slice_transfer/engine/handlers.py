@@ -20,11 +20,11 @@ from ignite.engine import Engine, Events
 
 from mri_slice_transfer.engine.checkpoint import DIGEST_KEY, load_weights, save_checkpoint
 from mri_slice_transfer.engine.distributed import is_main_process, unwrap
-from mri_slice_transfer.engine.io import atomic_torch_save, write_csv, write_json
+from mri_slice_transfer.engine.io import atomic_torch_save, write_csv
 from mri_slice_transfer.engine.model_record import training_data_summary, training_record
 from mri_slice_transfer.engine.options import as_bool
 from mri_slice_transfer.engine.seeding import rng_state, set_rng_state
-from mri_slice_transfer.fileio import file_sha256
+from mri_slice_transfer.fileio import atomic_write_json, file_sha256
 from mri_slice_transfer.vocabulary import is_better, task_spec
 
 __all__ = [
@@ -77,7 +77,7 @@ class MetricsWriter:
         row.update({k: float(v) for k, v in engine.state.metrics.items() if _is_number(v)})
         rows = json.loads(self.json.read_text(encoding="utf-8")) if self.json.is_file() else []
         rows = [r for r in rows if r.get("epoch") != row["epoch"]] + [row]
-        write_json(rows, self.json)
+        atomic_write_json(self.json, rows)
         write_csv(rows, self.csv)
 
 
@@ -158,7 +158,7 @@ class BestModelSaver:
         if is_main_process():
             atomic_torch_save(unwrap(self.network).state_dict(), self.path)
             metrics = {k: float(v) for k, v in engine.state.metrics.items() if _is_number(v)}
-            write_json(self.record(metrics, file_sha256(self.path)), self.record_path)
+            atomic_write_json(self.record_path, self.record(metrics, file_sha256(self.path)))
             logger.debug(
                 "new best %s=%.4f at epoch %d -> %s", self.metric_name, value, self.best_epoch, self.path
             )

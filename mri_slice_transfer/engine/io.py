@@ -1,4 +1,7 @@
-"""Atomic file writes: a crash never leaves a half-written checkpoint, CSV or JSON behind."""
+"""Atomic file writes: a crash never leaves a half-written checkpoint or CSV behind.
+
+JSON is written with :func:`mri_slice_transfer.fileio.atomic_write_json`, the one JSON writer.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mri_slice_transfer.fileio import atomic_path, atomic_write_json, atomic_write_text
+from mri_slice_transfer.fileio import atomic_path, atomic_write_text
 
-__all__ = ["atomic_torch_save", "write_json", "write_csv"]
+__all__ = ["atomic_torch_save", "write_csv"]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -19,11 +22,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write JSON atomically (NaN / inf written as ``null``)."""
-    return atomic_write_json(path, obj)
 
 
 def write_csv(rows: list[dict], path: str | os.PathLike) -> Path:

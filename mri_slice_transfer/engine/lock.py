@@ -67,6 +67,8 @@ class RunLock:
             "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         }
+        # not fileio.atomic_write_json: its os.replace would overwrite another process's lock; os.link
+        # creates the name only if it is absent (exclusive create), with the complete content in place
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -11,6 +11,8 @@ import torch
 from mri_slice_transfer.engine.distributed import unwrap
 from mri_slice_transfer.engine.options import as_bool, as_pretrained
 from mri_slice_transfer.engine.resize import scaled_size
+from mri_slice_transfer.networks import build_model
+from mri_slice_transfer.networks.cpu_conv import use_fast_cpu_convs
 
 __all__ = ["ARCHITECTURE_ARGS", "architecture", "build_network", "set_output_bias", "encoder_init"]
 
@@ -36,9 +38,6 @@ def build_network(
         input_scale: instead of ``spatial_size``: the template grid at this scale (:func:`scaled_size`).
         kwargs: :func:`mri_slice_transfer.networks.build_model` arguments.
     """
-    from mri_slice_transfer.networks import build_model
-    from mri_slice_transfer.networks.cpu_conv import use_fast_cpu_convs
-
     if "pretrained_strict" in kwargs:
         kwargs["pretrained_strict"] = as_bool(kwargs["pretrained_strict"])
     if "pretrained" in kwargs:

@@ -13,9 +13,10 @@ from ignite.engine import Engine, Events
 from scipy.special import expit
 
 from mri_slice_transfer.engine.distributed import is_main_process
-from mri_slice_transfer.engine.io import write_csv, write_json
+from mri_slice_transfer.engine.io import write_csv
 from mri_slice_transfer.engine.metrics import THRESHOLD, DecisionThreshold, as_threshold, compute_metrics
 from mri_slice_transfer.engine.resize import scaled_size
+from mri_slice_transfer.fileio import atomic_write_json
 from mri_slice_transfer.vocabulary import task_spec
 
 __all__ = ["SafeTransform", "PredictionWriter"]
@@ -209,7 +210,7 @@ class PredictionWriter:
             )
         n_skipped = sum(r["status"] != "ok" and "label" in r for r in self.rows)
         metrics.update(n_scans=len(raw), n_errors=n_err, n_skipped=n_skipped, n_non_finite=self.n_non_finite)
-        write_json(metrics, self.metrics_json)
+        atomic_write_json(self.metrics_json, metrics)
         if n_skipped:
             logger.warning(
                 "test metrics are over the %d readable scans: %d scan(s) skipped (%d unreadable, %d with "

@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
+from tqdm.auto import tqdm
 
 from mri_slice_transfer.engine.distributed import is_main_process
 from mri_slice_transfer.engine.options import as_bool
@@ -74,8 +76,6 @@ class ScanProgress:
         self.done = self._logged_at = 0
         self._start = self._logged_time = time.perf_counter()
         if self.interactive:
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(total=self.total or None, desc=self.desc, unit="scan")
 
     def update(self, engine: Engine) -> None:
@@ -112,6 +112,4 @@ def training_progress_bar(enabled: bool | str = True) -> Any:
     Returns:
         the ``ignite.handlers.ProgressBar``.
     """
-    from ignite.handlers import ProgressBar
-
     return ProgressBar(persist=False, disable=not as_bool(enabled))

@@ -2,7 +2,7 @@
 
 ``inference.json --prepare true`` builds its data list with :func:`prepare_inputs`: the scans found by
 :func:`~mri_slice_transfer.engine.inputs.resolve_inputs` are registered to the template by
-:func:`~mri_slice_transfer.prepare.prepare_scans` (progress bar, workers, resumable: a re-run reuses
+:func:`~mri_slice_transfer.prepare.batch.prepare_scans` (progress bar, workers, resumable: a re-run reuses
 scans prepared earlier with the same settings), and each data dict then points at the prepared image
 and carries the preparation's outcome, which :class:`~mri_slice_transfer.engine.PredictionWriter` writes
 beside the prediction. A scan whose preparation failed keeps its data dict, with the reason in
@@ -101,8 +101,26 @@ def prepare_inputs(
         ValueError: no records, no ``out_dir`` or ``workers`` below 1.
         FileNotFoundError: ``checkpoint`` is given and is not a file.
     """
-    from mri_slice_transfer.prepare.batch import prepare_scans  # SimpleITK: only when preparing
+    out_dir, workers = _checked_arguments(records, out_dir, workers, checkpoint)
+    raw = [str(r.get("image_path") or r.get("image") or "") for r in records]
+    problems = _unpreparable(raw)
+    todo = list(dict.fromkeys(p for p in raw if p not in problems))  # unique, in order
+    rows = _prepare(todo, out_dir, workers, dof=dof, n4=n4, threads=threads, progress=progress)
+    out = []
+    for record, path in zip(records, raw, strict=True):
+        row = rows.get(os.path.abspath(path)) if path and path not in problems else None
+        out.append(_prepared_record(record, path, row, problems.get(path)))
+    _log_outcome(out, out_dir)
+    return out
 
+
+def _checked_arguments(
+    records: list[dict],
+    out_dir: str | PathLike | None,
+    workers: int,
+    checkpoint: str | PathLike | None,
+) -> tuple[Path, int]:
+    """``(out_dir, workers)`` of :func:`prepare_inputs`, checked before any scan is prepared."""
     if not records:
         raise ValueError("prepare_inputs: no scans to prepare (the inference input matched nothing)")
     if as_optional(out_dir) is None:
@@ -110,60 +128,70 @@ def prepare_inputs(
     workers = int(workers)
     if workers < 1:
         raise ValueError(f"prepare_inputs: prepare_workers must be at least 1, not {workers}")
-    out_dir = Path(out_dir).expanduser()
     if as_optional(checkpoint) is not None and not Path(checkpoint).expanduser().is_file():
         raise FileNotFoundError(
             f"model checkpoint {checkpoint} not found (checked before preparing any scan); train the "
             "bundle first or set --ckpt_dir to the folder that holds model.pt"
         )
+    return Path(out_dir).expanduser(), workers
 
-    raw = [str(r.get("image_path") or r.get("image") or "") for r in records]
+
+def _unpreparable(raw: list[str]) -> dict[str, str]:
+    """``{path: why}`` of the raw paths that are not one scan (or empty)."""
     problems: dict[str, str] = {}
     for p in raw:
         why = _not_one_scan(Path(p)) if p else "a data dict without an image path"
         if why is not None:
             problems[p] = why
-    todo = list(dict.fromkeys(p for p in raw if p not in problems))  # unique, in order
-    rows: dict[str, dict] = {}
-    if todo:
-        table = prepare_scans(
-            todo, out_dir, workers=workers, n4=n4, dof=dof, threads=threads, progress=progress
-        )
-        rows = {os.path.abspath(r["input"]): r for r in table.to_dict("records")}
+    return problems
 
-    out = []
-    for record, path in zip(records, raw, strict=True):
-        row = rows.get(os.path.abspath(path)) if path and path not in problems else None
-        status = _text(row["status"]) if row is not None else "error"
-        if status == "skipped":  # prepared by an earlier run: report that run's verdict
-            status = _text(row["quality"]) or "ok"
-        item = dict(record)
-        if status == "error":
-            error = problems.get(path) or (_text(row["error"]) if row is not None else "")
-            item.update(
-                image="",
-                image_path="",
-                input=path,
-                prepare_status="error",
-                flagged=False,
-                prepare_correlation=float("nan"),
-                qc_png="",
-                prepare_note="",
-                prepare_error=f"preparation failed: {error or f'{path}: no reason recorded'}",
-            )
-        else:
-            item.update(
-                image=_text(row["output"]),
-                image_path=_text(row["output"]),
-                input=path,
-                prepare_status=status,
-                flagged=status == "flagged",
-                prepare_correlation=_correlation(row["correlation"]),
-                qc_png=_text(row["qc"]),
-                prepare_note=_text(row["note"]),
-                prepare_error="",
-            )
-        out.append(item)
+
+def _prepare(todo: list[str], out_dir: Path, workers: int, **options: object) -> dict[str, dict]:
+    """Prepare the scans ``todo``: their manifest rows by absolute input path (none if nothing to do)."""
+    from mri_slice_transfer.prepare.batch import prepare_scans  # SimpleITK: only when preparing
+
+    if not todo:
+        return {}
+    table = prepare_scans(todo, out_dir, workers=workers, **options)
+    return {os.path.abspath(r["input"]): r for r in table.to_dict("records")}
+
+
+def _prepared_record(record: dict, path: str, row: dict | None, problem: str | None) -> dict:
+    """``record`` pointed at its prepared image with :data:`PREPARE_KEYS` (or the reason it failed)."""
+    status = _text(row["status"]) if row is not None else "error"
+    if status == "skipped":  # prepared by an earlier run: report that run's verdict
+        status = _text(row["quality"]) or "ok"
+    item = dict(record)
+    if status == "error":
+        error = problem or (_text(row["error"]) if row is not None else "")
+        item.update(
+            image="",
+            image_path="",
+            input=path,
+            prepare_status="error",
+            flagged=False,
+            prepare_correlation=float("nan"),
+            qc_png="",
+            prepare_note="",
+            prepare_error=f"preparation failed: {error or f'{path}: no reason recorded'}",
+        )
+    else:
+        item.update(
+            image=_text(row["output"]),
+            image_path=_text(row["output"]),
+            input=path,
+            prepare_status=status,
+            flagged=status == "flagged",
+            prepare_correlation=_correlation(row["correlation"]),
+            qc_png=_text(row["qc"]),
+            prepare_note=_text(row["note"]),
+            prepare_error="",
+        )
+    return item
+
+
+def _log_outcome(out: list[dict], out_dir: Path) -> None:
+    """Log how many scans were prepared with each status, and where the QC overview is."""
     counts: dict[str, int] = {}
     for item in out:
         counts[item["prepare_status"]] = counts.get(item["prepare_status"], 0) + 1
@@ -174,7 +202,6 @@ def prepare_inputs(
         ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
         out_dir / "qc.html",
     )
-    return out
 
 
 def inference_datalist(

@@ -13,6 +13,7 @@ from typing import Any
 from monai.transforms import Compose, MapTransform, Resized
 
 from mri_slice_transfer.template import TEMPLATE_SHAPE
+from mri_slice_transfer.transforms.chains import ScanCompose
 
 __all__ = ["ScaleInputd", "scaled_size", "with_resize"]
 
@@ -36,8 +37,6 @@ def with_resize(transform: Callable, scale: float = 1.0, keys: str = "image") ->
         return transform
     resize = Resized(keys=keys, spatial_size=scaled_size(scale), mode="area")
     if isinstance(transform, Compose):
-        from mri_slice_transfer.transforms.chains import ScanCompose
-
         return ScanCompose([*transform.transforms, resize])
     return Compose([transform, resize])
 

@@ -4,49 +4,14 @@ A raw scan (NIfTI, MGZ, NRRD, MHA or a DICOM series, any storage orientation) is
 the template T1 (mutual information, multi-resolution), resampled onto the 91x109x91 2 mm template grid
 and masked with the template brain mask. See ``docs/prepare.md``.
 
-- :func:`prepare_scan` / :func:`prepare_scans`: one scan / a batch (manifest, QC images, resumable).
-- :func:`read_scan`, :func:`find_inputs`: reading and finding scans.
-- :func:`register_to_template`, :func:`resample_to_template_grid`: the registration itself.
+- :mod:`.batch`: ``prepare_scan`` / ``prepare_scans``, one scan / a batch (manifest, QC images,
+  resumable), ``MANIFEST_COLUMNS``, ``output_name``.
+- :mod:`.io`: ``read_scan``, ``find_inputs``, ``IMAGE_SUFFIXES``: reading and finding scans.
+- :mod:`.registration`: ``register_to_template``, ``resample_to_template_grid``, ``n4_correct``,
+  ``DEFAULT_DOF``, ``DOF_CHOICES``: the registration itself.
+- :mod:`.qc`: ``qc_png``, ``write_overview``: the QC images and page.
 
-Names are imported lazily, so that importing a submodule does not pull in SimpleITK and pandas. The
-command line is :mod:`mri_slice_transfer.commands.prepare`.
+This file imports nothing: import a name from its module
+(``from mri_slice_transfer.prepare.batch import prepare_scans``), so that importing one module does not
+pull in SimpleITK and pandas. The command line is :mod:`mri_slice_transfer.commands.prepare`.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "prepare_scan": "batch",
-    "prepare_scans": "batch",
-    "MANIFEST_COLUMNS": "batch",
-    "output_name": "batch",
-    "read_scan": "io",
-    "find_inputs": "io",
-    "IMAGE_SUFFIXES": "io",
-    "register_to_template": "registration",
-    "resample_to_template_grid": "registration",
-    "transform_to_ras_matrix": "registration",
-    "n4_correct": "registration",
-    "Registration": "registration",
-    "DEFAULT_DOF": "registration",
-    "DOF_CHOICES": "registration",
-    "qc_png": "qc",
-    "write_overview": "qc",
-}
-
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-        value = getattr(module, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)

@@ -26,13 +26,27 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from os import PathLike
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
+from tqdm.auto import tqdm
 
 from mri_slice_transfer.data.bids import derivative_name, scan_entities
 from mri_slice_transfer.errors import ScanError
 from mri_slice_transfer.fileio import atomic_path, atomic_write_json, file_sha256
-from mri_slice_transfer.prepare.io import IMAGE_SUFFIXES, find_inputs
+from mri_slice_transfer.prepare.io import IMAGE_SUFFIXES, find_inputs, read_scan
+from mri_slice_transfer.prepare.qc import qc_png, write_overview
+from mri_slice_transfer.prepare.registration import (
+    DEFAULT_DOF,
+    DOF_CHOICES,
+    n4_correct,
+    register_to_template,
+    resample_to_template_grid,
+    template_images,
+    transform_to_ras_matrix,
+)
+from mri_slice_transfer.template import TEMPLATE_AFFINE
 
 __all__ = ["MANIFEST_COLUMNS", "RECORD_VERSION", "prepare_scan", "prepare_scans", "output_name"]
 
@@ -163,11 +177,6 @@ def _done(path: Path, files: dict[str, Path], settings: dict) -> dict | None:
 
 
 def _write_outputs(data: np.ndarray, transform, files: dict[str, Path]) -> None:
-    import nibabel as nib
-    import SimpleITK as sitk
-
-    from mri_slice_transfer.template import TEMPLATE_AFFINE
-
     img = nib.Nifti1Image(data.astype(np.float32), TEMPLATE_AFFINE)
     img.header.set_xyzt_units("mm")
     img.set_qform(TEMPLATE_AFFINE, code=4)
@@ -176,10 +185,6 @@ def _write_outputs(data: np.ndarray, transform, files: dict[str, Path]) -> None:
         nib.save(img, tmp)
     with atomic_path(files["transform"]) as tmp:
         sitk.WriteTransform(transform, str(tmp))
-
-
-def _write_json(obj: dict, path: Path) -> None:
-    atomic_write_json(path, obj)
 
 
 def _row(path: Path, files: dict[str, Path], **kw) -> dict:
@@ -216,8 +221,6 @@ def prepare_scan(
         but the registration looks poor: see ``note`` and the QC image), ``skipped`` or ``error`` (with
         the reason in ``error``). Never raises for a problem with the scan.
     """
-    from mri_slice_transfer.prepare.registration import DEFAULT_DOF
-
     start = time.perf_counter()
     path = Path(path)
     out_dir = Path(os.path.abspath(Path(out_dir).expanduser()))  # absolute paths in the manifest
@@ -257,17 +260,6 @@ def prepare_scan(
 def _prepare(
     path: Path, files: dict[str, Path], settings: dict, dof: int, n4: bool, start: float, cpu_start: float
 ) -> dict:
-    import SimpleITK as sitk
-
-    from mri_slice_transfer.prepare.io import read_scan
-    from mri_slice_transfer.prepare.qc import qc_png
-    from mri_slice_transfer.prepare.registration import (
-        n4_correct,
-        register_to_template,
-        resample_to_template_grid,
-        template_images,
-        transform_to_ras_matrix,
-    )
 
     img = read_scan(path)
     if n4:
@@ -306,7 +298,7 @@ def _prepare(
         "convention": "template_to_scan_ras maps template world mm (MNI152 RAS+) to scan world mm (RAS+); "
         "the .tfm holds the same map in ITK's LPS convention",
     }
-    _write_json(record, files["record"])
+    atomic_write_json(files["record"], record)
     return _row(
         path,
         files,
@@ -323,8 +315,6 @@ def _prepare(
 
 
 def _init_worker(threads: int) -> None:
-    import SimpleITK as sitk
-
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, int(threads)))
 
 
@@ -366,12 +356,6 @@ def prepare_scans(
     Returns:
         the manifest (one row per scan, input order) as a DataFrame with :data:`MANIFEST_COLUMNS`.
     """
-    import SimpleITK as sitk
-    from tqdm.auto import tqdm
-
-    from mri_slice_transfer.prepare.qc import write_overview
-    from mri_slice_transfer.prepare.registration import DEFAULT_DOF, DOF_CHOICES, template_images
-
     dof = DEFAULT_DOF if dof is None else int(dof)
     if dof not in DOF_CHOICES:
         raise ValueError(f"dof must be one of {DOF_CHOICES}, not {dof!r}")

@@ -18,7 +18,9 @@ from collections.abc import Iterable
 from os import PathLike
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
 
 from mri_slice_transfer.checks import check_voxel_values
@@ -80,8 +82,6 @@ def _scan_folder(folder: Path) -> list[Path]:
 
 
 def _from_csv(csv: Path) -> list[Path]:
-    import pandas as pd
-
     try:
         table = pd.read_csv(csv)
     except Exception as exc:
@@ -133,8 +133,6 @@ def _read_dicom(folder: Path) -> sitk.Image:
 
 
 def _read_nibabel(path: Path) -> sitk.Image:
-    import nibabel as nib
-
     img = nib.load(str(path))
     data = np.asarray(img.get_fdata(dtype=np.float32))
     while data.ndim > 3 and data.shape[-1] == 1:
