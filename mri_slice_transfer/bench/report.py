@@ -362,15 +362,17 @@ def _data_path_section(result: dict[str, Any]) -> list[str]:
             [False, True, True, True, True, True],
         ),
     ]
-    if data.get("disk_memory_growth_mb") is not None:
+    disk = [r for r in rows if r["cache"] == "disk" and r.get("data_mb") is not None]
+    if data.get("disk_memory_growth_mb") is not None and len(disk) >= 2:
         parts.append(
-            f"disk cache: +data MB grows by {fmt_num(data['disk_memory_growth_mb'])} MB from "
-            f"{rows[0]['n_entries']} to {rows[-1]['n_entries']} entries"
+            f"disk cache +data MB from {disk[0]['n_entries']} to {disk[-1]['n_entries']} entries: "
+            f"{fmt_num(disk[0]['data_mb'])} -> {fmt_num(disk[-1]['data_mb'])} MB "
+            f"(change {fmt_num(data['disk_memory_growth_mb'])} MB)"
         )
     if data.get("disk_vs_fast_training") is not None:
         parts.append(
-            f"disk cache scans/s / fastest fast-path training ({data['fastest_fast_training_model']}): "
-            f"{fmt_num(data['disk_vs_fast_training'])}x"
+            f"slowest disk-cache scans/s / fastest fast-path training of this run "
+            f"({data['fastest_fast_training_model']}): {fmt_num(data['disk_vs_fast_training'])}x"
         )
     return parts
 

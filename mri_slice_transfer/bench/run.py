@@ -121,7 +121,7 @@ def run_bench(opts: dict[str, Any]) -> dict[str, Any]:
     chunk_on = not opts["skip_train"] and opts["chunk"] > 0
     n_jobs = 1 + (0 if opts["skip_train"] else len(opts["models"]) * len(opts["variants"]))
     n_jobs += 2 * chunk_on + (not opts["skip_pipeline"]) + (not opts["skip_prepare"])
-    n_jobs += (1 + 3 * len(opts["data_path_sizes"])) if opts["data_path"] else 0
+    n_jobs += (not opts["data_dir"]) + 3 * len(opts["data_path_sizes"]) if opts["data_path"] else 0
     n_jobs += len(opts["scaling_batch_sizes"]) * len(opts["scaling_scales"]) if opts["scaling"] else 0
     runner = _Runner(opts, n_jobs)
     if opts["isolation"] == "forkserver":
