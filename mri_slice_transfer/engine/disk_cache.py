@@ -235,9 +235,12 @@ class DiskCache:
         cutoff = time.time() - _STALE_TEMP_S
         removed = []
         for cand in self.folder.iterdir() if self.folder.is_dir() else ():
-            if _TEMP_ENTRY.fullmatch(cand.name) and cand.stat().st_mtime < cutoff:
-                cand.unlink(missing_ok=True)
-                removed.append(cand)
+            try:
+                if _TEMP_ENTRY.fullmatch(cand.name) and cand.stat().st_mtime < cutoff:
+                    cand.unlink()
+                    removed.append(cand)
+            except FileNotFoundError:  # another rank or run swept it first
+                continue
         return removed
 
     def _prepare_folder(self) -> None:
