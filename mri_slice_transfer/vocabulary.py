@@ -24,6 +24,7 @@ __all__ = [
     "ALIASES",
     "Aggregation",
     "Axis",
+    "DataCache",
     "Encoder",
     "IMAGE_SUFFIXES",
     "NIFTI_SUFFIXES",
@@ -95,6 +96,14 @@ class PositionEncoding(_Name):
     NONE = "none"
     LEARNED = "learned"
     SINUSOIDAL = "sinusoidal"
+
+
+class DataCache(_Name):
+    """Where the training / validation data path keeps preprocessed scans (``train.json``: ``cache``)."""
+
+    MEMORY = "memory"  # MONAI CacheDataset: every scan in RAM (the demo)
+    DISK = "disk"  # an on-disk store built once, read by DataLoader workers (real data)
+    NONE = "none"  # decode and preprocess every scan every epoch
 
 
 #: Encoders of single slices (everything but the 3D-CNN).

@@ -149,7 +149,8 @@ def test_bench_quick_json(tmp_path, capsys):
     png = tmp_path / "scaling.png"
     code = main(
         ["bench", "--quick", "--json", str(out), "--scaling", str(png),
-         "--scaling-batch-sizes", "1", "--scaling-scales", "0.15"]
+         "--scaling-batch-sizes", "1", "--scaling-scales", "0.15",
+         "--data-path", "--data-path-memory-max", "4"]
     )  # fmt: skip
     printed = capsys.readouterr()
     assert code == 0, printed.err
@@ -185,6 +186,17 @@ def test_bench_quick_json(tmp_path, capsys):
     for key in ("decode", "first_pass", "cached"):
         assert _positive(pipe[key]["median"])
     assert pipe["n_scans"] == 2 and _positive(pipe["cached_vs_first_pass"])
+    data_path = res["data_path"]  # issue 14: memory / disk / none at 4 and 8 list entries over 2 scans
+    rows = {(r["cache"], r["n_entries"]): r for r in data_path["rows"]}
+    assert sorted(rows) == sorted((c, n) for c in ("memory", "disk", "none") for n in (4, 8))
+    assert "over --data-path-memory-max 4" in rows["memory", 8]["skipped"]
+    assert all(
+        _positive(r["scans_per_s"]) and _positive(r["peak_rss_mb"])
+        for k, r in rows.items()
+        if k != ("memory", 8)
+    )
+    assert rows["disk", 4]["n_files"] == 2 and _positive(data_path["disk_vs_fast_training"])
+    assert "Data path (train.json 'cache')" in printed.out
     prep = res["prepare"]
     assert prep["status"] == ["ok"] and _positive(prep["seconds_per_scan"]["median"])
     assert len(res["targets"]) == 6

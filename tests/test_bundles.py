@@ -290,9 +290,14 @@ def test_two_process_gloo_ddp(tiny_data: Path, tmp_path: Path) -> None:
         "2",
     ]
     cmd += ["--network_def", json.dumps(TINY_NET), "--progress_bar", "false", "--batch_size", "2"]
+    cmd += ["--cache_dir", str(tmp_path / "scan_cache")]  # real data: the on-disk cache (issue 14)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the cache is built once, not once per rank: one build per train + val scan, shared out to both ranks
+    builds = [line.split() for line in (tmp_path / "scan_cache").glob("*/builds.log").__next__().open()]
+    assert len(builds) == 8 + 4 and len({b[3] for b in builds}) == 12
+    assert {b[1] for b in builds} == {"rank=0", "rank=1"}
     assert (bundle / "models" / "model.pt").is_file()
     ckpt = torch.load(bundle / "models" / "checkpoint.pt", weights_only=True)
     assert ckpt["trainer"]["iteration"] == 2 * 2  # 8 scans / (2 processes x batch 2) per epoch
@@ -316,6 +321,7 @@ def test_the_recipe_is_the_demo_one_without_data() -> None:
 
     real = {"epochs": "100", "batch_size": 8, "lr": "1e-4", "lr_schedule": "constant", "input_scale": 1}
     demo = {"epochs": 10, "batch_size": "4", "lr": 3e-4, "lr_schedule": "cosine", "input_scale": "0.5"}
+    real, demo = {**real, "cache": "disk"}, {**demo, "cache": "memory"}
     chosen = training_recipe("null", "", real, demo)
     assert (chosen.demo, chosen.epochs, chosen.batch_size, chosen.input_scale) == (True, 10, 4, 0.5)
     chosen = training_recipe(None, "/data", real, demo)

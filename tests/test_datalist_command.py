@@ -85,8 +85,22 @@ def test_bids_to_datalist_split_training_and_inference(bids: Path, tmp_path: Pat
     assert sum(len(f) for f in splits.values()) == 14
 
     bundle = copy_bundle(tmp_path)
-    run_workflow(str(bundle / "configs" / "train.json"), datalist_dir=str(lists), epochs=1, **FAST)
+    store = tmp_path / "scan_cache"
+    wf = run_workflow(
+        str(bundle / "configs" / "train.json"),
+        datalist_dir=str(lists),
+        epochs=1,
+        cache_dir=str(store),
+        **FAST,
+    )
     assert (bundle / "models" / "model.pt").is_file()
+    assert wf.parser.get_parsed_content("data_cache") == "disk"  # real data: the on-disk cache
+    n_fit = len(splits["train"]) + len(splits["val"])
+    assert (
+        len(list(store.glob("*/*.npz")))
+        == n_fit
+        == len((next(store.glob("*/builds.log"))).read_text().splitlines())
+    )
     pred_csv = tmp_path / "pred.csv"
     run_workflow(
         str(bundle / "configs" / "inference.json"),

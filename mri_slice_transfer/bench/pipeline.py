@@ -8,6 +8,11 @@ Data pipeline, on template-space NIfTI files through the bundles' training prepr
 - *cached pass*: epochs over that ``CacheDataset`` through a MONAI ``DataLoader`` (copy of the cached
   tensors and collation), which is what the bundles' training loop reads after the first epoch.
 
+Data path (``--data-path``, issue 14): the bundles' three training data paths
+(:func:`mri_slice_transfer.engine.make_dataset`: ``memory``, ``disk``, ``none``) at growing data-list
+sizes whose entries repeat a few scan files: the time to build the dataset, scans/s of a DataLoader pass
+and the process's resident memory (:func:`measure_data_path`, one fresh process per row).
+
 Raw-scan preparation: :func:`mri_slice_transfer.prepare.batch.prepare_scan` (registration to the
 template, resampling, QC) on one raw 1 mm scan, seconds per scan.
 """
@@ -32,6 +37,8 @@ __all__ = [
     "write_synthetic_scans",
     "make_raw_scan",
     "measure_pipeline",
+    "measure_data_path",
+    "write_scan_folder",
     "measure_prepare",
 ]
 
@@ -193,6 +200,99 @@ def measure_pipeline(
         "decode_scans_per_s": rates(floor),
         "first_pass_scans_per_s": rates(first),
         "cached_scans_per_s": rates(cached),
+    }
+
+
+def write_scan_folder(out: str, n: int, source: str = "phantom", seed: int = 0) -> dict[str, Any]:
+    """Write ``n`` template-space scans into ``out`` (:data:`PIPELINE_SOURCES`) for later measurements.
+
+    Returns:
+        ``folder`` (where the files are), ``n_files`` and ``file_mb_mean``.
+    """
+    files, _ = _pipeline_files(Path(out), source, None, n, seed)
+    folder = files[0].parent
+    return {
+        "folder": str(folder),
+        "n_files": len(files),
+        "file_mb_mean": float(np.mean([f.stat().st_size for f in files])) / 2**20,
+    }
+
+
+def measure_data_path(
+    cache: str,
+    n_entries: int,
+    data_dir: str,
+    cache_dir: str | None = None,
+    input_scale: float = 1.0,
+    batch_size: int = 8,
+    min_time: float = 2.0,
+    cache_workers: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Build one bundle training dataset of ``n_entries`` list entries and time a DataLoader pass over it.
+
+    The entries cycle through the scan files of ``data_dir`` (entry ``i`` is file ``i % n_files``), as a
+    data list repeating scans would. The pass shuffles and stops after one epoch or ``min_time`` seconds,
+    whichever comes first (scans/s does not depend on the list's length for ``disk`` and ``none``). The
+    DataLoader reads in this process (``num_workers=0``), so the peak resident memory is all of it.
+
+    Args:
+        cache: the data path (``memory``, ``disk`` or ``none``).
+        n_entries: data-list entries.
+        data_dir: folder of template-space NIfTI files.
+        cache_dir: root of the on-disk store (``disk``).
+        input_scale: the bundles' ``input_scale``.
+        batch_size: DataLoader batch size.
+        min_time: seconds after which the pass stops.
+        cache_workers: threads that build the in-RAM or on-disk cache.
+        seed: shuffling seed.
+
+    Returns:
+        ``cache``, ``n_entries``, ``n_files``, ``build_s``, ``scans_read``, ``scans_per_s``,
+        ``rss_before_mb`` (after imports), ``peak_rss_mb`` and ``data_mb`` (peak minus before).
+    """
+    import torch
+    from monai.data import DataLoader
+
+    from mri_slice_transfer.bench.process import peak_rss_mb, rss_mb
+    from mri_slice_transfer.engine.disk_cache import make_dataset
+    from mri_slice_transfer.engine.resize import with_resize
+    from mri_slice_transfer.transforms import get_train_transforms
+
+    files = _scan_files(data_dir, 10**9)
+    label = np.zeros(1, np.float32)
+    records = [{"image": str(files[i % len(files)]), "label": label} for i in range(int(n_entries))]
+    transform = with_resize(get_train_transforms(), input_scale)
+    transform({"image": str(files[0])})  # warm: the template and the transforms' one-off allocations
+    before = rss_mb()
+    start = time.perf_counter()
+    dataset = make_dataset(records, transform, cache=cache, cache_dir=cache_dir, num_workers=cache_workers)
+    build_s = time.perf_counter() - start
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    read = 0
+    start = time.perf_counter()
+    for batch in loader:
+        read += int(batch["image"].shape[0])
+        if time.perf_counter() - start >= min_time:
+            break
+    seconds = time.perf_counter() - start
+    peak = peak_rss_mb()
+    return {
+        "cache": str(cache),
+        "n_entries": int(n_entries),
+        "n_files": len(files),
+        "build_s": build_s,
+        "scans_read": read,
+        "scans_per_s": read / seconds,
+        "rss_before_mb": before,
+        "peak_rss_mb": peak,
+        "data_mb": None if before is None else peak - before,
     }
 
 

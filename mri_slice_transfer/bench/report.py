@@ -185,7 +185,8 @@ def format_report(result: dict[str, Any]) -> str:
         the report, one section per measured part, then the targets and the total time.
     """
     parts = _header_section(result)
-    for section in (_speed_sections, _chunk_section, _pipeline_section, _prepare_section, _scaling_section):
+    sections = (_speed_sections, _chunk_section, _pipeline_section, _data_path_section, _prepare_section)
+    for section in (*sections, _scaling_section):
         parts += section(result)
     parts += _targets_section(result)
     parts.append(f"\ntotal time {result.get('wall_time_s', 0):.1f} s")
@@ -321,6 +322,58 @@ def _pipeline_section(result: dict[str, Any]) -> list[str]:
             )
     elif pipe and pipe.get("error"):
         parts += ["", "Data pipeline: failed: " + pipe["error"].splitlines()[0]]
+    return parts
+
+
+def _data_path_cells(row: dict[str, Any]) -> list[str]:
+    """The table cells of one data-path row."""
+    head = [row["cache"], str(row["n_entries"])]
+    if row.get("skipped") or row.get("error"):
+        why = (
+            f"not run ({row['skipped']})" if row.get("skipped") else "failed: " + row["error"].splitlines()[0]
+        )
+        return head + [why, "", "", ""]
+    return head + [
+        fmt_num(row["build_s"]),
+        fmt_num(row["scans_per_s"]),
+        fmt_num(row["peak_rss_mb"]),
+        fmt_num(row["data_mb"]),
+    ]
+
+
+def _data_path_section(result: dict[str, Any]) -> list[str]:
+    """The bundles' data paths at growing data-list sizes (``--data-path``)."""
+    data = result.get("data_path")
+    if not data:
+        return []
+    if data.get("error"):
+        return ["", "Data path: failed: " + data["error"].splitlines()[0]]
+    rows = data["rows"]
+    n_files = next((r["n_files"] for r in rows if r.get("n_files")), data["files"].get("n_files"))
+    parts = [
+        "",
+        f"Data path (train.json 'cache'): list entries cycling through {n_files} scans ({data['source']}), "
+        f"input scale {data['input_scale']:g}, batch {data['batch_size']}, DataLoader in the measuring "
+        "process; build = dataset ready (disk: entries already built by an earlier row are reused); "
+        "+data MB = peak RSS minus RSS before the dataset",
+        format_table(
+            ["cache", "entries", "build s", "scans/s", "peak RSS MB", "+data MB"],
+            [_data_path_cells(r) for r in rows],
+            [False, True, True, True, True, True],
+        ),
+    ]
+    disk = [r for r in rows if r["cache"] == "disk" and r.get("data_mb") is not None]
+    if data.get("disk_memory_growth_mb") is not None and len(disk) >= 2:
+        parts.append(
+            f"disk cache +data MB from {disk[0]['n_entries']} to {disk[-1]['n_entries']} entries: "
+            f"{fmt_num(disk[0]['data_mb'])} -> {fmt_num(disk[-1]['data_mb'])} MB "
+            f"(change {fmt_num(data['disk_memory_growth_mb'])} MB)"
+        )
+    if data.get("disk_vs_fast_training") is not None:
+        parts.append(
+            f"slowest disk-cache scans/s / fastest fast-path training of this run "
+            f"({data['fastest_fast_training_model']}): {fmt_num(data['disk_vs_fast_training'])}x"
+        )
     return parts
 
 

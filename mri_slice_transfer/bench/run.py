@@ -10,6 +10,7 @@ themselves live in :mod:`.measure` and :mod:`.pipeline`; the printed report in :
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -120,6 +121,7 @@ def run_bench(opts: dict[str, Any]) -> dict[str, Any]:
     chunk_on = not opts["skip_train"] and opts["chunk"] > 0
     n_jobs = 1 + (0 if opts["skip_train"] else len(opts["models"]) * len(opts["variants"]))
     n_jobs += 2 * chunk_on + (not opts["skip_pipeline"]) + (not opts["skip_prepare"])
+    n_jobs += (not opts["data_dir"]) + 3 * len(opts["data_path_sizes"]) if opts["data_path"] else 0
     n_jobs += len(opts["scaling_batch_sizes"]) * len(opts["scaling_scales"]) if opts["scaling"] else 0
     runner = _Runner(opts, n_jobs)
     if opts["isolation"] == "forkserver":
@@ -164,6 +166,8 @@ def run_bench(opts: dict[str, Any]) -> dict[str, Any]:
         result["chunk"] = _chunk_rows(opts, runner, cache)
     if not opts["skip_pipeline"]:
         result["pipeline"] = _pipeline(opts, runner, result)
+    if opts["data_path"]:
+        result["data_path"] = _data_path(opts, runner, result)
     if not opts["skip_prepare"]:
         result["prepare"] = _prepare(opts, runner)
     else:
@@ -283,6 +287,78 @@ def _pipeline(opts: dict[str, Any], runner: _Runner, result: dict[str, Any]) -> 
     return out
 
 
+#: The data paths of the ``--data-path`` section, in table order.
+DATA_PATHS: tuple[str, ...] = ("memory", "disk", "none")
+
+
+def _data_path_row(opts: dict[str, Any], runner: _Runner, cache: str, n: int, job: dict[str, Any]) -> dict:
+    """One (data path, list size) measurement, or why it was not run."""
+    if cache == "memory" and n > opts["data_path_memory_max"]:
+        return {
+            "cache": cache,
+            "n_entries": n,
+            "skipped": f"over --data-path-memory-max {opts['data_path_memory_max']}",
+        }
+    res, err = runner(
+        f"data path: {cache}, {n} list entries",
+        "mri_slice_transfer.bench.pipeline:measure_data_path",
+        {**job, "cache": cache, "n_entries": n},
+    )
+    if err:
+        return {"cache": cache, "n_entries": n, "error": err}
+    _log(
+        f"    build {res['build_s']:.1f} s, {res['scans_per_s']:.3g} scans/s, "
+        f"peak RSS {res['peak_rss_mb']:.0f} MB [{runner.last_seconds:.1f} s]"
+    )
+    return res
+
+
+def _data_path(opts: dict[str, Any], runner: _Runner, result: dict[str, Any]) -> dict[str, Any]:
+    """In-RAM vs on-disk cache vs decode-every-epoch at growing list sizes (issue 14)."""
+    with tempfile.TemporaryDirectory(prefix="mst_bench_data_path_") as tmp:
+        if opts["data_dir"]:
+            files = {"folder": opts["data_dir"], "n_files": None, "file_mb_mean": None}
+        else:
+            job = {
+                "out": tmp,
+                "n": opts["data_path_files"],
+                "source": opts["pipeline_source"],
+                "seed": opts["seed"],
+            }
+            files, err = runner(
+                f"data path: writing {opts['data_path_files']} scans",
+                "mri_slice_transfer.bench.pipeline:write_scan_folder",
+                job,
+            )
+            if err:
+                return {"error": err}
+        job = {
+            "data_dir": files["folder"],
+            "cache_dir": f"{tmp}/store",  # one store for every size: the entries repeat the same files
+            "input_scale": opts["input_scale"],
+            "batch_size": opts["batch_size"],
+            "min_time": opts["min_time"],
+            "cache_workers": opts["cache_workers"],
+            "seed": opts["seed"],
+        }
+        rows = [_data_path_row(opts, runner, c, n, job) for c in DATA_PATHS for n in opts["data_path_sizes"]]
+    out: dict[str, Any] = {
+        "files": files,
+        "source": opts["data_dir"] or opts["pipeline_source"],
+        "rows": rows,
+    }
+    out["input_scale"], out["batch_size"] = opts["input_scale"], opts["batch_size"]
+    disk = [r for r in rows if r["cache"] == "disk" and r.get("data_mb") is not None]
+    if len(disk) >= 2:
+        out["disk_memory_growth_mb"] = disk[-1]["data_mb"] - disk[0]["data_mb"]
+    fast = [r for r in result.get("train", []) if r.get("variant") == "fast" and not r.get("error")]
+    if disk and fast:
+        best = max(fast, key=lambda r: r["scans_per_s"]["median"])
+        out["fastest_fast_training_model"] = model_label(best["model"])
+        out["disk_vs_fast_training"] = min(r["scans_per_s"] for r in disk) / best["scans_per_s"]["median"]
+    return out
+
+
 def _prepare(opts: dict[str, Any], runner: _Runner) -> dict[str, Any]:
     job = {"raw_scan": opts["raw_scan"], "repeats": opts["repeats"], "seed": opts["seed"]}
     res, err = runner(
@@ -349,7 +425,12 @@ def failed_measurements(result: dict[str, Any]) -> list[str]:
         for r in (result.get("chunk") or {}).get("rows", [])
         if r.get("error")
     ]
-    out += [name for name in ("pipeline", "prepare") if (result.get(name) or {}).get("error")]
+    out += [name for name in ("pipeline", "prepare", "data_path") if (result.get(name) or {}).get("error")]
+    out += [
+        f"data path {r['cache']} {r['n_entries']}"
+        for r in (result.get("data_path") or {}).get("rows", [])
+        if r.get("error")
+    ]
     out += [
         f"scaling batch {p['batch_size']} scale {p['input_scale']:g}"
         for p in (result.get("scaling") or {}).get("points", [])

@@ -130,6 +130,9 @@ DEFAULTS: dict[str, Any] = {
     "chunk_batch_size": 8,
     "pipeline_scans": 8,
     "pipeline_source": "synthetic",
+    "data_path_sizes": [200, 2000, 10000],
+    "data_path_files": 200,
+    "data_path_memory_max": 2000,
     "scaling_batch_sizes": [1, 2, 4, 8],
     "scaling_scales": [0.5, 0.75, 1.0],
 }
@@ -146,6 +149,9 @@ QUICK_DEFAULTS: dict[str, Any] = {
     "chunk_batch_size": 2,
     "pipeline_scans": 2,
     "pipeline_source": "phantom",
+    "data_path_sizes": [4, 8],
+    "data_path_files": 2,
+    "data_path_memory_max": 8,
     "scaling_batch_sizes": [1, 2],
     "scaling_scales": [0.15, 0.25],
 }

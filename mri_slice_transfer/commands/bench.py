@@ -111,6 +111,27 @@ OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         "--cache-workers",
         {"type": int, "default": 1, "help": "CacheDataset threads of the first pass (default: %(default)s)"},
     ),
+    (
+        "--data-path",
+        {
+            **_SWITCH,
+            "help": "also measure the bundles' data paths (cache memory / disk / none): build time, "
+            "scans/s and peak RSS at growing data-list sizes (entries repeat the scans of --data-dir "
+            "or generated ones)",
+        },
+    ),
+    (
+        "--data-path-sizes",
+        {"type": _csv(int), "help": "data-list entries, default: 200,2000,10000" + _q("4,8")},
+    ),
+    ("--data-path-files", {"type": int, "help": "distinct scans generated, default: 200" + _q(2)}),
+    (
+        "--data-path-memory-max",
+        {
+            "type": int,
+            "help": "largest list cached in RAM (cache memory holds every entry), default: 2000" + _q(8),
+        },
+    ),
     ("--raw-scan", {"help": "time preparation of this raw scan (default: a generated one)"}),
     (
         "--scaling",
@@ -164,9 +185,11 @@ def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
     bad = [m for m in models + [opts["chunk_model"].lower()] if m not in BENCH_MODELS]
     if bad:
         raise SystemExit(f"bench: unknown model(s) {', '.join(bad)}; choose from {', '.join(BENCH_MODELS)}")
-    for key in ("batch_size", "repeats", "warmup", "pipeline_scans", "chunk_batch_size"):
+    for key in ("batch_size", "repeats", "warmup", "pipeline_scans", "chunk_batch_size", "data_path_files"):
         if opts[key] < 1:
             raise SystemExit(f"bench: --{key.replace('_', '-')} must be at least 1")
+    if any(n < 1 for n in opts["data_path_sizes"]):
+        raise SystemExit("bench: --data-path-sizes must be at least 1")
     if opts["input_scale"] <= 0 or any(s <= 0 for s in opts["scaling_scales"]):
         raise SystemExit("bench: input scales must be > 0")
     variants = (
@@ -187,6 +210,7 @@ def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
         skip_train=args.skip_train,
         skip_pipeline=args.skip_pipeline,
         skip_prepare=args.skip_prepare,
+        data_path=args.data_path,
         data_dir=args.data_dir,
         cache_workers=max(1, args.cache_workers),
         raw_scan=args.raw_scan,

@@ -11,7 +11,8 @@ stop on a non-finite loss), :mod:`.checkpoint` (weight files checked by their sh
 :mod:`.precise_bn` (BatchNorm statistics recomputed before validation),
 :mod:`.predictions`, :mod:`.inputs` and :mod:`.progress` (evaluation / inference outputs, inputs and
 progress), :mod:`.raw_inputs` (inference on raw scans, prepared on the way), :mod:`.distributed`,
-:mod:`.seeding`, :mod:`.recipe` (demo or real-data settings), :mod:`.run_info` (the run log),
+:mod:`.seeding`, :mod:`.recipe` (demo or real-data settings), :mod:`.disk_cache` (the training data
+path: scans cached in RAM, on disk or not at all), :mod:`.run_info` (the run log),
 :mod:`.allocator` (malloc settings for CPU training) and :mod:`.io` (atomic writes).
 """
 
@@ -24,6 +25,7 @@ from mri_slice_transfer.engine.checkpoint import (
     load_weights,
 )
 from mri_slice_transfer.engine.datasets import DataSource, initial_output_bias, resolve_data
+from mri_slice_transfer.engine.disk_cache import DiskCache, DiskCacheDataset, make_dataset
 from mri_slice_transfer.engine.distributed import default_device, handlers_for_rank
 from mri_slice_transfer.engine.handlers import (
     BestModelSaver,
@@ -90,6 +92,8 @@ __all__ = [
     "build_network_from_record",
     "resolve_record",
     "DataSource",
+    "DiskCache",
+    "DiskCacheDataset",
     "FullCheckpoint",
     "MetricsWriter",
     "PreciseBatchNorm",
@@ -118,6 +122,7 @@ __all__ = [
     "lower_is_better",
     "make_additional_metrics",
     "make_key_metric",
+    "make_dataset",
     "make_loss",
     "make_lr_scheduler",
     "metric_cmp_fn",

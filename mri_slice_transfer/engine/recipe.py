@@ -1,10 +1,11 @@
 """The training recipe of a bundle run: the paper's settings for real data, the demo's without data.
 
-``train.json`` lists both side by side: ``epochs``, ``batch_size``, ``lr``, ``lr_schedule`` and
-``input_scale`` for real data, and the same names with ``demo_`` in front for the synthetic demo
-cohort. :func:`training_recipe` picks one set: the demo's when neither ``dataset_dir`` nor
-``datalist_dir`` is configured (:func:`is_demo`), else the real-data one. Every other setting is the
-same for both. The values may be the raw strings of command-line overrides.
+``train.json`` lists both side by side: ``epochs``, ``batch_size``, ``lr``, ``lr_schedule``,
+``input_scale`` and ``cache`` (the data path: ``disk`` for real data, ``memory`` for the demo) for
+real data, and the same names with ``demo_`` in front for the synthetic demo cohort.
+:func:`training_recipe` picks one set: the demo's when neither ``dataset_dir`` nor ``datalist_dir`` is
+configured (:func:`is_demo`), else the real-data one. Every other setting is the same for both. The
+values may be the raw strings of command-line overrides.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mri_slice_transfer.engine.options import as_optional
+from mri_slice_transfer.vocabulary import DataCache, look_up
 
 __all__ = ["RECIPE_FIELDS", "TrainingRecipe", "is_demo", "training_recipe"]
 
 #: The settings that differ between the demo and real data (``train.json``: ``x`` and ``demo_x``).
-RECIPE_FIELDS: tuple[str, ...] = ("epochs", "batch_size", "lr", "lr_schedule", "input_scale")
+RECIPE_FIELDS: tuple[str, ...] = ("epochs", "batch_size", "lr", "lr_schedule", "input_scale", "cache")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class TrainingRecipe:
         lr: Adam's learning rate.
         lr_schedule: ``constant`` or ``cosine`` (:func:`~mri_slice_transfer.engine.make_lr_scheduler`).
         input_scale: scale of the template grid (None: not set; evaluation takes the model's).
+        cache: the data path of training and validation (:class:`~mri_slice_transfer.vocabulary.DataCache`
+            value: ``memory``, ``disk`` or ``none``; :func:`~mri_slice_transfer.engine.make_dataset`).
         demo: whether these are the demo settings.
     """
 
@@ -38,6 +42,7 @@ class TrainingRecipe:
     lr: float
     lr_schedule: str
     input_scale: float | None
+    cache: str = DataCache.MEMORY.value
     demo: bool = False
 
     def settings(self) -> dict[str, Any]:
@@ -67,7 +72,8 @@ def training_recipe(
         the chosen settings, converted (``"10"`` -> 10, ``"3e-4"`` -> 0.0003, ``"null"`` -> None).
 
     Raises:
-        ValueError: a setting is missing or not a number where one is needed; the message names it.
+        ValueError: a setting is missing, not a number where one is needed, or not a data path
+            (``cache``); the message names it.
     """
     use_demo = is_demo(datalist_dir, dataset_dir)
     chosen = dict((demo if use_demo else real) or {})
@@ -89,5 +95,6 @@ def training_recipe(
         lr=number("lr", float),
         lr_schedule=str(chosen["lr_schedule"]),
         input_scale=number("input_scale", float),
+        cache=look_up(chosen["cache"], DataCache, f"{prefix}cache").value,
         demo=use_demo,
     )
