@@ -13,7 +13,7 @@ import torchvision
 
 from mri_slice_transfer.engine.checkpoint import WeightFileError, WeightsLoader
 from mri_slice_transfer.networks import SliceSetNet
-from mri_slice_transfer.networks.aggregation import AttentionAggregation
+from mri_slice_transfer.networks.aggregation import AttentionAggregation, TransformerAggregation
 from mri_slice_transfer.networks.paper_import import PaperImportError, load_paper_state_dict
 
 # --- a small re-implementation of the paper's MRI2DSlice (umgupta/2d-slice-set-networks), written
@@ -216,3 +216,158 @@ def test_weights_of_the_old_attention_block_are_refused_with_the_reason(tmp_path
         WeightFileError, match=r"model\.pt: does not fit .*attention block of mri_slice_transfer before 0\.7"
     ):
         WeightsLoader(str(path), net)()
+
+
+# --- slice-count augmentation (issue 22 item 4)
+
+SMALL = (8, 9, 6)  # cnn5 on an axial stack of K = 6 slices
+
+
+def _count_encoded(model: SliceSetNet) -> list[int]:
+    """Record the number of slices each forward pass encodes."""
+    seen: list[int] = []
+    encode = model.encode_slices
+    model.encode_slices = lambda s: seen.append(s.shape[0]) or encode(s)  # type: ignore[method-assign]
+    return seen
+
+
+def test_slice_keep_off_draws_no_random_numbers() -> None:
+    """The default model's training forward pass consumes no random numbers for slice selection."""
+    torch.manual_seed(0)
+    model = SliceSetNet("resnet18", "axial", "mean", spatial_size=(16, 16, 5)).train()
+    assert model.kept_slices(2) is None
+    x = torch.randn(2, 1, 16, 16, 5)
+    before = torch.get_rng_state()
+    model(x)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("style", ["random", "crop"])
+def test_slice_keep_trains_on_a_subset_and_evaluates_on_every_slice(style: str) -> None:
+    torch.manual_seed(0)
+    model = SliceSetNet(
+        "cnn5", "axial", "transformer", spatial_size=SMALL, slice_keep=0.5, slice_keep_style=style
+    )
+    seen = _count_encoded(model)
+    x = torch.randn(2, 1, *SMALL)
+    model.train()(x)
+    model.eval()(x)
+    assert seen == [2 * 3, 2 * 6]  # round(0.5 * 6) = 3 slices per scan in training, all 6 at evaluation
+    model.train()
+    torch.manual_seed(5)
+    first = model.kept_slices(50)
+    torch.manual_seed(5)
+    assert torch.equal(model.kept_slices(50), first)  # a seeded run repeats
+    assert first.shape == (50, 3) and (first.diff(dim=1) > 0).all() and first.max() < 6
+    if style == "crop":
+        assert (first.diff(dim=1) == 1).all()
+    else:
+        assert (first.diff(dim=1) > 1).any()  # not only contiguous runs
+    assert len({tuple(r) for r in first.tolist()}) > 2
+
+
+def test_a_subset_of_every_slice_is_the_full_positional_encoding() -> None:
+    """The learned encoding's subset / masked LayerNorm equals the full one when nothing is left out."""
+    torch.manual_seed(0)
+    model = SliceSetNet("cnn5", "axial", "mean", "learned", spatial_size=SMALL)
+    with torch.no_grad():
+        model.position.norm.weight.normal_()
+        model.position.norm.bias.normal_()
+    feats = torch.randn(3, 6, 64)
+    full = model.position(feats)
+    every = torch.arange(6).expand(3, 6)
+    torch.testing.assert_close(model.position(feats, every), full)
+    torch.testing.assert_close(model.position(feats, None, torch.ones(3, 6, dtype=torch.bool)), full)
+    reversed_ = every.flip(1)  # positions pick the rows of p and of the LayerNorm affine
+    torch.testing.assert_close(model.position(feats.flip(1), reversed_), full.flip(1))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"slice_keep": 0}, r"slice_keep must be a fraction in \(0, 1\], not 0"),
+        ({"slice_keep": 1.5}, r"slice_keep must be a fraction in \(0, 1\], not 1\.5"),
+        ({"slice_keep": True}, r"slice_keep must be a fraction"),
+        ({"slice_keep_style": "block"}, r"slice_keep_style 'block'; choose one of random, crop"),
+    ],
+)
+def test_slice_keep_options_are_checked(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SliceSetNet("cnn5", "axial", spatial_size=SMALL, **kwargs)
+
+
+# --- the transformer and the padding mask (issue 22 item 1)
+
+
+@pytest.mark.parametrize(
+    "kind,options",
+    [
+        ("mean", {}),
+        ("max", {}),
+        ("attention", {}),
+        ("transformer", {}),
+        ("transformer", {"transformer_readout": "mean", "transformer_rotary": True, "transformer_layers": 2}),
+    ],
+)
+def test_padded_slices_change_no_aggregation(kind: str, options: dict) -> None:
+    """A scan of 4 slices: alone, or padded to 7 (any padding values) in a batch with a 7-slice scan."""
+    from mri_slice_transfer.networks.aggregation import build_aggregation
+
+    torch.manual_seed(0)
+    agg = _randomise(build_aggregation(kind, 8, **options))
+    short, long_ = torch.randn(1, 4, 8), torch.randn(1, 7, 8)
+    batch = torch.cat((long_, torch.cat((short, 100 * torch.randn(1, 3, 8)), dim=1)))
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    together = agg(batch, mask)
+    torch.testing.assert_close(together[0], agg(long_)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(together[1], agg(short)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("position_encoding", ["none", "learned", "sinusoidal"])
+def test_a_transformer_model_gives_a_scan_the_same_output_alone_or_with_a_shorter_scan(
+    position_encoding: str,
+) -> None:
+    """Acceptance (issue 22): scans with different slice counts batch together with ``slice_mask``."""
+    torch.manual_seed(0)
+    model = SliceSetNet("cnn5", "axial", "transformer", position_encoding, spatial_size=SMALL).eval()
+    full, short = torch.randn(1, 1, *SMALL), torch.randn(1, 1, *SMALL)
+    short[..., 4:] = 0  # a scan of 4 slices, zero-padded to 6
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    with torch.no_grad():
+        together = model(torch.cat((full, short)), slice_mask=mask)
+        alone = model(full)
+        short_alone = model(short, slice_mask=mask[1:])
+        other_padding = short.clone()
+        other_padding[..., 4:] = torch.randn(1, 1, 8, 9, 2)
+        short_other = model(other_padding, slice_mask=mask[1:])
+    torch.testing.assert_close(together[0], alone[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(together[1], short_alone[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(short_other, short_alone, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"slice_mask must be a bool tensor of shape \[2, 6\]"):
+        model(torch.cat((full, short)), slice_mask=mask.float())
+    with pytest.raises(ValueError, match="at least one real slice"):
+        model(short, slice_mask=torch.zeros(1, 6, dtype=torch.bool))
+
+
+def test_transformer_options_are_checked_and_small() -> None:
+    net = SliceSetNet("cnn5", "axial", "transformer", spatial_size=SMALL)
+    agg = net.aggregate
+    assert isinstance(agg, TransformerAggregation) and len(agg.layers) == 1 and agg.cls is not None
+    assert sum(p.numel() for p in agg.parameters()) < 10_000
+    with pytest.raises(ValueError, match=r"transformer_heads must give a divisor of 32, not 5"):
+        SliceSetNet("cnn5", "axial", "transformer", spatial_size=SMALL, transformer_heads=5)
+    with pytest.raises(ValueError, match=r"transformer_layers apply to aggregation 'transformer' only"):
+        SliceSetNet("cnn5", "axial", "mean", spatial_size=SMALL, transformer_layers=2)
+    with pytest.raises(ValueError, match=r"unknown transformer_readout 'first'"):
+        SliceSetNet("cnn5", "axial", "transformer", spatial_size=SMALL, transformer_readout="first")
+
+
+def test_rotary_positions_make_the_transformer_see_slice_order() -> None:
+    torch.manual_seed(0)
+    plain = TransformerAggregation(8, heads=2, readout="cls")
+    rotary = TransformerAggregation(8, heads=2, readout="cls", rotary=True)
+    rotary.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x.flip(1)), plain(x), rtol=1e-5, atol=1e-6)  # a set function
+        assert not torch.allclose(rotary(x.flip(1)), rotary(x), atol=1e-4)

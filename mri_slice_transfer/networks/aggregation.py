@@ -197,6 +197,7 @@ class TransformerAggregation(nn.Module):
         if dim % heads or (rotary and (dim // heads) % 2):
             need = "an even number of dims per head for rotary" if dim % heads == 0 else f"a divisor of {dim}"
             raise ValueError(f"transformer_heads must give {need}, not {heads!r}")
+        readout = readout.lower() if isinstance(readout, str) else readout
         if readout not in READOUTS:
             raise ValueError(f"unknown transformer_readout {readout!r}; choose one of {', '.join(READOUTS)}")
         if not isinstance(rotary, bool):

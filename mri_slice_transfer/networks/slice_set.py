@@ -98,15 +98,29 @@ class LearnedPositionEncoding(nn.Module):
         self.p = nn.Parameter(torch.randn(num_positions, dim) / math.sqrt(num_positions))
         self.norm = nn.LayerNorm((num_positions, dim))
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``[B, K, d]``; or ``[B, k, d]`` of the slices at ``positions`` ``[B, k]`` (a subset)."""
-        if positions is None:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x`` ``[B, K, d]``; or ``[B, k, d]`` of the slices at ``positions`` ``[B, k]`` (a subset).
+
+        ``mask`` (``[B, k]`` bool, True = a real slice) leaves padded slices out of the LayerNorm's
+        statistics (their outputs are 0), so a scan's encoding does not depend on its padding.
+        """
+        if positions is None and mask is None:
             return self.norm(x + self.p)
-        # a subset of the slices: the same LayerNorm over the k x d block that is there
-        y = x + self.p[positions]
-        var, mean = torch.var_mean(y, dim=(1, 2), unbiased=False, keepdim=True)
-        y = (y - mean) * torch.rsqrt(var + self.norm.eps)
-        return y * self.norm.weight[positions] + self.norm.bias[positions]
+        # a subset of the slices, or the real ones: the same LayerNorm over the k x d block that is there
+        p, w, b = (self.p, self.norm.weight, self.norm.bias)
+        if positions is not None:
+            p, w, b = p[positions], w[positions], b[positions]
+        y = x + p
+        if mask is None:
+            var, mean = torch.var_mean(y, dim=(1, 2), unbiased=False, keepdim=True)
+            return (y - mean) * torch.rsqrt(var + self.norm.eps) * w + b
+        m = mask.to(y.dtype).unsqueeze(-1)
+        count = m.sum(dim=(1, 2), keepdim=True).clamp_min(1.0) * y.shape[-1]
+        mean = (y * m).sum(dim=(1, 2), keepdim=True) / count
+        var = (((y - mean) * m) ** 2).sum(dim=(1, 2), keepdim=True) / count
+        return ((y - mean) * torch.rsqrt(var + self.norm.eps) * w + b) * m
 
 
 class SinusoidalPositionEncoding(nn.Module):
@@ -137,7 +151,9 @@ class SinusoidalPositionEncoding(nn.Module):
         table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
         self.register_buffer("table", table.float(), persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``x`` ``[B, K, d]``; or ``[B, k, d]`` of the slices at ``positions`` ``[B, k]`` (a subset)."""
         table = self.table if positions is None else self.table[positions]
         return x + table.to(dtype=x.dtype)
@@ -146,7 +162,9 @@ class SinusoidalPositionEncoding(nn.Module):
 class _NoPositionEncoding(nn.Identity):
     """``position_encoding="none"``: returns the embeddings unchanged (also for a subset of slices)."""
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return x
 
 
@@ -389,12 +407,16 @@ class SliceSetNet(nn.Module):
         order = torch.rand(batch_size, k_all).argsort(dim=1)[:, :keep]
         return order.sort(dim=1).values.to(device)
 
-    def embed(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Slice embeddings (after positional encoding): ``[B, 1, X, Y, Z]`` -> ``[B, K, 32]``.
 
         Args:
             x: the volumes.
             positions: ``[B, k]`` slice indices: embed only these slices of each scan -> ``[B, k, 32]``.
+            mask: ``[B, k]`` bool, True = a real slice: padded slices stay out of the learned positional
+                encoding's LayerNorm statistics.
         """
         b = x.shape[0]
         slices = self.slices(x)
@@ -405,8 +427,32 @@ class SliceSetNet(nn.Module):
             slices = slices[rows]
         feats = self.encode_slices(slices).reshape(b, -1, self.encoder.out_features)
         feats = self.pre_embed(feats)
-        return self.post_embed(self.position(feats) if positions is None else self.position(feats, positions))
+        if positions is None and mask is None:
+            return self.post_embed(self.position(feats))
+        return self.post_embed(self.position(feats, positions, mask))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, slice_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, 1, X, Y, Z]`` -> ``[B, num_outputs]``.
+
+        Args:
+            x: the volumes.
+            slice_mask: ``[B, K]`` bool, True = a real slice: for scans with fewer than ``K`` slices,
+                padded (e.g. with zeros) to ``K`` along the axis, so they batch with full ones. Padded
+                slices change no output (every aggregation and the learned positional encoding leave
+                them out). Each scan needs at least one real slice (also among those ``slice_keep``
+                draws in training).
+        """
         positions = self.kept_slices(x.shape[0], x.device)
-        return self.head(self.aggregate(self.embed(x, positions), positions=positions))
+        mask = None
+        if slice_mask is not None:
+            if slice_mask.shape != (x.shape[0], self.num_slices) or slice_mask.dtype != torch.bool:
+                raise ValueError(
+                    f"slice_mask must be a bool tensor of shape {[x.shape[0], self.num_slices]} "
+                    f"(scans x slices), not {slice_mask.dtype} {list(slice_mask.shape)}"
+                )
+            mask = (
+                slice_mask.to(x.device) if positions is None else slice_mask.to(x.device).gather(1, positions)
+            )
+            if not mask.any(dim=1).all():
+                raise ValueError("slice_mask: every scan needs at least one real slice (True)")
+        return self.head(self.aggregate(self.embed(x, positions, mask), mask=mask, positions=positions))
