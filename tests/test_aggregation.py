@@ -371,3 +371,19 @@ def test_rotary_positions_make_the_transformer_see_slice_order() -> None:
     with torch.no_grad():
         torch.testing.assert_close(plain(x.flip(1)), plain(x), rtol=1e-5, atol=1e-6)  # a set function
         assert not torch.allclose(rotary(x.flip(1)), rotary(x), atol=1e-4)
+
+
+def test_leave_one_slice_out_keeps_the_other_slices_positions() -> None:
+    """interpret's slice importance masks slice j, so a rotary transformer sees the others where they are."""
+    from mri_slice_transfer.interpret.slices import slice_importance
+
+    torch.manual_seed(0)
+    net = SliceSetNet("cnn5", "axial", "transformer", spatial_size=SMALL, transformer_rotary=True).eval()
+    x = torch.randn(1, 1, *SMALL)
+    result = slice_importance(net, x)
+    with torch.no_grad():
+        emb = net.embed(x)
+        full = net.head(net.aggregate(emb))[0, 0]
+        others = torch.tensor([[0, 1, 3, 4, 5]])
+        without_2 = net.head(net.aggregate(emb[:, others[0]], positions=others))[0, 0]
+    assert result.importance[2] == pytest.approx(float(full - without_2), abs=1e-5)
