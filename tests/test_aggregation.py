@@ -144,26 +144,39 @@ def _randomise(model: nn.Module) -> nn.Module:
         ("resnet18", "attention", 1, True, (5, 32, 24)),  # sagittal, the ISBI 2023 transfer model
         ("cnn5", "max", 3, False, (64, 64, 3)),  # axial
         ("cnn5", "attention", 2, True, (64, 3, 64)),  # coronal; 64 x 64 slices: pooling as the paper's
+        ("cnn5", "attention", 3, False, (64, 64, 3)),  # 2 heads (main.py's default attn_num_heads)
     ],
 )
 def test_a_paper_checkpoint_imports_to_the_same_function(
     encoder: str, agg: str, slice_dim: int, use_pe: bool, size: tuple, tmp_path: Path
 ) -> None:
     torch.manual_seed(0)
-    paper = _randomise(_PaperModel(encoder, agg, k=size[slice_dim - 1], slice_dim=slice_dim, use_pe=use_pe))
+    heads = 2 if (agg, use_pe, slice_dim) == ("attention", False, 3) else 1
+    k = size[slice_dim - 1]
+    paper = _randomise(_PaperModel(encoder, agg, k=k, slice_dim=slice_dim, use_pe=use_pe, heads=heads))
     path = tmp_path / "best.pt"  # the paper's trainer saves {"model": state_dict, "optimizer": ..., ...}
     torch.save({"model": {f"module.{k}": v for k, v in paper.state_dict().items()}, "epoch": 7}, path)
     axis = ("sagittal", "coronal", "axial")[slice_dim - 1]
-    ours = load_paper_state_dict(path, axis=None if use_pe else axis, aggregation=agg, spatial_size=size)
+    ours = load_paper_state_dict(
+        path, axis=None if use_pe else axis, aggregation=agg, spatial_size=size, attention_heads=heads
+    )
     assert (ours.encoder_name, ours.axis, ours.aggregation_name) == (encoder, axis, agg)
     assert ours.position_encoding_name == ("learned" if use_pe else "none") and not ours.training
     x = torch.randn(2, 1, *size)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), paper(x), rtol=1e-4, atol=1e-5)
     # the state dict itself works too
-    same = load_paper_state_dict(paper.state_dict(), axis=axis, aggregation=agg, spatial_size=size)
+    same = load_paper_state_dict(
+        paper.state_dict(), axis=axis, aggregation=agg, spatial_size=size, attention_heads=heads
+    )
     with torch.no_grad():
         torch.testing.assert_close(same(x), ours(x), rtol=0, atol=0)
+    if heads > 1:  # the file does not store the heads: a wrong count is another function
+        one_head = load_paper_state_dict(paper.state_dict(), axis=axis, aggregation=agg, spatial_size=size)
+        assert (ours.aggregate.num_heads, one_head.aggregate.num_heads) == (2, 1)
+        e = 3 * torch.randn(2, 5, 32)
+        with torch.no_grad():
+            assert not torch.allclose(one_head.aggregate(e), ours.aggregate(e), rtol=1e-3, atol=1e-3)
 
 
 def test_the_paper_importer_names_what_does_not_fit(tmp_path: Path) -> None:

@@ -38,8 +38,9 @@ from pathlib import Path
 
 import torch
 
+from mri_slice_transfer.networks.aggregation import AttentionAggregation
 from mri_slice_transfer.networks.encoders import RESNET_ENCODERS, fold_conv1_weight
-from mri_slice_transfer.networks.slice_set import AXES, SliceSetNet
+from mri_slice_transfer.networks.slice_set import AXES, EMBED_DIM, SliceSetNet
 
 __all__ = ["PaperImportError", "paper_architecture", "convert_paper_state_dict", "load_paper_state_dict"]
 
@@ -174,6 +175,7 @@ def load_paper_state_dict(
     aggregation: str | None = None,
     num_outputs: int = 1,
     spatial_size: tuple[int, int, int] = PAPER_SPATIAL_SIZE,
+    attention_heads: int = 1,
 ) -> SliceSetNet:
     """A :class:`SliceSetNet` with the weights of a model trained by the paper's code.
 
@@ -186,6 +188,9 @@ def load_paper_state_dict(
             weights; attention models need none (or ``"attention"``).
         num_outputs: the regressor's output size (1 in the paper).
         spatial_size: the input grid (the paper's 91 x 109 x 91).
+        attention_heads: the paper's ``attn_num_heads`` of an attention model (its configs and run
+            scripts use 1; its ``main.py`` defaults to 2 when the option is not given). The weights do
+            not store it, and a wrong value gives the wrong function: pass the training run's.
 
     Returns:
         the network in eval mode; ``encoder_init`` names the source.
@@ -209,6 +214,12 @@ def load_paper_state_dict(
                 "aggregation 'attention' needs pooled_attention.* weights; the file has none"
             )
         net = SliceSetNet(**arch, num_outputs=num_outputs, spatial_size=spatial_size)
+        if attention_heads != 1:
+            if arch["aggregation"] != "attention":
+                raise PaperImportError(
+                    f"attention_heads applies to attention models, not {arch['aggregation']!r}"
+                )
+            net.aggregate = AttentionAggregation(EMBED_DIM, num_heads=attention_heads)
         net.load_state_dict(convert_paper_state_dict(state, net))
     except (PaperImportError, ValueError) as err:
         raise PaperImportError(f"{where}{err}") from None
