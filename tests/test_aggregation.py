@@ -226,7 +226,8 @@ def test_weights_of_the_old_attention_block_are_refused_with_the_reason(tmp_path
     path.parent.mkdir()
     torch.save(old, path)
     with pytest.raises(
-        WeightFileError, match=r"model\.pt: does not fit .*attention block of mri_slice_transfer before 0\.7"
+        WeightFileError,
+        match=r"model\.pt: does not fit .*earlier attention block of .* \(bundles up to 0\.6\.0",
     ):
         WeightsLoader(str(path), net)()
 

@@ -68,8 +68,9 @@ class AttentionAggregation(nn.Module):
 
     ``K = W_k e + b_k``, ``V = W_v e + b_v``; per head ``h`` (a contiguous ``d / heads`` chunk of the
     features) ``a_h = softmax_k(S_h . K_{k,h} / sqrt(d / heads))`` and ``z_h = sum_k a_{h,k} V_{k,h}``;
-    then ``out = W_o LayerNorm(z) + b_o``. No residual and no ReLU (the block of releases before 0.7
-    had both; its weights do not load into this one). The paper's experiments use one head.
+    then ``out = W_o LayerNorm(z) + b_o``. No residual and no ReLU (the block this package used up to
+    bundle version 0.6.0 had both; its weights do not load into this one). The paper's experiments use
+    one head.
     The weights ``a`` of the last forward pass are kept in ``last_weights`` (``[B, K]``, the mean over
     heads, detached) for inspection of which slices the model attends to.
 
@@ -115,10 +116,10 @@ class AttentionAggregation(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
         if prefix + "ff.weight" in state_dict:
             raise RuntimeError(
-                "these weights hold the attention block of mri_slice_transfer before 0.7 (LayerNorm, then a "
-                "residual ReLU feed-forward layer 'ff'); aggregation 'attention' is now the paper's "
-                "PooledAttention (LayerNorm, then a linear 'out' layer), so they cannot be loaded: retrain "
-                "the model with this version"
+                "these weights hold the earlier attention block of mri_slice_transfer (bundles up to 0.6.0: "
+                "LayerNorm, then a residual ReLU feed-forward layer 'ff'); aggregation 'attention' is now "
+                "the paper's PooledAttention (LayerNorm, then a linear 'out' layer), so they cannot be "
+                "loaded: retrain the model with this version"
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
