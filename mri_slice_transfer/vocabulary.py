@@ -88,6 +88,7 @@ class Aggregation(_Name):
     MEAN = "mean"
     MAX = "max"
     ATTENTION = "attention"
+    TRANSFORMER = "transformer"
 
 
 class PositionEncoding(_Name):

@@ -70,6 +70,31 @@ def test_a_trained_network_records_itself_and_is_rebuilt_exactly(tmp_path: Path)
         assert torch.equal(rebuilt(x), trained(x))
 
 
+def test_network_options_are_recorded_only_when_set(tmp_path: Path) -> None:
+    """Issue 22: transformer settings / slice_keep travel in the record; the default model's has no key."""
+    metrics = {"val_balanced_accuracy": 0.75, "val_threshold_logit": 0.1}
+    plain = training_record(_tiny_net(), "adni_ad", 1, "val_balanced_accuracy", metrics, input_scale=0.15)
+    assert "network_options" not in plain.to_json() and plain.network_kwargs()["aggregation"] == "max"
+    net = build_network(
+        encoder="cnn5", axis="axial", aggregation="transformer", transformer_heads="2",
+        transformer_readout="Mean", slice_keep=0.5, pretrained=False, spatial_size=(12, 14, 12),
+    )  # fmt: skip
+    rec = training_record(net, "adni_ad", 1, "val_balanced_accuracy", metrics, input_scale=0.15)
+    options = {"transformer_heads": 2, "transformer_readout": "mean", "slice_keep": 0.5}
+    assert rec.to_json()["network_options"] == options
+    path = _write(rec.to_json(), tmp_path / "model.json")
+    rebuilt = build_network_from_record(path)
+    assert rebuilt.aggregate.layers[0].heads == 2 and rebuilt.aggregate.readout == "mean"
+    assert rebuilt.slice_keep == 0.5 and rebuilt.network_options == options
+    _write({**rec.to_json(), "network_options": {"transformer_depth": 3}}, path)
+    with pytest.raises(
+        ModelRecordError, match=r"model\.json: unknown network_options \['transformer_depth'\]"
+    ):
+        read(path)
+    with pytest.raises(ValueError, match=r"--transformer_layers must be a whole number, not 'two'"):
+        build_network(encoder="cnn5", aggregation="transformer", transformer_layers="two")
+
+
 def test_a_custom_network_gives_an_incomplete_record_with_the_input_scale() -> None:
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(1))
     rec = training_record(net, "brain_age", 1, "val_mae", {"val_mae": 5.0}, input_scale=0.5, output_bias=60.0)

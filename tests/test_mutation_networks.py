@@ -77,7 +77,7 @@ def test_mean_and_max_aggregate_over_the_slice_axis() -> None:
 
 
 def test_attention_pooling_follows_its_formula_and_keeps_the_weights() -> None:
-    """a = softmax_k(q . W_k e_k / sqrt(d)); z = sum_k a_k W_v e_k; out = LN(z) + ReLU(W_f LN(z) + b_f)."""
+    """Paper PooledAttention: a = softmax_k(S . W_k e_k / sqrt(d)); out = W_o LN(sum_k a_k W_v e_k) + b_o."""
     torch.manual_seed(1)
     d = 4
     att = AttentionAggregation(d).double()
@@ -91,12 +91,15 @@ def test_attention_pooling_follows_its_formula_and_keeps_the_weights() -> None:
     a = torch.softmax(scores, dim=1)
     z = torch.einsum("bk,bkd->bd", a, att.value(x))
     h = nn.functional.layer_norm(z, (d,), att.norm.weight, att.norm.bias, att.norm.eps)
-    expected = h + torch.relu(att.ff(h))
-    torch.testing.assert_close(att(x), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(att(x), att.out(h), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(att.last_weights, a)
     assert att.last_weights.shape == (2, 5) and not att.last_weights.requires_grad
     torch.manual_seed(0)
-    assert AttentionAggregation(400).query.std().item() == pytest.approx(400**-0.5, rel=0.1)
+    bound = math.sqrt(6 / 401)  # the paper's S: xavier_uniform on [1, d]
+    query = AttentionAggregation(400).query
+    assert query.abs().max().item() <= bound and query.std().item() == pytest.approx(
+        bound / math.sqrt(3), rel=0.1
+    )
 
 
 @pytest.mark.parametrize("axis,k", [("sagittal", 5), ("Coronal", 6), ("axial", 7)])

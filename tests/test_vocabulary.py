@@ -30,7 +30,7 @@ def test_members_are_their_strings():
     assert Task.ADNI_AD == "adni_ad" and f"{Task.BRAIN_AGE}" == "brain_age" and str(Axis.AXIAL) == "axial"
     assert {"adni_ad": 1}[Task.ADNI_AD] == 1 and TASKS["brain_age"] is TASKS[Task.BRAIN_AGE]
     assert json.dumps({"task": Task.ADNI_AD}) == '{"task": "adni_ad"}'
-    assert names(Aggregation) == ("mean", "max", "attention")
+    assert names(Aggregation) == ("mean", "max", "attention", "transformer")
     assert names(PositionEncoding) == ("none", "learned", "sinusoidal")
 
 
@@ -64,7 +64,7 @@ def test_look_up_is_case_insensitive_and_resolves_aliases():
             "unknown axis 'sagitall'; choose one of sagittal, coronal, axial (did you mean 'sagittal'?)",
         ),
         ("xyz", PositionEncoding, "unknown position_encoding 'xyz'; choose one of none, learned, sinusoidal"),
-        (3, Aggregation, "unknown aggregation 3; choose one of mean, max, attention"),
+        (3, Aggregation, "unknown aggregation 3; choose one of mean, max, attention, transformer"),
     ],
 )
 def test_look_up_names_the_bad_value_the_choices_and_the_closest(value, enum, message):

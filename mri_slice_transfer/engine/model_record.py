@@ -122,6 +122,9 @@ class ModelRecord:
         encoder_init: how the encoder was initialised (``imagenet``, ``random ...``, ``file:...``).
         training_data: demo or user lists, their folder, split sizes, label balance / mean.
         versions: package, torch and MONAI versions of the training run.
+        network_options: further network settings that differ from their defaults (the transformer's
+            ``transformer_*``, the training's ``slice_keep`` / ``slice_keep_style``); written only when
+            not empty, so the default model's record has no such key.
         format_version: :data:`FORMAT_VERSION`; 0 for a record written by 0.5.0.
         path: the file it was read from (None: built in memory).
     """
@@ -146,6 +149,7 @@ class ModelRecord:
     encoder_init: str | None = None
     training_data: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    network_options: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     path: Path | None = field(default=None, compare=False)
 
@@ -177,6 +181,7 @@ class ModelRecord:
             "position_encoding": self.position_encoding.value,
             "num_outputs": int(self.num_outputs),
             "spatial_size": tuple(self.spatial_size or _scaled(self.input_scale)),
+            **self.network_options,
         }
 
     def network(self, channels_last: bool = False) -> torch.nn.Module:
@@ -194,7 +199,7 @@ class ModelRecord:
         """The record as written to ``model.json`` (enums as their names, no ``path``)."""
         out = {}
         for f in dataclasses.fields(self):
-            if f.name == "path":
+            if f.name == "path" or (f.name == "network_options" and not self.network_options):
                 continue
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
@@ -303,9 +308,26 @@ def _from_json(raw: dict, path: Path) -> ModelRecord:
         encoder_init=raw.get("encoder_init"),
         training_data=dict(raw.get("training_data") or {}),
         versions=dict(raw.get("versions") or {}),
+        network_options=_network_options(raw.get("network_options"), path),
         format_version=_number(raw.get("format_version", 0), "format_version", path, int),
         path=path,
     )
+
+
+def _network_options(value: Any, path: Path) -> dict[str, Any]:
+    from mri_slice_transfer.engine.network import NETWORK_OPTION_ARGS
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ModelRecordError(f"{path}: network_options must be a JSON object, not {value!r}")
+    unknown = sorted(set(value) - set(NETWORK_OPTION_ARGS))
+    if unknown:
+        raise ModelRecordError(
+            f"{path}: unknown network_options {unknown} (this version knows "
+            f"{', '.join(NETWORK_OPTION_ARGS)}); was the model trained with a newer mri_slice_transfer?"
+        )
+    return dict(value)
 
 
 def _positive_scale(value: Any, path: Path | None) -> float | None:
@@ -508,5 +530,6 @@ def training_record(
         encoder_init=encoder_init(net),
         training_data=dict(training_data or {}),
         versions=versions(),
+        network_options=dict(getattr(net, "network_options", None) or {}),
     )
     return _with_geometry(record) if record.complete else record

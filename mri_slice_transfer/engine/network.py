@@ -14,7 +14,15 @@ from mri_slice_transfer.engine.resize import scaled_size
 from mri_slice_transfer.networks import build_model
 from mri_slice_transfer.networks.cpu_conv import use_fast_cpu_convs
 
-__all__ = ["ARCHITECTURE_ARGS", "architecture", "build_network", "set_output_bias", "encoder_init"]
+__all__ = [
+    "ARCHITECTURE_ARGS",
+    "NETWORK_OPTION_ARGS",
+    "architecture",
+    "build_network",
+    "network_options",
+    "set_output_bias",
+    "encoder_init",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +48,14 @@ def build_network(
     """
     if "pretrained_strict" in kwargs:
         kwargs["pretrained_strict"] = as_bool(kwargs["pretrained_strict"])
+    kwargs.update(_typed_options(kwargs))
     if "pretrained" in kwargs:
         kwargs["pretrained"] = as_pretrained(kwargs["pretrained"])
     if input_scale is not None:
         kwargs["spatial_size"] = scaled_size(float(input_scale))
     model = build_model(**kwargs)
     model.architecture = architecture(build_model, kwargs)
+    model.network_options = network_options(build_model, kwargs)
     if fast_cpu_convs:
         use_fast_cpu_convs(model)
     if as_bool(channels_last):
@@ -78,6 +88,60 @@ def architecture(factory: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if name == "spatial_size"
             else (str(value).lower() if isinstance(value, str) else value)
         )
+    return out
+
+
+#: Further :func:`~mri_slice_transfer.networks.build_model` arguments a model record keeps when they
+#: differ from their defaults (so the default model's record is unchanged): the transformer's settings
+#: and the slice-count augmentation (training only; evaluation always uses every slice).
+NETWORK_OPTION_ARGS = (
+    "transformer_layers",
+    "transformer_heads",
+    "transformer_width",
+    "transformer_readout",
+    "transformer_rotary",
+    "slice_keep",
+    "slice_keep_style",
+)
+_OPTION_TYPES: dict[str, Any] = {
+    "transformer_layers": int,
+    "transformer_heads": int,
+    "transformer_width": int,
+    "transformer_rotary": as_bool,
+    "slice_keep": float,
+}
+
+
+def _typed_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """:data:`NETWORK_OPTION_ARGS` given as strings on a command line, as the types ``build_model`` takes."""
+    out = {}
+    for name, kind in _OPTION_TYPES.items():
+        value = kwargs.get(name)
+        if isinstance(value, str):
+            try:
+                out[name] = kind(value.strip())
+            except ValueError:
+                what = {int: "whole number", float: "number"}.get(kind, "true/false value")
+                raise ValueError(f"--{name} must be a {what}, not {value!r}") from None
+    return out
+
+
+def network_options(factory: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`NETWORK_OPTION_ARGS` of a ``factory(**kwargs)`` call that differ from the defaults.
+
+    Args:
+        factory: ``build_model``.
+        kwargs: the arguments it was called with.
+
+    Returns:
+        ``{name: value}`` (empty for the default model), as a model record writes it.
+    """
+    defaults = {k: p.default for k, p in inspect.signature(factory).parameters.items()}
+    out = {}
+    for name in NETWORK_OPTION_ARGS:
+        if name in kwargs and kwargs[name] != defaults[name]:
+            value = kwargs[name]
+            out[name] = value.lower() if isinstance(value, str) else value
     return out
 
 

@@ -78,8 +78,8 @@ def slice_importance(net: SliceSetNet, x: torch.Tensor, output_index: int = 0) -
         attention = net.aggregate.last_weights[0].float().cpu().numpy()
     k = emb.shape[1]
     keep = ~torch.eye(k, dtype=torch.bool, device=emb.device)  # row j: every slice but j
-    sets = emb[0][None].expand(k, -1, -1)[keep].reshape(k, k - 1, -1)
-    without = net.head(net.aggregate(sets))[:, output_index]
+    # slice j masked out (not removed), so the others keep their positions (transformer rotary)
+    without = net.head(net.aggregate(emb.expand(k, -1, -1), mask=keep))[:, output_index]
     return SliceImportance(
         axis=net.axis,
         output=float(full),

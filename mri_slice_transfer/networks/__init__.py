@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mri_slice_transfer.networks.aggregation import TRANSFORMER_DEFAULTS, TransformerAggregation
 from mri_slice_transfer.networks.conv3d import Conv3DNet
 from mri_slice_transfer.networks.encoders import (
     ENCODERS,
@@ -52,6 +53,7 @@ __all__ = [
     "POSITION_ENCODINGS",
     "RESNET_ENCODERS",
     "SCRATCH",
+    "TRANSFORMER_DEFAULTS",
     "AttentionAggregation",
     "CNN5Encoder",
     "Conv3DNet",
@@ -61,6 +63,7 @@ __all__ = [
     "ResNetEncoder",
     "SinusoidalPositionEncoding",
     "SliceSetNet",
+    "TransformerAggregation",
     "build_encoder",
     "build_model",
     "convert_in_channels_mode",

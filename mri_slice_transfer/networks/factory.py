@@ -35,6 +35,13 @@ def build_model(
     in_channels_mode: str = "fold",
     slice_chunk_size: int | None = None,
     pretrained_strict: bool = True,
+    transformer_layers: int = 1,
+    transformer_heads: int = 4,
+    transformer_width: int = 64,
+    transformer_readout: str = "cls",
+    transformer_rotary: bool = False,
+    slice_keep: float = 1.0,
+    slice_keep_style: str = "random",
 ) -> nn.Module:
     """Build a :class:`~.slice_set.SliceSetNet` or, for ``encoder="conv3d"`` (aliases ``"3dcnn"``,
     ``"3d-cnn"``), a :class:`~.conv3d.Conv3DNet`.
@@ -42,8 +49,10 @@ def build_model(
     Args:
         encoder: an :class:`~mri_slice_transfer.vocabulary.Encoder`: ``"cnn5"``, ``"resnet18"``,
             ``"resnet34"``, ``"resnet50"`` or ``"conv3d"`` (or an alias; case-insensitive).
-        axis, aggregation, position_encoding, in_channels_mode, slice_chunk_size: see
-            :class:`~.slice_set.SliceSetNet`; ignored for the 3D-CNN (it has no slices).
+        axis, aggregation, position_encoding, in_channels_mode, slice_chunk_size, transformer_layers,
+            transformer_heads, transformer_width, transformer_readout, transformer_rotary, slice_keep,
+            slice_keep_style: see :class:`~.slice_set.SliceSetNet`; ignored for the 3D-CNN (it has no
+            slices).
         pretrained: False, True, "auto" or a path (see :mod:`~.pretrained`). The 3D-CNN and cnn5 have no
             pretrained weights: only False and "auto" (which then means from scratch) are accepted.
         num_outputs: output size (1 for an AD logit or an age).
@@ -75,6 +84,13 @@ def build_model(
         output_bias=output_bias,
         slice_chunk_size=slice_chunk_size,
         pretrained_strict=pretrained_strict,
+        transformer_layers=transformer_layers,
+        transformer_heads=transformer_heads,
+        transformer_width=transformer_width,
+        transformer_readout=transformer_readout,
+        transformer_rotary=transformer_rotary,
+        slice_keep=slice_keep,
+        slice_keep_style=slice_keep_style,
     )
 
 

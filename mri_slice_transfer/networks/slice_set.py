@@ -2,8 +2,9 @@
 
 A volume ``[B, 1, X, Y, Z]`` is cut into its ``K`` slices along one axis; one 2D encoder embeds every
 slice to a ``d = 32`` vector ``r(x_k)``; an optional positional encoding gives ``r(x_k) + p_k``; the
-``K`` embeddings are aggregated by a permutation-invariant operation (mean / max / attention) and a
-small MLP head predicts ``num_outputs`` values (an AD logit or an age).
+``K`` embeddings are aggregated (mean / max / attention / transformer:
+:mod:`~mri_slice_transfer.networks.aggregation`) and a small MLP head predicts ``num_outputs`` values
+(an AD logit or an age).
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from mri_slice_transfer.networks.aggregation import (
+    AGGREGATIONS,
+    AttentionAggregation,
+    MaxAggregation,
+    MeanAggregation,
+    TransformerAggregation,
+    build_aggregation,
+)
 from mri_slice_transfer.networks.encoders import (
     ENCODERS,
     IN_CHANNELS_MODES,
@@ -26,7 +35,7 @@ from mri_slice_transfer.networks.encoders import (
     kaiming_init_,
 )
 from mri_slice_transfer.networks.pretrained import PretrainedSpec, initialise_encoder
-from mri_slice_transfer.vocabulary import Aggregation, Axis, PositionEncoding, names
+from mri_slice_transfer.vocabulary import Axis, PositionEncoding, names
 
 __all__ = [
     "AXES",
@@ -40,14 +49,17 @@ __all__ = [
     "MeanAggregation",
     "MaxAggregation",
     "AttentionAggregation",
+    "TransformerAggregation",
     "build_aggregation",
+    "SLICE_KEEP_STYLES",
     "SliceSetNet",
 ]
 
 #: Slicing axes and the volume dimension (of x, y, z) that they index.
 AXES: dict[str, int] = {name: i for i, name in enumerate(names(Axis))}
-AGGREGATIONS: tuple[str, ...] = names(Aggregation)
 POSITION_ENCODINGS: tuple[str, ...] = names(PositionEncoding)
+#: How training picks the slices of a scan when ``slice_keep < 1``: any subset, or a contiguous run.
+SLICE_KEEP_STYLES: tuple[str, ...] = ("random", "crop")
 #: Size ``d`` of a slice embedding (input of aggregation and head).
 EMBED_DIM = 32
 logger = logging.getLogger(__name__)
@@ -86,8 +98,29 @@ class LearnedPositionEncoding(nn.Module):
         self.p = nn.Parameter(torch.randn(num_positions, dim) / math.sqrt(num_positions))
         self.norm = nn.LayerNorm((num_positions, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x + self.p)
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x`` ``[B, K, d]``; or ``[B, k, d]`` of the slices at ``positions`` ``[B, k]`` (a subset).
+
+        ``mask`` (``[B, k]`` bool, True = a real slice) leaves padded slices out of the LayerNorm's
+        statistics (their outputs are 0), so a scan's encoding does not depend on its padding.
+        """
+        if positions is None and mask is None:
+            return self.norm(x + self.p)
+        # a subset of the slices, or the real ones: the same LayerNorm over the k x d block that is there
+        p, w, b = (self.p, self.norm.weight, self.norm.bias)
+        if positions is not None:
+            p, w, b = p[positions], w[positions], b[positions]
+        y = x + p
+        if mask is None:
+            var, mean = torch.var_mean(y, dim=(1, 2), unbiased=False, keepdim=True)
+            return (y - mean) * torch.rsqrt(var + self.norm.eps) * w + b
+        m = mask.to(y.dtype).unsqueeze(-1)
+        count = m.sum(dim=(1, 2), keepdim=True).clamp_min(1.0) * y.shape[-1]
+        mean = (y * m).sum(dim=(1, 2), keepdim=True) / count
+        var = (((y - mean) * m) ** 2).sum(dim=(1, 2), keepdim=True) / count
+        return ((y - mean) * torch.rsqrt(var + self.norm.eps) * w + b) * m
 
 
 class SinusoidalPositionEncoding(nn.Module):
@@ -118,8 +151,21 @@ class SinusoidalPositionEncoding(nn.Module):
         table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
         self.register_buffer("table", table.float(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.table.to(dtype=x.dtype)
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x`` ``[B, K, d]``; or ``[B, k, d]`` of the slices at ``positions`` ``[B, k]`` (a subset)."""
+        table = self.table if positions is None else self.table[positions]
+        return x + table.to(dtype=x.dtype)
+
+
+class _NoPositionEncoding(nn.Identity):
+    """``position_encoding="none"``: returns the embeddings unchanged (also for a subset of slices)."""
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return x
 
 
 def build_position_encoding(kind: str, num_positions: int, dim: int) -> nn.Module:
@@ -129,65 +175,7 @@ def build_position_encoding(kind: str, num_positions: int, dim: int) -> nn.Modul
         return LearnedPositionEncoding(num_positions, dim)
     if kind == "sinusoidal":
         return SinusoidalPositionEncoding(num_positions, dim)
-    return nn.Identity()
-
-
-class MeanAggregation(nn.Module):
-    """Mean over slices: ``[B, K, d]`` -> ``[B, d]``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=1)
-
-
-class MaxAggregation(nn.Module):
-    """Element-wise max over slices: ``[B, K, d]`` -> ``[B, d]``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.amax(dim=1)
-
-
-class AttentionAggregation(nn.Module):
-    """Attention pooling with one learned query, then LayerNorm and a feed-forward layer.
-
-    ``a = softmax_k(q . W_k e_k / sqrt(d))``, ``z = sum_k a_k W_v e_k``, ``h = LayerNorm(z)``,
-    ``out = h + ReLU(W_f h + b_f)``. The paper only says a feed-forward layer and a LayerNorm were
-    added after the attention (as in a transformer block); the residual connection and ReLU are this
-    package's choice: at initialisation the block stays close to the normalised attention output.
-    The weights ``a`` of the last forward pass are kept in ``last_weights`` (``[B, K]``, detached) for
-    inspection of which slices the model attends to.
-
-    Args:
-        dim: ``d``, the embedding size.
-
-    Shapes:
-        ``[B, K, d]`` -> ``[B, d]``.
-    """
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.query = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
-        self.key = nn.Linear(dim, dim)
-        self.value = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim)
-        self.ff = nn.Linear(dim, dim)
-        self.scale = 1.0 / math.sqrt(dim)
-        self.last_weights: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scores = (self.key(x) @ self.query) * self.scale  # [B, K]
-        weights = torch.softmax(scores, dim=1)
-        self.last_weights = weights.detach()
-        z = torch.einsum("bk,bkd->bd", weights, self.value(x))
-        h = self.norm(z)
-        return h + torch.relu(self.ff(h))
-
-
-def build_aggregation(kind: str, dim: int) -> nn.Module:
-    """``"mean"``, ``"max"`` or ``"attention"`` aggregation over the slice axis of ``[B, K, d]``."""
-    kind = _check_choice("aggregation", kind, AGGREGATIONS)
-    if kind == "attention":
-        return AttentionAggregation(dim)
-    return MeanAggregation() if kind == "mean" else MaxAggregation()
+    return _NoPositionEncoding()
 
 
 class _KeepBatchNormStats(contextlib.AbstractContextManager):
@@ -227,7 +215,8 @@ class SliceSetNet(nn.Module):
         encoder: 2D slice encoder: ``"cnn5"``, ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
         axis: slicing axis: ``"sagittal"`` (along x: ``K = spatial_size[0]`` slices of ``(y, z)``),
             ``"coronal"`` (along y: slices of ``(x, z)``) or ``"axial"`` (along z: slices of ``(x, y)``).
-        aggregation: ``"mean"``, ``"max"`` or ``"attention"`` over the ``K`` slice embeddings.
+        aggregation: ``"mean"``, ``"max"``, ``"attention"`` (the paper's pooled attention) or
+            ``"transformer"`` over the ``K`` slice embeddings (:mod:`~.aggregation`, ``docs/models.md``).
         position_encoding: ``"none"``, ``"learned"`` (trainable ``p_k`` + LayerNorm, the paper's) or
             ``"sinusoidal"`` (fixed).
         pretrained: encoder initialisation: ``False``, ``True`` (ImageNet-1K, error if unavailable),
@@ -247,6 +236,16 @@ class SliceSetNet(nn.Module):
         pretrained_strict: refuse a weights file of which only some tensors match the encoder
             (default); False loads the matching ones and ``encoder_init`` says so
             (``"file:<path> (partial: 120/216 tensors)"``).
+        transformer_layers, transformer_heads, transformer_width: ``"transformer"`` only: number of
+            layers (1), attention heads (4; must divide 32) and feed-forward width (64).
+        transformer_readout: ``"transformer"`` only: ``"cls"`` (class token, default) or ``"mean"``.
+        transformer_rotary: ``"transformer"`` only: rotary encoding of the slice index in every
+            attention (default False); combines with ``position_encoding``.
+        slice_keep: slice-count augmentation: in training mode each scan is represented by
+            ``round(slice_keep * K)`` of its slices (at least 1), drawn from torch's random generator
+            (so a seeded run repeats); evaluation always uses all ``K``. 1.0 (default) turns it off.
+        slice_keep_style: ``"random"`` (any subset, kept in slice order) or ``"crop"`` (a contiguous
+            run at a random start).
 
     Shapes:
         input ``[B, 1, *spatial_size]`` -> output ``[B, num_outputs]``.
@@ -271,6 +270,13 @@ class SliceSetNet(nn.Module):
         output_bias: float | None = None,
         slice_chunk_size: int | None = None,
         pretrained_strict: bool = True,
+        transformer_layers: int = 1,
+        transformer_heads: int = 4,
+        transformer_width: int = 64,
+        transformer_readout: str = "cls",
+        transformer_rotary: bool = False,
+        slice_keep: float = 1.0,
+        slice_keep_style: str = "random",
     ) -> None:
         super().__init__()
         encoder = _check_choice("encoder", encoder, ENCODERS)
@@ -287,7 +293,13 @@ class SliceSetNet(nn.Module):
             raise ValueError(f"pretrained_strict must be True or False, not {pretrained_strict!r}")
         if slice_chunk_size is not None and (not isinstance(slice_chunk_size, int) or slice_chunk_size < 1):
             raise ValueError(f"slice_chunk_size must be None or a positive int, got {slice_chunk_size!r}")
-
+        slice_keep_style = _check_choice("slice_keep_style", slice_keep_style, SLICE_KEEP_STYLES)
+        if (
+            isinstance(slice_keep, bool)
+            or not isinstance(slice_keep, (int, float))
+            or not 0 < slice_keep <= 1
+        ):
+            raise ValueError(f"slice_keep must be a fraction in (0, 1], not {slice_keep!r}")
         if position_encoding == "sinusoidal" and aggregation == "mean":
             logger.warning(
                 "position_encoding='sinusoidal' with aggregation='mean' adds a constant to the mean "
@@ -303,29 +315,41 @@ class SliceSetNet(nn.Module):
         self.num_outputs = num_outputs
         self.slice_chunk_size = slice_chunk_size
         self.num_slices = spatial_size[AXES[axis]]
+        self.slice_keep = float(slice_keep)
+        self.slice_keep_style = slice_keep_style
 
         self.encoder = build_encoder(encoder, in_channels_mode=in_channels_mode)
-        features = self.encoder.out_features
-        if isinstance(self.encoder, CNN5Encoder):
-            # Reference cnn5: pooled 64-d features -> [positional encoding] -> Dropout(0.5) -> 1x1 conv
-            # to 32 (a Linear on pooled features; same parameters, He init like the other convs).
-            pe_dim = features
-            self.pre_embed: nn.Module = nn.Identity()
-            self.post_embed: nn.Module = nn.Sequential(nn.Dropout(0.5), nn.Linear(features, EMBED_DIM))
-            kaiming_init_(self.post_embed)
-        else:
-            # ResNets: pooled 512/2048-d features -> Linear to 32 -> [positional encoding].
-            pe_dim = EMBED_DIM
-            self.pre_embed = nn.Linear(features, EMBED_DIM)
-            self.post_embed = nn.Identity()
+        pe_dim = self._build_embedding(self.encoder.out_features)
         self.position = build_position_encoding(position_encoding, self.num_slices, pe_dim)
-        self.aggregate = build_aggregation(aggregation, EMBED_DIM)
+        self.aggregate = build_aggregation(
+            aggregation,
+            EMBED_DIM,
+            transformer_layers=transformer_layers,
+            transformer_heads=transformer_heads,
+            transformer_width=transformer_width,
+            transformer_readout=transformer_readout,
+            transformer_rotary=transformer_rotary,
+        )
         self.head = nn.Sequential(nn.Linear(EMBED_DIM, 64), nn.ReLU(inplace=True), nn.Linear(64, num_outputs))
         if output_bias is not None:
             nn.init.constant_(self.output_layer.bias, float(output_bias))
 
         backbone = self.encoder.backbone if encoder in RESNET_ENCODERS else self.encoder
         self.encoder_init = initialise_encoder(backbone, encoder, pretrained, strict=pretrained_strict)
+
+    def _build_embedding(self, features: int) -> int:
+        """``pre_embed`` and ``post_embed`` around the positional encoding; returns its width."""
+        if isinstance(self.encoder, CNN5Encoder):
+            # Reference cnn5: pooled 64-d features -> [positional encoding] -> Dropout(0.5) -> 1x1 conv
+            # to 32 (a Linear on pooled features; same parameters, He init like the other convs).
+            self.pre_embed: nn.Module = nn.Identity()
+            self.post_embed: nn.Module = nn.Sequential(nn.Dropout(0.5), nn.Linear(features, EMBED_DIM))
+            kaiming_init_(self.post_embed)
+            return features
+        # ResNets: pooled 512/2048-d features -> Linear to 32 -> [positional encoding].
+        self.pre_embed = nn.Linear(features, EMBED_DIM)
+        self.post_embed = nn.Identity()
+        return EMBED_DIM
 
     @property
     def output_layer(self) -> nn.Module:
@@ -367,11 +391,68 @@ class SliceSetNet(nn.Module):
                 outs.append(self.encoder(part))
         return torch.cat(outs, dim=0)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Slice embeddings (after positional encoding): ``[B, 1, X, Y, Z]`` -> ``[B, K, 32]``."""
-        b = x.shape[0]
-        feats = self.encode_slices(self.slices(x)).reshape(b, self.num_slices, -1)
-        return self.post_embed(self.position(self.pre_embed(feats)))
+    def kept_slices(self, batch_size: int, device: torch.device | None = None) -> torch.Tensor | None:
+        """The slice indices ``[B, k]`` a training forward pass uses (``slice_keep``), or None (all).
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.aggregate(self.embed(x)))
+        Drawn from torch's default generator (seeded runs repeat); None in eval mode or when
+        ``slice_keep`` is 1.
+        """
+        k_all = self.num_slices
+        keep = max(1, round(self.slice_keep * k_all))
+        if not self.training or keep >= k_all:
+            return None
+        if self.slice_keep_style == "crop":
+            start = torch.randint(0, k_all - keep + 1, (batch_size, 1))
+            return (start + torch.arange(keep)).to(device)
+        order = torch.rand(batch_size, k_all).argsort(dim=1)[:, :keep]
+        return order.sort(dim=1).values.to(device)
+
+    def embed(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Slice embeddings (after positional encoding): ``[B, 1, X, Y, Z]`` -> ``[B, K, 32]``.
+
+        Args:
+            x: the volumes.
+            positions: ``[B, k]`` slice indices: embed only these slices of each scan -> ``[B, k, 32]``.
+            mask: ``[B, k]`` bool, True = a real slice: padded slices stay out of the learned positional
+                encoding's LayerNorm statistics.
+        """
+        b = x.shape[0]
+        slices = self.slices(x)
+        if positions is not None:
+            rows = (
+                positions + torch.arange(b, device=positions.device).unsqueeze(1) * self.num_slices
+            ).flatten()
+            slices = slices[rows]
+        feats = self.encode_slices(slices).reshape(b, -1, self.encoder.out_features)
+        feats = self.pre_embed(feats)
+        if positions is None and mask is None:
+            return self.post_embed(self.position(feats))
+        return self.post_embed(self.position(feats, positions, mask))
+
+    def forward(self, x: torch.Tensor, slice_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, 1, X, Y, Z]`` -> ``[B, num_outputs]``.
+
+        Args:
+            x: the volumes.
+            slice_mask: ``[B, K]`` bool, True = a real slice: for scans with fewer than ``K`` slices,
+                padded (e.g. with zeros) to ``K`` along the axis, so they batch with full ones. Padded
+                slices change no output (every aggregation and the learned positional encoding leave
+                them out). Each scan needs at least one real slice (also among those ``slice_keep``
+                draws in training).
+        """
+        positions = self.kept_slices(x.shape[0], x.device)
+        mask = None
+        if slice_mask is not None:
+            if slice_mask.shape != (x.shape[0], self.num_slices) or slice_mask.dtype != torch.bool:
+                raise ValueError(
+                    f"slice_mask must be a bool tensor of shape {[x.shape[0], self.num_slices]} "
+                    f"(scans x slices), not {slice_mask.dtype} {list(slice_mask.shape)}"
+                )
+            mask = (
+                slice_mask.to(x.device) if positions is None else slice_mask.to(x.device).gather(1, positions)
+            )
+            if not mask.any(dim=1).all():
+                raise ValueError("slice_mask: every scan needs at least one real slice (True)")
+        return self.head(self.aggregate(self.embed(x, positions, mask), mask=mask, positions=positions))
