@@ -12,11 +12,12 @@ import torch
 from ignite.engine import Engine, Events
 from scipy.special import expit
 
+from mri_slice_transfer.engine.brain_age import AgeBias, age_bias_metrics
 from mri_slice_transfer.engine.distributed import is_main_process
 from mri_slice_transfer.engine.io import write_csv, write_json
 from mri_slice_transfer.engine.metrics import THRESHOLD, DecisionThreshold, as_threshold, compute_metrics
 from mri_slice_transfer.engine.resize import scaled_size
-from mri_slice_transfer.vocabulary import task_spec
+from mri_slice_transfer.vocabulary import Task, task_spec
 
 __all__ = ["SafeTransform", "PredictionWriter"]
 
@@ -88,6 +89,17 @@ def _non_finite(value: float) -> str:
     )
 
 
+def _age(value: Any) -> float | None:
+    """A chronological age from an input CSV's ``age`` cell (None: no column, or an empty cell)."""
+    value = _plain(value)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _plain(value: Any) -> Any:
     """A decollated batch value as a plain Python value for the CSV."""
     if torch.is_tensor(value):
@@ -98,11 +110,16 @@ def _plain(value: Any) -> Any:
 class PredictionWriter:
     """Collect one row per scan during an evaluator run and write them (and metrics) at the end.
 
-    Columns: ``subject_id``, ``session_id``, ``image``, ``label`` (evaluation), ``probability``,
-    ``logit`` and ``predicted`` (AD) or ``predicted_age``, ``status``, ``error``. Scans prepared on the way
-    (``inference.json --prepare true``) also get ``input`` (the raw scan; ``image`` is then the prepared
-    one) and, after ``error``, ``prepare_status``, ``flagged``, ``prepare_correlation``, ``qc_png`` and
-    ``prepare_note`` (see :data:`~mri_slice_transfer.engine.raw_inputs.PREPARE_KEYS`).
+    Columns: ``subject_id``, ``session_id``, ``image``, ``label`` (evaluation) or ``age`` (brain-age
+    inference from a CSV with an ``age`` column), then the task's
+    :attr:`~mri_slice_transfer.vocabulary.TaskSpec.prediction_columns`: ``probability``, ``logit`` and
+    ``predicted`` (AD) or ``predicted_age``, ``corrected_age`` and ``brain_age_gap`` (brain age; the
+    last two only when the model record has an ``age_bias``, empty for scans without a chronological
+    age: :class:`~mri_slice_transfer.engine.brain_age.AgeBias`), then ``status``, ``error``. Scans
+    prepared on the way (``inference.json --prepare true``) also get ``input`` (the raw scan; ``image``
+    is then the prepared one) and, after ``error``, ``prepare_status``, ``flagged``,
+    ``prepare_correlation``, ``qc_png`` and ``prepare_note``
+    (see :data:`~mri_slice_transfer.engine.raw_inputs.PREPARE_KEYS`).
 
     Args:
         task: ``"adni_ad"`` (probability of AD) or ``"brain_age"`` (predicted age).
@@ -112,6 +129,10 @@ class PredictionWriter:
             :class:`~mri_slice_transfer.engine.metrics.DecisionThreshold` (AD when ``logit >= cut``; see
             :func:`~mri_slice_transfer.engine.metrics.operating_threshold`) or a probability; recorded
             in the metrics as ``threshold`` (probability) and ``threshold_logit``.
+        record: the trained model's :class:`~mri_slice_transfer.engine.model_record.ModelRecord`;
+            brain age: its ``age_bias`` gives the corrected columns and metrics (``corrected_mae``,
+            ``gap_age_correlation`` before and after). A record without one (an older model) gives
+            ``predicted_age`` only, with a warning. None: no correction, no warning.
     """
 
     def __init__(
@@ -120,9 +141,18 @@ class PredictionWriter:
         predictions_csv: str,
         metrics_json: str | None = None,
         threshold: float | DecisionThreshold | None = THRESHOLD,
+        record: Any = None,
     ) -> None:
         self.task = task
         self._binary = task_spec(task).is_binary
+        self.columns = task_spec(task).prediction_columns
+        self.age_bias: AgeBias | None = getattr(record, "age_bias", None)
+        if record is not None and not self._binary and self.age_bias is None:
+            logger.warning(
+                "%s records no age-bias correction (an older model): writing predicted_age without "
+                "corrected_age / brain_age_gap; retrain the bundle to fit one on its validation split",
+                getattr(record, "path", None) or "the model record",
+            )
         self.threshold = as_threshold(THRESHOLD if threshold is None else threshold)
         self.predictions_csv = Path(predictions_csv)
         self.metrics_json = Path(metrics_json) if metrics_json else None
@@ -158,7 +188,7 @@ class PredictionWriter:
             row["probability"], row["logit"] = float(expit(value)), value
             row["predicted"] = "" if np.isnan(value) else ("AD" if self.threshold.decide(value) else "CN")
         else:
-            row["predicted_age"] = value
+            row.update(self._age_columns(item, row, value))
         row["status"], row["error"] = status, error
         if prepared:
             prep = _plain(item["prepare_status"])
@@ -170,6 +200,22 @@ class PredictionWriter:
         if status == "ok" and "label" in row:
             self._raw.append((value, row["label"]))
         return row
+
+    def _age_columns(self, item: dict, row: dict, value: float) -> dict:
+        """Brain age: ``age`` (inference input CSV), predicted, corrected age and gap (:attr:`columns`)."""
+        out = {}
+        if "label" in row:
+            age = row["label"]
+        else:
+            age = _age(item.get(task_spec(Task.BRAIN_AGE).label_column))
+            if age is not None:
+                out["age"] = age
+        out[self.columns[0]] = value
+        if self.age_bias is not None:
+            known = age if age is not None else np.nan
+            out[self.columns[1]] = float(self.age_bias.correct(value, known))
+            out[self.columns[2]] = float(self.age_bias.gap(value, known))
+        return out
 
     def collect(self, engine: Engine) -> None:
         batch, output = engine.state.batch, engine.state.output
@@ -191,6 +237,7 @@ class PredictionWriter:
         write_csv(self.rows, self.predictions_csv)
         n_err = sum(r["status"] != "ok" for r in self.rows)
         logger.info("wrote %d predictions (%d errors) to %s", len(self.rows), n_err, self.predictions_csv)
+        self._log_missing_ages()
         metrics = self._write_metrics(n_err) if self.metrics_json is not None else None
         if self.rows and n_err == len(self.rows):
             raise RuntimeError(
@@ -198,6 +245,17 @@ class PredictionWriter:
                 f"network outputs); the 'error' column of {self.predictions_csv} says why for each"
             )
         return metrics
+
+    def _log_missing_ages(self) -> None:
+        if self.age_bias is None:
+            return
+        n = sum(r["status"] == "ok" and np.isnan(r[self.columns[2]]) for r in self.rows)
+        if n:
+            logger.warning(
+                "%d scan(s) have no chronological age: their corrected_age and brain_age_gap are empty (the "
+                "age-bias correction needs the age); give the input CSV an 'age' column",
+                n,
+            )
 
     def _write_metrics(self, n_err: int) -> dict:
         raw = np.array(self._raw, dtype=np.float64).reshape(-1, 2)
@@ -207,6 +265,8 @@ class PredictionWriter:
                 self.threshold.probability,
                 self.threshold.logit,
             )
+        else:
+            metrics.update(age_bias_metrics(raw[:, 0], raw[:, 1], self.age_bias))
         n_skipped = sum(r["status"] != "ok" and "label" in r for r in self.rows)
         metrics.update(n_scans=len(raw), n_errors=n_err, n_skipped=n_skipped, n_non_finite=self.n_non_finite)
         write_json(metrics, self.metrics_json)
