@@ -22,12 +22,21 @@ import numpy as np
 import pandas as pd
 from ignite.engine import Engine, Events
 
+from mri_slice_transfer.engine.brain_age import AgeBias
 from mri_slice_transfer.engine.distributed import is_main_process
 from mri_slice_transfer.engine.metrics import THRESHOLD, DecisionThreshold, as_threshold
 from mri_slice_transfer.fileio import atomic_path
 from mri_slice_transfer.vocabulary import Task, task_spec
 
-__all__ = ["ROC_PR_PNG", "AGE_SCATTER_PNG", "RunPlots", "plot_age_scatter", "plot_roc_pr", "write_run_plots"]
+__all__ = [
+    "AGE_SCATTER_PNG",
+    "ROC_PR_PNG",
+    "RunPlots",
+    "operating_point",
+    "plot_age_scatter",
+    "plot_roc_pr",
+    "write_run_plots",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +67,26 @@ def _scored(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[ok & frame["label"].notna()] if "label" in frame else frame.iloc[:0]
 
 
+def operating_point(
+    labels: np.ndarray, logits: np.ndarray, threshold: float | DecisionThreshold
+) -> tuple[float, float, float]:
+    """Where the decision threshold puts a classifier on its ROC and precision-recall curves.
+
+    Args:
+        labels: (N,) 0 = CN, 1 = AD (both present).
+        logits: (N,) network outputs.
+        threshold: AD when ``logit >= cut`` (a probability is converted).
+
+    Returns:
+        ``(false positive rate, true positive rate = recall, precision)``; precision is 1.0 when no
+        scan is called AD (the end point of scikit-learn's precision-recall curve).
+    """
+    y = np.asarray(labels, dtype=np.float64) > 0.5
+    decided = as_threshold(threshold).decide(logits)
+    precision = float((decided & y).sum() / decided.sum()) if decided.any() else 1.0
+    return float(decided[~y].mean()), float(decided[y].mean()), precision
+
+
 def plot_roc_pr(frame: pd.DataFrame, threshold: float | DecisionThreshold, path: str | os.PathLike) -> Path:
     """ROC and precision-recall curves of AD logits with the operating point marked.
 
@@ -79,9 +108,7 @@ def plot_roc_pr(frame: pd.DataFrame, threshold: float | DecisionThreshold, path:
     if y.all() or not y.any():
         raise ValueError(f"ROC / PR curves need scans of both classes, not {len(y)} of one")
     cut = as_threshold(threshold)
-    decided = cut.decide(z)
-    tpr_op, fpr_op = decided[y].mean(), decided[~y].mean()
-    precision_op = (decided & y).sum() / max(decided.sum(), 1)
+    fpr_op, tpr_op, precision_op = operating_point(y, z, cut)
     fpr, tpr, _ = roc_curve(y, z)
     precision, recall, _ = precision_recall_curve(y, z)
     plt = _pyplot()
@@ -103,13 +130,14 @@ def plot_roc_pr(frame: pd.DataFrame, threshold: float | DecisionThreshold, path:
     return _save(fig, Path(path))
 
 
-def plot_age_scatter(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+def plot_age_scatter(frame: pd.DataFrame, path: str | os.PathLike, age_bias: AgeBias | None = None) -> Path:
     """Predicted against chronological age with the identity line; beside it the corrected ages.
 
     Args:
         frame: a brain-age predictions table with ``label`` (age), ``predicted_age``, ``status`` and,
             when the model records an age-bias correction, ``corrected_age``.
         path: the PNG to write.
+        age_bias: the model's correction: its line (fitted on validation) is drawn on the raw panel.
 
     Returns:
         ``path``.
@@ -132,6 +160,9 @@ def plot_age_scatter(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
         mae = np.nanmean(np.abs(pred - age))
         ax.scatter(age, pred, s=14, alpha=0.7, color="C0")
         ax.plot([lo, hi], [lo, hi], color="0.5", linestyle="--", linewidth=1, label="identity")
+        if age_bias is not None and column == columns[0]:
+            line = f"validation fit: {age_bias.slope:.2f} x age + {age_bias.intercept:.1f}"
+            ax.plot([lo, hi], age_bias.expected([lo, hi]), color="C1", linewidth=1, label=line)
         ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="chronological age (years)", ylabel=f"{name} (years)")
         ax.set_title(f"{name}: MAE {mae:.2f} y, {len(age)} scans", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
@@ -140,7 +171,10 @@ def plot_age_scatter(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 def write_run_plots(
-    task: str, predictions_csv: str | os.PathLike, threshold: float | DecisionThreshold = THRESHOLD
+    task: str,
+    predictions_csv: str | os.PathLike,
+    threshold: float | DecisionThreshold = THRESHOLD,
+    age_bias: AgeBias | None = None,
 ) -> list[Path]:
     """Draw the task's plots from an evaluation's predictions CSV, beside it.
 
@@ -148,6 +182,7 @@ def write_run_plots(
         task: ``"adni_ad"`` or ``"brain_age"``.
         predictions_csv: ``eval/test_predictions.csv`` (with a ``label`` column).
         threshold: AD: the decision threshold the evaluation used.
+        age_bias: brain age: the model's correction (its line is drawn).
 
     Returns:
         the PNGs written.
@@ -160,7 +195,7 @@ def write_run_plots(
     frame = pd.read_csv(csv)
     if task_spec(task).is_binary:
         return [plot_roc_pr(frame, threshold, csv.with_name(ROC_PR_PNG))]
-    return [plot_age_scatter(frame, csv.with_name(AGE_SCATTER_PNG))]
+    return [plot_age_scatter(frame, csv.with_name(AGE_SCATTER_PNG), age_bias)]
 
 
 class RunPlots:
@@ -173,6 +208,8 @@ class RunPlots:
         task: the task.
         predictions_csv: the CSV the writer writes.
         threshold: AD: the evaluation's decision threshold (``evaluate.json``: ``@test_threshold``).
+        record: the model's :class:`~mri_slice_transfer.engine.model_record.ModelRecord` (brain age:
+            its ``age_bias`` line is drawn; None: not drawn).
     """
 
     def __init__(
@@ -180,8 +217,10 @@ class RunPlots:
         task: str,
         predictions_csv: str,
         threshold: float | DecisionThreshold | None = THRESHOLD,
+        record: Any = None,
     ) -> None:
         self.task = task
+        self.age_bias: AgeBias | None = getattr(record, "age_bias", None)
         self.predictions_csv = Path(predictions_csv)
         self.threshold = THRESHOLD if threshold is None else threshold
         self.written: list[Path] = []
@@ -193,7 +232,7 @@ class RunPlots:
         if not is_main_process():
             return
         try:
-            self.written = write_run_plots(self.task, self.predictions_csv, self.threshold)
+            self.written = write_run_plots(self.task, self.predictions_csv, self.threshold, self.age_bias)
         except Exception as exc:  # noqa: BLE001 - a plot never fails the evaluation
             name = type(exc).__name__
             logger.warning("no evaluation plot from %s: %s: %s", self.predictions_csv, name, exc)
