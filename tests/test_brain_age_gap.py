@@ -21,7 +21,13 @@ from test_brain_age_conv3d import CONV3D, _with_ages
 from test_bundles import copy_bundle, run_workflow, write_tiny_dataset
 
 from mri_slice_transfer.engine import model_record
-from mri_slice_transfer.engine.brain_age import AgeBias, age_bias_metrics, fit_age_bias, gap_age_correlation
+from mri_slice_transfer.engine.brain_age import (
+    MIN_SLOPE,
+    AgeBias,
+    age_bias_metrics,
+    fit_age_bias,
+    gap_age_correlation,
+)
 from mri_slice_transfer.engine.handlers import BestModelSaver
 from mri_slice_transfer.engine.model_record import ModelRecord, ModelRecordError
 from mri_slice_transfer.engine.predictions import PredictionWriter
@@ -103,6 +109,10 @@ def test_an_ad_model_records_no_age_bias(tmp_path: Path) -> None:
     assert saver.record({"val_balanced_accuracy": 0.5}, "0" * 64)["age_bias"] is None
 
 
+#: A recorded correction: pred = 0.5 * age + 30 on 10 validation scans at epoch 3.
+_FIT = {"slope": 0.5, "intercept": 30.0, "n": 10, "fitted_on": "validation", "epoch": 3}
+
+
 def _record(tmp_path: Path, age_bias: dict | None) -> ModelRecord:
     raw = {"task": "brain_age", "epoch": 3, "key_metric": "val_mae", "metrics": {"val_mae": 4.0}}
     if age_bias is not None:
@@ -121,8 +131,7 @@ def _write(writer: PredictionWriter, items: list[dict], preds: list[float]) -> p
 
 
 def test_the_writer_adds_corrected_age_and_gap_from_the_record(tmp_path: Path, caplog) -> None:
-    bias = {"slope": 0.5, "intercept": 30.0, "n": 10, "fitted_on": "validation", "epoch": 3}
-    record = _record(tmp_path, bias)
+    record = _record(tmp_path, _FIT)
     assert record.age_bias == AgeBias(0.5, 30.0, 10, epoch=3) and record.to_json()["age_bias"]["slope"] == 0.5
     # evaluation: the label is the age; the metrics gain the corrected MAE and both correlations
     writer = PredictionWriter("brain_age", str(tmp_path / "t.csv"), str(tmp_path / "m.json"), record=record)
@@ -160,6 +169,30 @@ def test_a_record_without_age_bias_still_predicts_with_a_warning(tmp_path: Path,
     assert frame["predicted_age"].tolist() == [62.0]
 
 
+def test_a_flat_model_s_correction_is_flagged_in_training_and_prediction_logs(tmp_path: Path, caplog) -> None:
+    """Slope below MIN_SLOPE: the model predicts one age for all, its corrected age is mostly the true age."""
+    ages = np.linspace(50, 80, 6)
+    evaluator = _validation(ages, [65.0 + 0.01 * (ages - 65.0) + np.array([0.3, -0.3] * 3)])
+    saver = BestModelSaver(torch.nn.Linear(1, 1), str(tmp_path / "model.pt"), task="brain_age")
+    saver.attach(evaluator)
+    evaluator.state.metrics = {}
+    with caplog.at_level(logging.INFO, logger="mri_slice_transfer.engine"):
+        evaluator.run(np.arange(6).reshape(3, 2), max_epochs=1)
+    record = model_record.read(saver.record_path)
+    assert record.age_bias.slope < MIN_SLOPE and record.age_bias.degenerate
+    flagged = [r for r in caplog.records if "predicts nearly the same age" in r.getMessage()]
+    assert [r.levelno for r in flagged] == [logging.WARNING]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mri_slice_transfer.engine.predictions"):
+        PredictionWriter("brain_age", str(tmp_path / "p.csv"), record=record)
+    assert "predicts nearly the same age" in caplog.text and str(saver.record_path) in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mri_slice_transfer.engine.predictions"):
+        PredictionWriter("brain_age", str(tmp_path / "p.csv"), record=_record(tmp_path, _FIT))
+    assert caplog.text == ""  # a usable slope: no warning
+    assert not AgeBias(MIN_SLOPE, 0.0, 3).degenerate
+
+
 def test_a_bad_age_bias_is_an_error_naming_the_file_and_value(tmp_path: Path) -> None:
     with pytest.raises(
         ModelRecordError, match=r"model\.json: age_bias\.slope must be a finite number, not 'x'"
@@ -167,32 +200,49 @@ def test_a_bad_age_bias_is_an_error_naming_the_file_and_value(tmp_path: Path) ->
         _record(tmp_path, {"slope": "x", "intercept": 1.0, "n": 5})
 
 
+def _with_paths(data: Path, split: str, out: Path) -> pd.DataFrame:
+    """The split's data list (with its ``age`` column) as an inference input CSV of absolute paths."""
+    frame = pd.read_csv(data / f"{split}.csv")
+    frame["image"] = [str(data / p) for p in frame["image"]]
+    frame.to_csv(out, index=False)
+    return frame
+
+
 def test_a_tiny_brain_age_run_fits_on_validation_and_evaluate_writes_the_gap(tmp_path: Path) -> None:
-    """Train (3D-CNN, 0.1 grid) -> model.json's age_bias from the 4 validation scans (not the 6
-    training ones) -> evaluate writes the columns, the gap metrics and the scatter plot -> inference
-    from a CSV with ages writes the gap."""
-    data = _with_ages(write_tiny_dataset(tmp_path / "data", n_per_split=(6, 4, 4)))
+    """Train (3D-CNN, 0.1 grid) -> model.json's age_bias is the fit of the saved model's predictions on
+    the 5 validation scans (not the 6 training or 3 test ones) -> evaluate and inference, with no model
+    option (the record gives the network and the correction), write the corrected columns, the gap
+    metrics and the scatter plot."""
+    data = _with_ages(write_tiny_dataset(tmp_path / "data", n_per_split=(6, 5, 3)))
     bundle = copy_bundle(tmp_path / "run", "ukbb_brain_age")
     train = {"dataset_dir": str(data), "epochs": 2, "batch_size": 2, "input_scale": 0.1}
     run_workflow(str(bundle / "configs" / "train.json"), "train", **{**CONV3D, **train})
     record = model_record.read(bundle / "models" / "model.json")
-    assert record.age_bias.n == 4 and record.age_bias.fitted_on == "validation"
+    assert record.age_bias.n == 5 and record.age_bias.fitted_on == "validation"
     assert record.age_bias.epoch == record.epoch
+    runtime = {k: CONV3D[k] for k in ("channels_last", "progress_bar", "cache_num_workers")}
+    # the saved model's own validation predictions give the recorded line
+    val = _with_paths(data, "val", tmp_path / "val_with_age.csv")
+    infer = {"input": str(tmp_path / "val_with_age.csv"), "predictions_csv": str(tmp_path / "val.csv")}
+    run_workflow(str(bundle / "configs" / "inference.json"), "infer", **runtime, **infer)
+    refit = fit_age_bias(pd.read_csv(tmp_path / "val.csv")["predicted_age"], val["age"])
+    assert record.age_bias.slope == pytest.approx(refit.slope, abs=1e-4)
+    assert record.age_bias.intercept == pytest.approx(refit.intercept, abs=1e-3)
     configs = [str(bundle / "configs" / f) for f in ("train.json", "evaluate.json")]
-    run_workflow(configs, "eval", **{**CONV3D, **train})
+    run_workflow(configs, "eval", dataset_dir=str(data), batch_size=2, **runtime)
     pred = pd.read_csv(bundle / "eval" / "test_predictions.csv")
+    assert len(pred) == 3 and (pred["status"] == "ok").all()
     gap = record.age_bias.gap(pred["predicted_age"], pred["label"])
     assert np.allclose(pred["brain_age_gap"], gap) and np.allclose(pred["corrected_age"], pred["label"] + gap)
     metrics = json.loads((bundle / "eval" / "test_metrics.json").read_text(encoding="utf-8"))
-    assert {"corrected_mae", "gap_age_correlation", "corrected_gap_age_correlation"} <= set(metrics)
+    assert metrics["corrected_mae"] == pytest.approx(np.mean(np.abs(gap)))
+    assert {"gap_age_correlation", "corrected_gap_age_correlation"} <= set(metrics)
     assert (bundle / "eval" / "test_age_scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    frame = pd.read_csv(data / "test.csv")
-    frame["image"] = [str(data / p) for p in frame["image"]]
-    frame.to_csv(tmp_path / "with_age.csv", index=False)
+    frame = _with_paths(data, "test", tmp_path / "with_age.csv")
     out_csv = tmp_path / "pred.csv"
     infer = {"input": str(tmp_path / "with_age.csv"), "predictions_csv": str(out_csv), "batch_size": 2}
-    run_workflow(str(bundle / "configs" / "inference.json"), "infer", **{**CONV3D, **infer})
+    run_workflow(str(bundle / "configs" / "inference.json"), "infer", **runtime, **infer)
     inferred = pd.read_csv(out_csv)
-    assert np.allclose(inferred["brain_age_gap"], gap, atol=1e-4) and list(inferred["age"]) == list(
-        frame["age"]
-    )
+    assert list(inferred["age"]) == list(frame["age"])
+    assert np.allclose(inferred["brain_age_gap"], gap, atol=1e-4)
+    assert np.allclose(inferred["corrected_age"], inferred["age"] + inferred["brain_age_gap"])

@@ -28,6 +28,7 @@ import numpy as np
 __all__ = [
     "AGE_BIAS_METHOD",
     "MIN_FIT_SCANS",
+    "MIN_SLOPE",
     "AgeBias",
     "age_bias_metrics",
     "fit_age_bias",
@@ -36,6 +37,11 @@ __all__ = [
 
 #: The formula of :meth:`AgeBias.correct` (recorded in ``model.json``).
 AGE_BIAS_METHOD = "de Lange & Cole 2020: corrected = pred + age - (slope * age + intercept)"
+
+#: Below this slope the model predicts nearly one age for everyone and the correction is degenerate:
+#: ``corrected_age`` is then nearly the chronological age itself (our choice of cut, see
+#: ``docs/brain_age.md``, "Caveats").
+MIN_SLOPE = 0.1
 
 #: Fewest validation scans (with at least two distinct ages) a correction is fitted on.
 MIN_FIT_SCANS = 3
@@ -60,6 +66,23 @@ class AgeBias:
     fitted_on: str = "validation"
     epoch: int = 0
     method: str = AGE_BIAS_METHOD
+
+    @property
+    def degenerate(self) -> bool:
+        """Whether the slope is below :data:`MIN_SLOPE`: the corrected age is then mostly the true age."""
+        return self.slope < MIN_SLOPE
+
+    def describe(self) -> str:
+        """One line for the log: the line, its data and, when :attr:`degenerate`, what that means."""
+        text = (
+            f"age bias pred = {self.slope:.3f} x age + {self.intercept:.2f} ({self.n} {self.fitted_on} scans)"
+        )
+        if self.degenerate:
+            text += (
+                f": slope below {MIN_SLOPE}, the model predicts nearly the same age for every scan, so its "
+                "corrected_age is nearly the chronological age and brain_age_gap means little"
+            )
+        return text
 
     def expected(self, age: Any) -> np.ndarray:
         """What the model predicts on average at ``age``: ``slope * age + intercept``."""

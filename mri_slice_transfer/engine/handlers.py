@@ -175,8 +175,12 @@ class BestModelSaver:
         pred, age = (torch.cat([b[i] for b in self._val]).double() for i in (0, 1))
         pred, age = idist.all_gather(pred), idist.all_gather(age)
         bias = fit_age_bias(pred.cpu().numpy(), age.cpu().numpy(), epoch=epoch)
+        if idist.get_rank() != 0:
+            return bias
         if bias is None:
             logger.warning("no age-bias correction at epoch %d: too few validation scans or ages", epoch)
+        else:
+            (logger.warning if bias.degenerate else logger.info)("epoch %d: %s", epoch, bias.describe())
         return bias
 
     def improved(self, value: float) -> bool:

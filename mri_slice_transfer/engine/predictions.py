@@ -153,6 +153,10 @@ class PredictionWriter:
                 "corrected_age / brain_age_gap; retrain the bundle to fit one on its validation split",
                 getattr(record, "path", None) or "the model record",
             )
+        elif self.age_bias is not None and self.age_bias.degenerate:
+            logger.warning(
+                "%s: %s", getattr(record, "path", None) or "model record", self.age_bias.describe()
+            )
         self.threshold = as_threshold(THRESHOLD if threshold is None else threshold)
         self.predictions_csv = Path(predictions_csv)
         self.metrics_json = Path(metrics_json) if metrics_json else None
