@@ -149,13 +149,17 @@ def test_the_writer_adds_corrected_age_and_gap_from_the_record(tmp_path: Path, c
         {"image_path": "a.nii", "age": "60"},
         {"image_path": "b.nii", "age": ""},
         {"image_path": "c.nii"},
+        {"image_path": "d.nii", "age": "sixty"},
+        {"image_path": "e.nii", "age": "inf"},
     ]
     with caplog.at_level(logging.WARNING, logger="mri_slice_transfer.engine.predictions"):
-        frame = _write(writer, items, [62.0, 62.0, 62.0])
-    assert frame["age"].tolist()[0] == 60.0 and frame["age"].isna().tolist()[1:] == [True, True]
-    assert frame["corrected_age"].tolist()[0] == 62.0 and frame["corrected_age"].isna().sum() == 2
-    assert frame["brain_age_gap"].tolist()[0] == 2.0 and frame["brain_age_gap"].isna().sum() == 2
-    assert "2 scan(s) have no chronological age" in caplog.text and "'age' column" in caplog.text
+        frame = _write(writer, items, [62.0] * 5)
+    assert frame["age"].tolist()[0] == 60.0 and frame["age"].isna().tolist()[1:] == [True] * 4
+    assert frame["corrected_age"].tolist()[0] == 62.0 and frame["corrected_age"].isna().sum() == 4
+    assert frame["brain_age_gap"].tolist()[0] == 2.0 and frame["brain_age_gap"].isna().sum() == 4
+    assert "4 scan(s) have no chronological age" in caplog.text and "'age' column" in caplog.text
+    assert "2 age cell(s) of the input are not finite numbers" in caplog.text
+    assert "d.nii: 'sixty'" in caplog.text and "e.nii: 'inf'" in caplog.text
 
 
 def test_a_record_without_age_bias_still_predicts_with_a_warning(tmp_path: Path, caplog) -> None:

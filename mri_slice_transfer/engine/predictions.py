@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,14 +91,15 @@ def _non_finite(value: float) -> str:
 
 
 def _age(value: Any) -> float | None:
-    """A chronological age from an input CSV's ``age`` cell (None: no column, or an empty cell)."""
-    value = _plain(value)
+    """A chronological age from an input CSV's ``age`` cell (None: no column, an empty cell, or not a
+    finite number)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
-        return float(value)
+        age = float(value)
     except (TypeError, ValueError):
         return None
+    return age if math.isfinite(age) else None
 
 
 def _plain(value: Any) -> Any:
@@ -163,6 +165,7 @@ class PredictionWriter:
         self.rows: list[dict] = []
         self._raw: list[tuple[float, float]] = []  # (network output, label) of readable labelled scans
         self.n_non_finite = 0  # scans whose network output was NaN or infinite
+        self._bad_ages: list[str] = []  # "<image>: <cell>" of input age cells that are not numbers
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.reset)
@@ -173,6 +176,7 @@ class PredictionWriter:
         self.rows.clear()
         self._raw.clear()
         self.n_non_finite = 0
+        self._bad_ages.clear()
 
     def _row(self, item: dict, pred: Any) -> dict:
         row = {k: item.get(k, "") for k in ("subject_id", "session_id")}
@@ -211,9 +215,12 @@ class PredictionWriter:
         if "label" in row:
             age = row["label"]
         else:
-            age = _age(item.get(task_spec(Task.BRAIN_AGE).label_column))
+            cell = _plain(item.get(task_spec(Task.BRAIN_AGE).label_column))
+            age = _age(cell)
             if age is not None:
                 out["age"] = age
+            elif cell is not None and str(cell).strip():
+                self._bad_ages.append(f"{row['image']}: {cell!r}")
         out[self.columns[0]] = value
         if self.age_bias is not None:
             known = age if age is not None else np.nan
@@ -259,6 +266,13 @@ class PredictionWriter:
                 "%d scan(s) have no chronological age: their corrected_age and brain_age_gap are empty (the "
                 "age-bias correction needs the age); give the input CSV an 'age' column",
                 n,
+            )
+        if self._bad_ages:
+            logger.warning(
+                "%d age cell(s) of the input are not finite numbers and were left out (%s%s)",
+                len(self._bad_ages),
+                "; ".join(self._bad_ages[:3]),
+                "; ..." if len(self._bad_ages) > 3 else "",
             )
 
     def _write_metrics(self, n_err: int) -> dict:
