@@ -119,7 +119,7 @@ def plot_roc_pr(frame: pd.DataFrame, threshold: float | DecisionThreshold, path:
     roc.plot([fpr_op], [tpr_op], "o", color="C3", label=label)
     roc.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)")
     roc.set_title(f"ROC, {len(y)} scans ({int(y.sum())} AD)", fontsize=10)
-    pr.plot(recall, precision, color="C0")
+    pr.plot(recall, precision, color="C0", drawstyle="steps-post")  # as scikit-learn's display draws it
     pr.axhline(y.mean(), color="0.7", linestyle="--", linewidth=1)
     pr.plot([tpr_op], [precision_op], "o", color="C3", label=label)
     pr.set(xlabel="recall (sensitivity)", ylabel="precision", ylim=(0, 1.02))
