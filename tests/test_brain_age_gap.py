@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -250,3 +253,20 @@ def test_a_tiny_brain_age_run_fits_on_validation_and_evaluate_writes_the_gap(tmp
     assert list(inferred["age"]) == list(frame["age"])
     assert np.allclose(inferred["brain_age_gap"], gap, atol=1e-4)
     assert np.allclose(inferred["corrected_age"], inferred["age"] + inferred["brain_age_gap"])
+
+
+def test_two_process_ddp_fits_on_all_ranks_validation_scans(tmp_path: Path) -> None:
+    """Under DDP (2 gloo processes) every rank's validation predictions are gathered for the fit: 5
+    validation scans, padded by the sampler (``even_divisible``) to 3 per rank, give n = 6."""
+    data = _with_ages(write_tiny_dataset(tmp_path / "data", n_per_split=(8, 5, 2)))
+    bundle = copy_bundle(tmp_path / "run", "ukbb_brain_age")
+    configs = f"['{bundle}/configs/train.json','{bundle}/configs/multi_gpu_train.json']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "monai.bundle", "run", "--config_file", configs, "--dataset_dir", str(data)]
+    options = {**CONV3D, "epochs": 1, "batch_size": 2}
+    cmd += [str(v) for k, v in options.items() for v in (f"--{k}", v)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = model_record.read(bundle / "models" / "model.json")
+    assert record.age_bias.n == 6 and record.age_bias.fitted_on == "validation"
