@@ -182,7 +182,9 @@ def predict(
 
     Returns:
         the table of ``inference.json``: ``subject_id, session_id, image, probability, logit, predicted``
-        (AD) or ``predicted_age`` (brain age), ``status, error``; unreadable scans get ``status=error``.
+        (AD) or ``predicted_age`` (brain age; with the model's age-bias correction and an ``age`` column
+        in a CSV input also ``corrected_age, brain_age_gap``), ``status, error``; unreadable scans get
+        ``status=error``.
 
     Raises:
         ValueError: no input found, or a tensor of the wrong shape (the message gives both shapes).
@@ -200,7 +202,9 @@ def predict(
     tensors = any(torch.is_tensor(d["image"]) for d in data)
     record = model.record
     threshold = operating_threshold(decision_threshold, record_path(model.weights), record.task.value)
-    writer = PredictionWriter(record.task.value, predictions_csv=os.devnull, threshold=threshold)
+    writer = PredictionWriter(
+        record.task.value, predictions_csv=os.devnull, threshold=threshold, record=record
+    )
     loader = DataLoader(Dataset(data, _transform(record, tensors)), batch_size=int(batch_size), shuffle=False)
     evaluator = SupervisedEvaluator(
         device=model.device,

@@ -216,7 +216,8 @@ class TaskSpec:
         loss: the loss (``"bce_with_logits"`` or ``"mse"``).
         key_metric: the metric that picks the best epoch (``balanced_accuracy`` or ``mae``).
         lower_is_better: whether a smaller key metric is better.
-        prediction_columns: the prediction columns of ``predictions.csv``.
+        prediction_columns: the prediction columns of ``predictions.csv`` (the first is the network's
+            output; brain age's ``corrected_age`` / ``brain_age_gap``: ``engine.brain_age``).
         output: what the network's single output means.
         table_metrics: the test metrics of the paper's results table, in its column order.
         unit: unit of the table metrics as shown (``"%"``: fractions shown times 100).
@@ -304,7 +305,7 @@ TASKS: dict[Task, TaskSpec] = {
         loss="mse",
         key_metric="mae",
         lower_is_better=True,
-        prediction_columns=("predicted_age",),
+        prediction_columns=("predicted_age", "corrected_age", "brain_age_gap"),
         output="age in years",
         table_metrics=("mae", "rmse"),
         unit="years",

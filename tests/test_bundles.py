@@ -133,6 +133,7 @@ def test_evaluate_scores_the_test_split(trained: Path, tiny_data: Path) -> None:
     assert {"subject_id", "session_id", "image", "label", "probability"} <= set(pred.columns)
     assert len(pred) == 4 and pred["probability"].between(0, 1).all()
     assert (pred["predicted"] == np.where(pred["probability"] >= 0.123, "AD", "CN")).all()
+    assert (trained / "eval" / "test_roc_pr.png").read_bytes()[:4] == b"\x89PNG"  # issue 15: the run's plot
     run_workflow(configs, "eval", dataset_dir=str(tiny_data), decision_threshold=0.5, **FAST)
     metrics = json.loads((trained / "eval" / "test_metrics.json").read_text(encoding="utf-8"))
     assert metrics["threshold"] == 0.5

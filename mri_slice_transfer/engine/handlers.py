@@ -15,12 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
+from mri_slice_transfer.engine.brain_age import AgeBias, fit_age_bias
 from mri_slice_transfer.engine.checkpoint import DIGEST_KEY, load_weights, save_checkpoint
 from mri_slice_transfer.engine.distributed import is_main_process, unwrap
 from mri_slice_transfer.engine.io import atomic_torch_save, write_csv
+from mri_slice_transfer.engine.metrics import flat_pred_label
 from mri_slice_transfer.engine.model_record import training_data_summary, training_record
 from mri_slice_transfer.engine.options import as_bool
 from mri_slice_transfer.engine.seeding import rng_state, set_rng_state
@@ -98,7 +101,10 @@ class BestModelSaver:
     With ``task`` given, the record is the full :class:`~mri_slice_transfer.engine.model_record.ModelRecord`
     (architecture, input scale, preprocessing, output meaning, versions; with :meth:`set_training` also
     the training data summary and the initial output bias), from which evaluation and inference build
-    the network.
+    the network. For a regression task (brain age) it also keeps the epoch's validation predictions and
+    ages and records, with each new best model, the age-bias correction fitted on them
+    (``age_bias``: :func:`~mri_slice_transfer.engine.brain_age.fit_age_bias`), so the saved model always
+    carries the correction of its own validation predictions, never one fitted on training data.
 
     Args:
         network: the trained network (DDP wrapper is unwrapped).
@@ -132,6 +138,8 @@ class BestModelSaver:
         self.training: dict[str, Any] = {}
         self.best: float | None = None
         self.best_epoch = 0
+        self.fits_age_bias = spec is not None and not spec.is_binary
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []  # (pred, age) batches of this validation
 
     def set_training(self, data: Any = None, output_bias: float | None = None) -> None:
         """Facts of the training run the record includes, known once the data is read.
@@ -144,7 +152,36 @@ class BestModelSaver:
         self.training = {"training_data": summary, "output_bias": output_bias}
 
     def attach(self, engine: Engine) -> None:
+        if self.fits_age_bias:
+            engine.add_event_handler(Events.EPOCH_STARTED, self.reset_validation)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def reset_validation(self, engine: Engine | None = None) -> None:
+        """Forget the previous validation's predictions (a validation starts)."""
+        self._val.clear()
+
+    def collect(self, engine: Engine) -> None:
+        """Keep one validation batch's predicted and true ages (for :meth:`age_bias`)."""
+        self._val.append(flat_pred_label(engine.state.output))
+
+    def age_bias(self, epoch: int) -> AgeBias | None:
+        """The age-bias correction fitted on this validation's predictions (all DDP ranks' scans).
+
+        Called on every rank (it gathers); None when nothing was collected or too few scans.
+        """
+        if not self._val:
+            return None
+        pred, age = (torch.cat([b[i] for b in self._val]).double() for i in (0, 1))
+        pred, age = idist.all_gather(pred), idist.all_gather(age)
+        bias = fit_age_bias(pred.cpu().numpy(), age.cpu().numpy(), epoch=epoch)
+        if idist.get_rank() != 0:
+            return bias
+        if bias is None:
+            logger.warning("no age-bias correction at epoch %d: too few validation scans or ages", epoch)
+        else:
+            (logger.warning if bias.degenerate else logger.info)("epoch %d: %s", epoch, bias.describe())
+        return bias
 
     def improved(self, value: float) -> bool:
         """Whether ``value`` beats the best so far (NaN never does)."""
@@ -155,16 +192,19 @@ class BestModelSaver:
         if not self.improved(value):
             return
         self.best, self.best_epoch = value, int(engine.state.epoch)
+        age_bias = self.age_bias(self.best_epoch) if self.fits_age_bias else None
         if is_main_process():
             atomic_torch_save(unwrap(self.network).state_dict(), self.path)
             metrics = {k: float(v) for k, v in engine.state.metrics.items() if _is_number(v)}
-            atomic_write_json(self.record_path, self.record(metrics, file_sha256(self.path)))
+            atomic_write_json(self.record_path, self.record(metrics, file_sha256(self.path), age_bias))
             logger.debug(
                 "new best %s=%.4f at epoch %d -> %s", self.metric_name, value, self.best_epoch, self.path
             )
 
-    def record(self, metrics: dict[str, float], sha256: str) -> dict[str, Any]:
-        """The content of ``model.json`` for the current best epoch."""
+    def record(
+        self, metrics: dict[str, float], sha256: str, age_bias: AgeBias | None = None
+    ) -> dict[str, Any]:
+        """The content of ``model.json`` for the current best epoch (``age_bias``: brain age only)."""
         if self.task is None:
             return {
                 "epoch": self.best_epoch,
@@ -174,7 +214,7 @@ class BestModelSaver:
             }
         record = training_record(
             self.network, self.task, self.best_epoch, self.metric_name, metrics, sha256,
-            input_scale=self.input_scale, **self.training,
+            input_scale=self.input_scale, age_bias=age_bias, **self.training,
         )  # fmt: skip
         return record.to_json()
 

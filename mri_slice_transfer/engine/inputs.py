@@ -12,7 +12,7 @@ import pandas as pd
 
 from mri_slice_transfer.data.bids import bids_t1w_files, scan_entities
 from mri_slice_transfer.engine.options import as_bool, as_optional
-from mri_slice_transfer.vocabulary import IMAGE_SUFFIXES
+from mri_slice_transfer.vocabulary import IMAGE_SUFFIXES, Task, task_spec
 
 __all__ = ["SCAN_SUFFIXES", "resolve_inputs", "run_name"]
 
@@ -93,7 +93,8 @@ def resolve_inputs(source: str, dataset_dir: str | None = None, raw: bool | str 
         source: a folder (a BIDS dataset: its ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` files; else the
             scans in it and in its sub-folders, sorted; names starting with ``.``, such
             as temporary files, are skipped), a glob (``"scans/*.nii.gz"``) or a CSV with an ``image``
-            column (optional ``subject_id``/``session_id``; relative paths are taken from
+            column (optional ``subject_id``/``session_id``, and ``age``, which the brain-age
+            correction needs and the rows carry as ``age``; relative paths are taken from
             ``dataset_dir`` or else the CSV's folder). Paths are absolute but symbolic links are not
             resolved; files that do not exist or cannot be read (dangling links, link loops) are
             kept so that they get an error row.
@@ -122,6 +123,10 @@ def resolve_inputs(source: str, dataset_dir: str | None = None, raw: bool | str 
         images = [str(p if Path(p).is_absolute() else os.path.abspath(base / p)) for p in frame["image"]]
         subjects = frame["subject_id"].tolist() if "subject_id" in frame else [""] * len(frame)
         sessions = frame["session_id"].tolist() if "session_id" in frame else [""] * len(frame)
+        age = task_spec(Task.BRAIN_AGE).label_column
+        if age in frame:  # chronological age: the brain-age gap's correction needs it
+            rows = [_with_entities(*v) for v in zip(images, subjects, sessions, strict=True)]
+            return [{**row, age: value} for row, value in zip(rows, frame[age], strict=True)]
     else:
         if path.is_dir():
             found = [os.path.abspath(p) for p in bids_t1w_files(path)] or _folder_scans(path, raw)

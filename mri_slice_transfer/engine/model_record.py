@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from mri_slice_transfer.engine.brain_age import AgeBias
 from mri_slice_transfer.template import TEMPLATE_SHAPE
 from mri_slice_transfer.vocabulary import (
     TASKS,
@@ -121,6 +122,8 @@ class ModelRecord:
         output_bias: value the output bias was initialised to (brain age: training mean age).
         encoder_init: how the encoder was initialised (``imagenet``, ``random ...``, ``file:...``).
         training_data: demo or user lists, their folder, split sizes, label balance / mean.
+        age_bias: brain age: the age-bias correction fitted on the best epoch's validation predictions
+            (:class:`~mri_slice_transfer.engine.brain_age.AgeBias`); None for AD and for older records.
         versions: package, torch and MONAI versions of the training run.
         network_options: further network settings that differ from their defaults (the transformer's
             ``transformer_*``, the training's ``slice_keep`` / ``slice_keep_style``); written only when
@@ -148,6 +151,7 @@ class ModelRecord:
     output_bias: float | None = None
     encoder_init: str | None = None
     training_data: dict[str, Any] = field(default_factory=dict)
+    age_bias: AgeBias | None = None
     versions: dict[str, str] = field(default_factory=dict)
     network_options: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -202,6 +206,8 @@ class ModelRecord:
             if f.name == "path" or (f.name == "network_options" and not self.network_options):
                 continue
             value = getattr(self, f.name)
+            if isinstance(value, AgeBias):
+                value = value.to_json()
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return json.loads(json.dumps(out, default=str))
 
@@ -307,6 +313,7 @@ def _from_json(raw: dict, path: Path) -> ModelRecord:
         output_bias=_number(raw.get("output_bias"), "output_bias", path),
         encoder_init=raw.get("encoder_init"),
         training_data=dict(raw.get("training_data") or {}),
+        age_bias=_age_bias(raw.get("age_bias"), path),
         versions=dict(raw.get("versions") or {}),
         network_options=_network_options(raw.get("network_options"), path),
         format_version=_number(raw.get("format_version", 0), "format_version", path, int),
@@ -328,6 +335,15 @@ def _network_options(value: Any, path: Path) -> dict[str, Any]:
             f"{', '.join(NETWORK_OPTION_ARGS)}); was the model trained with a newer mri_slice_transfer?"
         )
     return dict(value)
+
+
+def _age_bias(raw: Any, path: Path) -> AgeBias | None:
+    if raw is None:
+        return None
+    try:
+        return AgeBias.from_json(raw, f"{path}: age_bias")
+    except ValueError as err:
+        raise ModelRecordError(str(err)) from None
 
 
 def _positive_scale(value: Any, path: Path | None) -> float | None:
@@ -489,6 +505,7 @@ def training_record(
     input_scale: float | None = None,
     output_bias: float | None = None,
     training_data: dict[str, Any] | None = None,
+    age_bias: AgeBias | None = None,
 ) -> ModelRecord:
     """The record of a network trained by a bundle (what ``BestModelSaver`` writes).
 
@@ -502,6 +519,7 @@ def training_record(
         input_scale: the scale of the template grid the network was trained at.
         output_bias: the initial output bias (None: not initialised).
         training_data: :func:`training_data_summary` of the run's data.
+        age_bias: brain age: the correction fitted on this epoch's validation predictions.
 
     Returns:
         the record.
@@ -529,6 +547,7 @@ def training_record(
         output_bias=None if output_bias is None else float(output_bias),
         encoder_init=encoder_init(net),
         training_data=dict(training_data or {}),
+        age_bias=age_bias,
         versions=versions(),
         network_options=dict(getattr(net, "network_options", None) or {}),
     )

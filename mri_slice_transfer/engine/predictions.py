@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,13 @@ import torch
 from ignite.engine import Engine, Events
 from scipy.special import expit
 
+from mri_slice_transfer.engine.brain_age import AgeBias, age_bias_metrics
 from mri_slice_transfer.engine.distributed import is_main_process
 from mri_slice_transfer.engine.io import write_csv
 from mri_slice_transfer.engine.metrics import THRESHOLD, DecisionThreshold, as_threshold, compute_metrics
 from mri_slice_transfer.engine.resize import scaled_size
 from mri_slice_transfer.fileio import atomic_write_json
-from mri_slice_transfer.vocabulary import task_spec
+from mri_slice_transfer.vocabulary import Task, task_spec
 
 __all__ = ["SafeTransform", "PredictionWriter"]
 
@@ -89,6 +91,18 @@ def _non_finite(value: float) -> str:
     )
 
 
+def _age(value: Any) -> float | None:
+    """A chronological age from an input CSV's ``age`` cell (None: no column, an empty cell, or not a
+    finite number)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        age = float(value)
+    except (TypeError, ValueError):
+        return None
+    return age if math.isfinite(age) else None
+
+
 def _plain(value: Any) -> Any:
     """A decollated batch value as a plain Python value for the CSV."""
     if torch.is_tensor(value):
@@ -99,11 +113,16 @@ def _plain(value: Any) -> Any:
 class PredictionWriter:
     """Collect one row per scan during an evaluator run and write them (and metrics) at the end.
 
-    Columns: ``subject_id``, ``session_id``, ``image``, ``label`` (evaluation), ``probability``,
-    ``logit`` and ``predicted`` (AD) or ``predicted_age``, ``status``, ``error``. Scans prepared on the way
-    (``inference.json --prepare true``) also get ``input`` (the raw scan; ``image`` is then the prepared
-    one) and, after ``error``, ``prepare_status``, ``flagged``, ``prepare_correlation``, ``qc_png`` and
-    ``prepare_note`` (see :data:`~mri_slice_transfer.engine.raw_inputs.PREPARE_KEYS`).
+    Columns: ``subject_id``, ``session_id``, ``image``, ``label`` (evaluation) or ``age`` (brain-age
+    inference from a CSV with an ``age`` column), then the task's
+    :attr:`~mri_slice_transfer.vocabulary.TaskSpec.prediction_columns`: ``probability``, ``logit`` and
+    ``predicted`` (AD) or ``predicted_age``, ``corrected_age`` and ``brain_age_gap`` (brain age; the
+    last two only when the model record has an ``age_bias``, empty for scans without a chronological
+    age: :class:`~mri_slice_transfer.engine.brain_age.AgeBias`), then ``status``, ``error``. Scans
+    prepared on the way (``inference.json --prepare true``) also get ``input`` (the raw scan; ``image``
+    is then the prepared one) and, after ``error``, ``prepare_status``, ``flagged``,
+    ``prepare_correlation``, ``qc_png`` and ``prepare_note``
+    (see :data:`~mri_slice_transfer.engine.raw_inputs.PREPARE_KEYS`).
 
     Args:
         task: ``"adni_ad"`` (probability of AD) or ``"brain_age"`` (predicted age).
@@ -113,6 +132,10 @@ class PredictionWriter:
             :class:`~mri_slice_transfer.engine.metrics.DecisionThreshold` (AD when ``logit >= cut``; see
             :func:`~mri_slice_transfer.engine.metrics.operating_threshold`) or a probability; recorded
             in the metrics as ``threshold`` (probability) and ``threshold_logit``.
+        record: the trained model's :class:`~mri_slice_transfer.engine.model_record.ModelRecord`;
+            brain age: its ``age_bias`` gives the corrected columns and metrics (``corrected_mae``,
+            ``gap_age_correlation`` before and after). A record without one (an older model) gives
+            ``predicted_age`` only, with a warning. None: no correction, no warning.
     """
 
     def __init__(
@@ -121,15 +144,29 @@ class PredictionWriter:
         predictions_csv: str,
         metrics_json: str | None = None,
         threshold: float | DecisionThreshold | None = THRESHOLD,
+        record: Any = None,
     ) -> None:
         self.task = task
         self._binary = task_spec(task).is_binary
+        self.columns = task_spec(task).prediction_columns
+        self.age_bias: AgeBias | None = getattr(record, "age_bias", None)
+        if record is not None and not self._binary and self.age_bias is None:
+            logger.warning(
+                "%s records no age-bias correction (an older model): writing predicted_age without "
+                "corrected_age / brain_age_gap; retrain the bundle to fit one on its validation split",
+                getattr(record, "path", None) or "the model record",
+            )
+        elif self.age_bias is not None and self.age_bias.degenerate:
+            logger.warning(
+                "%s: %s", getattr(record, "path", None) or "model record", self.age_bias.describe()
+            )
         self.threshold = as_threshold(THRESHOLD if threshold is None else threshold)
         self.predictions_csv = Path(predictions_csv)
         self.metrics_json = Path(metrics_json) if metrics_json else None
         self.rows: list[dict] = []
         self._raw: list[tuple[float, float]] = []  # (network output, label) of readable labelled scans
         self.n_non_finite = 0  # scans whose network output was NaN or infinite
+        self._bad_ages: list[str] = []  # "<image>: <cell>" of input age cells that are not numbers
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.reset)
@@ -140,6 +177,7 @@ class PredictionWriter:
         self.rows.clear()
         self._raw.clear()
         self.n_non_finite = 0
+        self._bad_ages.clear()
 
     def _row(self, item: dict, pred: Any) -> dict:
         row = {k: item.get(k, "") for k in ("subject_id", "session_id")}
@@ -159,7 +197,7 @@ class PredictionWriter:
             row["probability"], row["logit"] = float(expit(value)), value
             row["predicted"] = "" if np.isnan(value) else ("AD" if self.threshold.decide(value) else "CN")
         else:
-            row["predicted_age"] = value
+            row.update(self._age_columns(item, row, value))
         row["status"], row["error"] = status, error
         if prepared:
             prep = _plain(item["prepare_status"])
@@ -171,6 +209,25 @@ class PredictionWriter:
         if status == "ok" and "label" in row:
             self._raw.append((value, row["label"]))
         return row
+
+    def _age_columns(self, item: dict, row: dict, value: float) -> dict:
+        """Brain age: ``age`` (inference input CSV), predicted, corrected age and gap (:attr:`columns`)."""
+        out = {}
+        if "label" in row:
+            age = row["label"]
+        else:
+            cell = _plain(item.get(task_spec(Task.BRAIN_AGE).label_column))
+            age = _age(cell)
+            if age is not None:
+                out["age"] = age
+            elif cell is not None and str(cell).strip():
+                self._bad_ages.append(f"{row['image']}: {cell!r}")
+        out[self.columns[0]] = value
+        if self.age_bias is not None:
+            known = age if age is not None else np.nan
+            out[self.columns[1]] = float(self.age_bias.correct(value, known))
+            out[self.columns[2]] = float(self.age_bias.gap(value, known))
+        return out
 
     def collect(self, engine: Engine) -> None:
         batch, output = engine.state.batch, engine.state.output
@@ -192,6 +249,7 @@ class PredictionWriter:
         write_csv(self.rows, self.predictions_csv)
         n_err = sum(r["status"] != "ok" for r in self.rows)
         logger.info("wrote %d predictions (%d errors) to %s", len(self.rows), n_err, self.predictions_csv)
+        self._log_missing_ages()
         metrics = self._write_metrics(n_err) if self.metrics_json is not None else None
         if self.rows and n_err == len(self.rows):
             raise RuntimeError(
@@ -199,6 +257,24 @@ class PredictionWriter:
                 f"network outputs); the 'error' column of {self.predictions_csv} says why for each"
             )
         return metrics
+
+    def _log_missing_ages(self) -> None:
+        if self.age_bias is None:
+            return
+        n = sum(r["status"] == "ok" and np.isnan(r[self.columns[2]]) for r in self.rows)
+        if n:
+            logger.warning(
+                "%d scan(s) have no chronological age: their corrected_age and brain_age_gap are empty (the "
+                "age-bias correction needs the age); give the input CSV an 'age' column",
+                n,
+            )
+        if self._bad_ages:
+            logger.warning(
+                "%d age cell(s) of the input are not finite numbers and were left out (%s%s)",
+                len(self._bad_ages),
+                "; ".join(self._bad_ages[:3]),
+                "; ..." if len(self._bad_ages) > 3 else "",
+            )
 
     def _write_metrics(self, n_err: int) -> dict:
         raw = np.array(self._raw, dtype=np.float64).reshape(-1, 2)
@@ -208,6 +284,8 @@ class PredictionWriter:
                 self.threshold.probability,
                 self.threshold.logit,
             )
+        else:
+            metrics.update(age_bias_metrics(raw[:, 0], raw[:, 1], self.age_bias))
         n_skipped = sum(r["status"] != "ok" and "label" in r for r in self.rows)
         metrics.update(n_scans=len(raw), n_errors=n_err, n_skipped=n_skipped, n_non_finite=self.n_non_finite)
         atomic_write_json(self.metrics_json, metrics)
