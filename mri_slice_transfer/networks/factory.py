@@ -45,7 +45,8 @@ def build_model(
         axis, aggregation, position_encoding, in_channels_mode, slice_chunk_size: see
             :class:`~.slice_set.SliceSetNet`; ignored for the 3D-CNN (it has no slices).
         pretrained: False, True, "auto" or a path (see :mod:`~.pretrained`). The 3D-CNN and cnn5 have no
-            pretrained weights: only False and "auto" (which then means from scratch) are accepted.
+            ImageNet weights: the 3D-CNN accepts only False and "auto" (which then means from scratch),
+            cnn5 also a weights file (e.g. from ``pretrain.json``).
         num_outputs: output size (1 for an AD logit or an age).
         spatial_size: ``(x, y, z)`` of the input volumes, ``[B, 1, *spatial_size]``.
         output_bias: initial value of the last bias (e.g. the training mean age).
