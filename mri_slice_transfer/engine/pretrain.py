@@ -107,7 +107,7 @@ class SliceViews:
         """Two stacks of slices ``[B * S, 1, H, W]``: chosen slices and their neighbours."""
         x = volumes.movedim(2 + _AXIS_DIM[self.axis], 2)  # [B, 1, K, H, W]
         area = (x != 0).sum(dim=(1, 3, 4)).float().cpu()  # brain voxels per slice [B, K]
-        eligible = area >= self.min_brain * area.amax(dim=1, keepdim=True).clamp(min=1)
+        eligible = area >= self.min_brain * area.amax(dim=1, keepdim=True)  # all, for a blank volume
         k = x.shape[2]
         first, second = [], []
         for b in range(x.shape[0]):
