@@ -15,6 +15,7 @@ from mri_slice_transfer.engine import build_contrastive_network, build_network
 from mri_slice_transfer.engine.datasets import resolve_data, with_train_fraction
 from mri_slice_transfer.engine.pretrain import SliceViews
 from mri_slice_transfer.engine.pretrain_data import pretraining_data
+from mri_slice_transfer.engine.run_guard import ExistingRunError
 from mri_slice_transfer.errors import DataListError
 from mri_slice_transfer.split import subject_fraction
 
@@ -110,6 +111,11 @@ def test_resumed_pretraining_gives_the_same_weights(
     assert _same(a, b)
     rows = json.loads((bundle / "eval" / "pretrain_metrics.json").read_text(encoding="utf-8"))
     assert [r["epoch"] for r in rows] == [1, 2]
+    fresh = ConfigWorkflow(config_file=str(bundle / "configs" / "pretrain.json"), **settings)
+    fresh.initialize()
+    with pytest.raises(RuntimeError) as info:  # train.json's guard; MONAI wraps the error
+        fresh.run()
+    assert isinstance(info.value.__cause__, ExistingRunError), info.value
 
 
 def test_pretraining_refuses_scans_of_the_test_list(tiny_data: Path, tmp_path: Path) -> None:
