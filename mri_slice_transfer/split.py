@@ -50,6 +50,7 @@ __all__ = [
     "parse_fractions",
     "split_by_subject",
     "split_datalist",
+    "subject_fraction",
     "format_split_report",
 ]
 
@@ -281,6 +282,54 @@ def split_by_subject(
     result = SplitResult(frames, assignment, strata, fr, note, strat, unit, int(seed))
     result.report = split_report(result, task)
     return result
+
+
+def subject_fraction(
+    frame: pd.DataFrame,
+    task: str,
+    fraction: float,
+    seed: int = 0,
+    stratify: str = "auto",
+    age_bins: int = 4,
+    source: str = "data list",
+) -> pd.DataFrame:
+    """A seeded, stratified fraction of the subjects of ``frame``, with all their scans (a label budget).
+
+    Subjects get the strata of :func:`split_by_subject` (``auto``: diagnosis for AD, age bins for brain
+    age), are shuffled with ``seed`` within each stratum in the same way, and the first
+    ``round(fraction * n)`` (at least one) of each stratum's ``n`` subjects are kept.
+
+    Args:
+        frame: one row per scan with ``subject_id`` and the stratification columns (``dx`` / ``age``).
+        task: ``"adni_ad"`` or ``"brain_age"``.
+        fraction: the share of subjects to keep, in (0, 1]; 1 returns ``frame`` itself.
+        seed, stratify, age_bins, source: see :func:`split_by_subject`.
+
+    Returns:
+        the rows of the kept subjects, in input order.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1], or what :func:`split_by_subject` refuses.
+    """
+    import numpy as np
+
+    if not (isinstance(fraction, (int, float)) and 0 < float(fraction) <= 1):
+        raise ValueError(f"{source}: train_fraction must be a number in (0, 1], not {fraction!r}")
+    if float(fraction) == 1:
+        return frame
+    _refuse_case_variants(frame, source)
+    strat = _resolve_stratify(stratify, task)
+    subjects = sorted(map(str, frame["subject_id"].unique()))
+    strata = (
+        _subject_strata(frame, strat, age_bins, source) if strat != "none" else dict.fromkeys(subjects, "")
+    )
+    rng = np.random.default_rng(int(seed))
+    kept: set[str] = set()
+    for stratum in sorted(set(strata.values())):
+        members = [s for s in subjects if strata[s] == stratum]
+        order = [members[i] for i in rng.permutation(len(members))]
+        kept.update(order[: max(1, round(float(fraction) * len(members)))])
+    return frame[frame["subject_id"].astype(str).isin(kept)]
 
 
 def _age_summary(values: pd.Series) -> dict[str, float] | None:

@@ -13,7 +13,8 @@ stop on a non-finite loss), :mod:`.checkpoint` (weight files checked by their sh
 progress), :mod:`.raw_inputs` (inference on raw scans, prepared on the way), :mod:`.distributed`,
 :mod:`.seeding`, :mod:`.recipe` (demo or real-data settings), :mod:`.disk_cache` (the training data
 path: scans cached in RAM, on disk or not at all), :mod:`.run_info` (the run log),
-:mod:`.allocator` (malloc settings for CPU training) and :mod:`.io` (atomic writes).
+:mod:`.allocator` (malloc settings for CPU training) and :mod:`.io` (atomic writes), :mod:`.pretrain` and
+:mod:`.pretrain_data` (self-supervised pretraining of the slice encoder, ``pretrain.json``).
 """
 
 from mri_slice_transfer.engine.allocator import keep_freed_memory
@@ -63,6 +64,14 @@ from mri_slice_transfer.engine.precision import (
     make_inferer,
 )
 from mri_slice_transfer.engine.predictions import PredictionWriter, SafeTransform
+from mri_slice_transfer.engine.pretrain import (
+    ContrastiveTrainer,
+    EncoderSaver,
+    PairContrastiveLoss,
+    SliceViews,
+    build_contrastive_network,
+)
+from mri_slice_transfer.engine.pretrain_data import PretrainData, pretraining_data
 from mri_slice_transfer.engine.progress import ScanProgress, training_progress_bar
 from mri_slice_transfer.engine.raw_inputs import inference_datalist, prepare_inputs
 from mri_slice_transfer.engine.recipe import TrainingRecipe, training_recipe
@@ -74,6 +83,13 @@ from mri_slice_transfer.engine.seeding import seed_everything
 from mri_slice_transfer.engine.short_errors import short_errors
 
 __all__ = [
+    "ContrastiveTrainer",
+    "EncoderSaver",
+    "PairContrastiveLoss",
+    "PretrainData",
+    "SliceViews",
+    "build_contrastive_network",
+    "pretraining_data",
     "load_weights",
     "load_model_weights",
     "WeightsLoader",

@@ -16,7 +16,14 @@ from mri_slice_transfer.engine.options import as_optional
 from mri_slice_transfer.paths import cache_dir
 from mri_slice_transfer.vocabulary import task_spec
 
-__all__ = ["DataSource", "resolve_data", "demo_cohort_dir", "frame_to_records", "initial_output_bias"]
+__all__ = [
+    "DataSource",
+    "resolve_data",
+    "with_train_fraction",
+    "demo_cohort_dir",
+    "frame_to_records",
+    "initial_output_bias",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +39,9 @@ class DataSource:
         frames: split name -> DataFrame with ``image``, ``subject_id``, ``label`` (+ ``session_id``).
         is_demo: whether this is the generated demo cohort.
         datalist_dir: folder of the CSV data lists.
+        info: the demo cohort's settings.
+        train_fraction: the label budget when only a fraction of the training list is used
+            (``fraction``, ``seed``, subjects and scans of the whole list); None: the whole list.
     """
 
     task: str
@@ -39,6 +49,7 @@ class DataSource:
     is_demo: bool
     datalist_dir: Path
     info: dict = field(default_factory=dict)
+    train_fraction: dict | None = None
 
     def records(self, split: str) -> list[dict]:
         """MONAI data dicts for one split (see :func:`frame_to_records`)."""
@@ -68,7 +79,14 @@ class DataSource:
         """One line for the run log."""
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.frames.items())
         kind = "DEMO cohort (synthetic)" if self.is_demo else "user data lists"
-        return f"data: {kind} from {self.datalist_dir} ({sizes})"
+        budget = self.train_fraction
+        of = (
+            f"; train list cut to {budget['subjects']} of {budget['of_subjects']} subjects "
+            f"(train_fraction {budget['fraction']:g}, seed {budget['seed']})"
+            if budget
+            else ""
+        )
+        return f"data: {kind} from {self.datalist_dir} ({sizes}{of})"
 
 
 def frame_to_records(frame: pd.DataFrame) -> list[dict]:
@@ -114,6 +132,8 @@ def resolve_data(
     demo_n: int = 120,
     demo_seed: int = 0,
     splits: tuple[str, ...] = ("train", "val", "test"),
+    train_fraction: float | str = 1.0,
+    train_fraction_seed: int | str = 0,
 ) -> DataSource:
     """Read and check the data lists, or fall back to the demo cohort when no data is configured.
 
@@ -128,6 +148,10 @@ def resolve_data(
         dataset_dir: folder the image paths are relative to (and the default ``datalist_dir``).
         demo_n, demo_seed: size and seed of the demo cohort (strings of numbers accepted).
         splits: the data lists to read.
+        train_fraction: train on this share of the training list's subjects (all their scans),
+            stratified by label and drawn with ``train_fraction_seed``
+            (:func:`~mri_slice_transfer.split.subject_fraction`); 1: the whole list.
+        train_fraction_seed: the seed of that draw.
 
     Returns:
         the data source.
@@ -137,7 +161,8 @@ def resolve_data(
     demo_n, demo_seed = int(demo_n), int(demo_seed)
     if datalist_dir:
         frames = read_split_datalists(datalist_dir, task, dataset_dir=dataset_dir or None, splits=splits)
-        return DataSource(task, frames, False, Path(datalist_dir).resolve())
+        data = DataSource(task, frames, False, Path(datalist_dir).resolve())
+        return with_train_fraction(data, float(train_fraction), int(train_fraction_seed))
     if is_main_process():
         out = _ensure_demo_cohort(task, demo_n, demo_seed)
         barrier()
@@ -146,7 +171,47 @@ def resolve_data(
         out = demo_cohort_dir(task, demo_n, demo_seed)
     frames = read_split_datalists(out, task, dataset_dir=out, splits=splits)
     info = {"demo_n": int(demo_n), "demo_seed": int(demo_seed)}
-    return DataSource(task, frames, True, out, info)
+    return with_train_fraction(
+        DataSource(task, frames, True, out, info), float(train_fraction), int(train_fraction_seed)
+    )
+
+
+def with_train_fraction(data: DataSource, fraction: float | str, seed: int | str = 0) -> DataSource:
+    """``data`` with its training list cut to a subject-level, stratified ``fraction`` (1: unchanged).
+
+    Args:
+        data: the run's data source.
+        fraction: the share of training subjects kept, in (0, 1] (a command-line string accepted).
+        seed: the seed of the draw (:func:`~mri_slice_transfer.split.subject_fraction`).
+
+    Returns:
+        ``data``, its ``train`` frame cut and :attr:`DataSource.train_fraction` set when ``fraction < 1``.
+
+    Raises:
+        ValueError: ``fraction`` is not a number in (0, 1].
+    """
+    from mri_slice_transfer.split import subject_fraction
+
+    try:
+        fraction = float(fraction)
+    except (TypeError, ValueError):
+        raise ValueError(f"train_fraction must be a number in (0, 1], not {fraction!r}") from None
+    whole = data.frames.get("train")
+    if whole is None or fraction == 1:
+        subject_fraction(whole, data.task, fraction)  # checks the value; 1 keeps the whole list
+        return data
+    part = subject_fraction(
+        whole, data.task, fraction, int(seed), source=str(data.datalist_dir / "train.csv")
+    )
+    data.frames["train"] = part
+    data.train_fraction = {
+        "fraction": fraction,
+        "seed": int(seed),
+        "subjects": int(part["subject_id"].nunique()),
+        "of_subjects": int(whole["subject_id"].nunique()),
+        "of_scans": len(whole),
+    }
+    return data
 
 
 def initial_output_bias(data: DataSource) -> float | None:

@@ -477,7 +477,8 @@ def training_data_summary(data: Any) -> dict[str, Any]:
 
     Returns:
         ``{"source", "datalist_dir", "sizes", "train_labels", ...}`` (AD: scans per class of the
-        training list; brain age: mean, min and max age), plus the demo settings for the demo cohort.
+        training list; brain age: mean, min and max age), plus the demo settings for the demo cohort
+        and the label budget (``train_fraction``) when only a fraction of the training list was used.
     """
     spec = task_spec(data.task)
     labels = data.frames["train"]["label"].astype(float)
@@ -492,6 +493,7 @@ def training_data_summary(data: Any) -> dict[str, Any]:
         "sizes": {split: len(frame) for split, frame in data.frames.items()},
         "train_labels": balance,
         **({"demo": dict(data.info)} if data.is_demo else {}),
+        **({"train_fraction": dict(data.train_fraction)} if getattr(data, "train_fraction", None) else {}),
     }
 
 

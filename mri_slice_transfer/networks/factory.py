@@ -54,7 +54,8 @@ def build_model(
             slice_keep_style: see :class:`~.slice_set.SliceSetNet`; ignored for the 3D-CNN (it has no
             slices).
         pretrained: False, True, "auto" or a path (see :mod:`~.pretrained`). The 3D-CNN and cnn5 have no
-            pretrained weights: only False and "auto" (which then means from scratch) are accepted.
+            ImageNet weights: the 3D-CNN accepts only False and "auto" (which then means from scratch),
+            cnn5 also a weights file (e.g. from ``pretrain.json``).
         num_outputs: output size (1 for an AD logit or an age).
         spatial_size: ``(x, y, z)`` of the input volumes, ``[B, 1, *spatial_size]``.
         output_bias: initial value of the last bias (e.g. the training mean age).

@@ -366,10 +366,12 @@ def initialise_encoder(
     spec = normalise_pretrained(pretrained)
     if spec is False:
         return SCRATCH
-    if arch not in RESNET_ENCODERS:
+    if arch not in RESNET_ENCODERS and not isinstance(spec, Path):  # a file (e.g. `pretrain.json`'s) loads
         if spec == "auto":
-            return SCRATCH  # "auto" = use pretrained weights where they exist; cnn5 has none
-        raise ValueError(f"{arch} has no pretrained weights; use pretrained=False or 'auto' with {arch}")
+            return SCRATCH  # "auto" = use pretrained weights where they exist; cnn5 has no ImageNet ones
+        raise ValueError(
+            f"{arch} has no pretrained weights; use pretrained=False, 'auto' or a weights file with {arch}"
+        )
     if spec in (True, "auto"):
         try:
             state = load_imagenet_state_dict(arch)

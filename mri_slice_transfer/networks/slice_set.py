@@ -221,7 +221,8 @@ class SliceSetNet(nn.Module):
             ``"sinusoidal"`` (fixed).
         pretrained: encoder initialisation: ``False``, ``True`` (ImageNet-1K, error if unavailable),
             ``"auto"`` (ImageNet if available, else random with a warning) or a path to a state dict;
-            see :mod:`mri_slice_transfer.networks.pretrained`. ``cnn5`` accepts only False / "auto".
+            see :mod:`mri_slice_transfer.networks.pretrained`. ``cnn5`` accepts False, "auto" or a
+            weights file.
         num_outputs: size of the output (1 for an AD logit or an age).
         spatial_size: ``(x, y, z)`` size of the input volumes; fixes ``K`` (and the positional table).
         in_channels_mode: ResNets only: ``"fold"`` (1-channel ``conv1`` = channel sum of the RGB one;
