@@ -38,10 +38,10 @@ tests_for() {
                 "tests/test_reliability.py::test_atomic_writes_are_fsynced_and_follow_the_umask" \
                 "tests/test_reliability.py::test_sweep_removes_only_old_temporary_files_of_the_given_destinations" ;;
         experiments/bootstrap.py)
-            echo "tests/test_grid.py --deselect=tests/test_grid.py::test_one_real_tiny_run_through_the_bundle tests/test_researcher_numbers.py" \
+            echo "tests/test_mutation_experiments.py tests/test_grid.py --deselect=tests/test_grid.py::test_one_real_tiny_run_through_the_bundle tests/test_researcher_numbers.py" \
                 "tests/test_engine.py::test_saturated_outputs_are_predicted_and_bootstrapped_exactly" \
                 "tests/test_vocabulary.py::test_grid_picks_the_first_best_epoch_by_the_same_rule" ;;
-        experiments/summary.py | experiments/tables.py) echo "tests/test_grid.py --deselect=tests/test_grid.py::test_one_real_tiny_run_through_the_bundle tests/test_researcher_numbers.py" ;;
+        experiments/summary.py | experiments/tables.py) echo "tests/test_mutation_experiments.py tests/test_grid.py --deselect=tests/test_grid.py::test_one_real_tiny_run_through_the_bundle tests/test_researcher_numbers.py" ;;
         prepare/qc.py) echo "tests/test_mutation_prepare.py" ;;
         prepare/registration.py) echo "tests/test_mutation_prepare.py $RN::test_registration_qc_flags_an_implausible_scale" ;;
         split.py) echo "tests/test_mutation_split.py tests/test_split.py tests/test_datalist.py tests/test_properties.py" ;;

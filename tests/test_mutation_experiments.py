@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -233,8 +234,8 @@ def test_bootstrap_of_a_predictions_csv_reads_ok_rows_by_subject(tmp_path) -> No
         {
             "subject_id": ["s1", "s1", "s2", "s3", "s4"],
             "label": [1, 1, 0, 0, 1],
-            "logit": [2.0, 1.0, -1.0, 0.5, float("nan")],
-            "status": ["ok", "ok", "ok", "ok", "error"],
+            "logit": [2.0, 1.0, -1.0, 0.5, 3.0],
+            "status": ["ok", "ok", "ok", "ok", "skipped"],
         }
     ).to_csv(csv, index=False)
     pred, label, groups = predictions_arrays("adni_ad", csv)
@@ -248,12 +249,22 @@ def test_bootstrap_of_a_predictions_csv_reads_ok_rows_by_subject(tmp_path) -> No
     )
     assert {"test_roc_auc_ci_low", "test_roc_auc_ci_high", "test_f1_ci_low"} <= set(row)
 
-    old = tmp_path / "old.csv"  # an older CSV: a probability column, no subject ids
-    pd.DataFrame({"label": [1, 0], "probability": [0.5, 0.25]}).to_csv(old, index=False)
-    pred, _, groups = predictions_arrays("adni_ad", old)
-    assert pred == pytest.approx([0.0, math.log(1 / 3)]) and groups.tolist() == ["0", "1"]
+    old = tmp_path / "old.csv"  # an older CSV: a probability column, no subject ids or status, an error row
+    old.write_text("label,probability\n1,0.5\n0,0.25\n1,\n1,1.0\n0,0.0\n", encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # saturated probabilities are the logits +-inf, without a warning
+        pred, _, groups = predictions_arrays("adni_ad", old)
+    assert pred.tolist() == [0.0, pytest.approx(math.log(1 / 3)), math.inf, -math.inf]
+    assert groups.tolist() == ["0", "1", "2", "3"]
     with pytest.raises(KeyError, match=r"old.csv: missing column\(s\) predicted_age"):
         predictions_arrays("brain_age", old)
+    old.write_text("x\n1\n", encoding="utf-8")
+    with pytest.raises(KeyError, match=r"missing column\(s\) label, probability"):
+        predictions_arrays("adni_ad", old)
+
+    named = tmp_path / "named.csv"  # subject ids that pandas would read as missing values by default
+    named.write_text("subject_id,label,logit\nNA,1,1.0\nnull,0,-1.0\nNA,1,2.0\n", encoding="utf-8")
+    assert predictions_arrays("adni_ad", named)[2].tolist() == ["NA", "null", "NA"]
     with pytest.raises(FileNotFoundError, match="nope.csv: test predictions not found"):
         predictions_arrays("adni_ad", tmp_path / "nope.csv")
 
