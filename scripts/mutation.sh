@@ -30,7 +30,7 @@ OUT="${MUTATION_OUT:-$ROOT/runs/mutation}"
 RN=tests/test_researcher_numbers.py
 tests_for() {
     case "$1" in
-        engine/metrics.py) echo "tests/test_engine.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
+        engine/metrics.py) echo "tests/test_mutation_metrics.py tests/test_engine.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
         engine/handlers.py) echo "tests/test_mutation_handlers.py $RN::test_saved_model_is_the_best_validation_epoch" ;;
         engine/predictions.py) echo "tests/test_mutation_predictions.py $RN::test_csv_probability_is_sigmoid_of_the_ad_logit $RN::test_test_metrics_count_the_scans_they_are_over" ;;
         fileio.py)
