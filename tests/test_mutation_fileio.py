@@ -10,7 +10,13 @@ import os
 from pathlib import Path
 
 from mri_slice_transfer import fileio
-from mri_slice_transfer.fileio import atomic_write_json, file_sha256, fsync_file
+from mri_slice_transfer.fileio import (
+    atomic_path,
+    atomic_write_json,
+    file_sha256,
+    fsync_file,
+    sweep_temp_files,
+)
 
 
 def test_fsync_of_a_folder_syncs_the_folder_itself(tmp_path: Path, monkeypatch) -> None:
@@ -41,3 +47,16 @@ def test_json_outputs_are_indented_two_spaces_and_end_with_a_newline(tmp_path: P
     path = atomic_write_json(tmp_path / "metrics.json", {"epoch": 3, "val": {"mae": 2.5}})
     assert path.read_text(encoding="utf-8") == '{\n  "epoch": 3,\n  "val": {\n    "mae": 2.5\n  }\n}\n'
     assert json.loads(path.read_text(encoding="utf-8")) == {"epoch": 3, "val": {"mae": 2.5}}
+
+
+def test_sweep_finds_the_temporary_file_of_a_killed_nii_gz_write(tmp_path: Path) -> None:
+    dest = tmp_path / "sub-01_T1w.nii.gz"  # two suffixes: the temporary name ends with both
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(b"half a scan")
+        os.link(tmp, tmp_path / "left.bin")  # keep its bytes: the sweep below removes the name
+        os.utime(tmp, (1, 1))  # as if the writer had been killed long ago
+        assert tmp.name.endswith(".nii.gz")
+        assert sweep_temp_files([tmp_path / "sub-01_T1w.nii"], older_than=2) == []  # another destination's
+        assert sweep_temp_files([dest], older_than=2) == [tmp]
+        os.replace(tmp_path / "left.bin", tmp)  # let the writer finish normally
+    assert dest.read_bytes() == b"half a scan"
