@@ -272,7 +272,24 @@ def test_bootstrap_of_a_predictions_csv_reads_ok_rows_by_subject(tmp_path) -> No
 def test_headline_metric_shows_the_key_metric_and_its_interval() -> None:
     row = {"test_mae": 3.14159, "test_mae_ci_low": 2.5, "test_mae_ci_high": None}
     assert headline_metric("brain_age", row) == ("mae", "3.142 (95% CI 2.500-nan)")
+    row["test_mae_ci_high"] = 4.0
+    assert headline_metric("brain_age", row) == ("mae", "3.142 (95% CI 2.500-4.000)")
     assert headline_metric("adni_ad", {"test_balanced_accuracy": math.nan}) == (
         "balanced_accuracy",
         "nan (95% CI nan-nan)",
     )
+
+
+def test_bootstrap_of_a_predictions_csv_defaults_to_1000_subject_resamples_with_seed_0(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    age = np.repeat(rng.uniform(50, 80, 12), 2)  # 12 subjects, two scans each
+    pred = age + rng.normal(0, 4, 24)
+    subjects = np.repeat([f"s{i}" for i in range(12)], 2)
+    csv = tmp_path / "test_predictions.csv"
+    pd.DataFrame({"subject_id": subjects, "label": age, "predicted_age": pred}).to_csv(csv, index=False)
+    row = bootstrap_from_predictions("brain_age", csv)
+    by_subject = bootstrap_ci("brain_age", pred, age, subjects, n_bootstrap=1000, seed=0)
+    assert (row["test_mae_ci_low"], row["test_mae_ci_high"]) == pytest.approx(by_subject["mae"], abs=1e-12)
+    assert row["bootstrap_resamples"] == 1000 and row["n_test_subjects"] == 12
+    by_scan = bootstrap_ci("brain_age", pred, age, None, n_bootstrap=1000, seed=0)
+    assert by_scan["mae"] != pytest.approx(by_subject["mae"])  # the test can tell the unit apart
