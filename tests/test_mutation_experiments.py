@@ -293,3 +293,22 @@ def test_bootstrap_of_a_predictions_csv_defaults_to_1000_subject_resamples_with_
     assert row["bootstrap_resamples"] == 1000 and row["n_test_subjects"] == 12
     by_scan = bootstrap_ci("brain_age", pred, age, None, n_bootstrap=1000, seed=0)
     assert by_scan["mae"] != pytest.approx(by_subject["mae"])  # the test can tell the unit apart
+
+
+def test_summarize_creates_a_nested_grid_folder_and_draws_the_plot_with_the_tables_preset_and_title(
+    tmp_path, monkeypatch
+) -> None:
+    import mri_slice_transfer.experiments.summary as summary_module
+
+    drawn: list[tuple] = []
+
+    def plot_results(frame, task, path, preset=None, title=None):
+        drawn.append((task, path, preset, title))
+        return path
+
+    monkeypatch.setattr(summary_module, "plot_results", plot_results)
+    preset = PRESETS["paper-brain-age"]
+    out = tmp_path / "grids" / "age" / "v1"  # none of these folders exists yet
+    paths = summarize(synthetic_results("brain_age"), out, "brain_age", preset=preset, title="Brain age, v1")
+    assert paths["results"].is_file() and paths["table"].is_file()
+    assert drawn == [("brain_age", out / "plot.png", preset, "Brain age, v1")]  # plot and table.md agree
