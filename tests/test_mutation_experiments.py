@@ -20,6 +20,7 @@ from mri_slice_transfer.experiments.bootstrap import (
     bootstrap_from_predictions,
     headline_metric,
     predictions_arrays,
+    resample_metrics,
 )
 from mri_slice_transfer.experiments.presets import PRESETS
 from mri_slice_transfer.experiments.summary import RESULT_COLUMNS, results_frame, summarize
@@ -312,3 +313,33 @@ def test_summarize_creates_a_nested_grid_folder_and_draws_the_plot_with_the_tabl
     paths = summarize(synthetic_results("brain_age"), out, "brain_age", preset=preset, title="Brain age, v1")
     assert paths["results"].is_file() and paths["table"].is_file()
     assert drawn == [("brain_age", out / "plot.png", preset, "Brain age, v1")]  # plot and table.md agree
+
+
+def test_bootstrap_defaults_and_the_half_defined_rule(monkeypatch) -> None:
+    import mri_slice_transfer.experiments.bootstrap as bootstrap_module
+
+    rng = np.random.default_rng(5)
+    age = rng.uniform(50, 80, 16)
+    pred = age + rng.normal(0, 4, 16)
+    explicit = bootstrap_ci("brain_age", pred, age, n_bootstrap=1000, seed=0)
+    assert bootstrap_ci("brain_age", pred, age) == explicit  # 1000 resamples, seed 0 by default
+    lo, hi = bootstrap_ci("brain_age", pred, age, n_bootstrap=1)["mae"]
+    assert math.isfinite(lo) and lo == hi  # one resample: a degenerate interval, not NaN
+
+    logits, labels = np.array([-1.0, 0.2, 0.4, 2.0]), np.array([0.0, 1.0, 0.0, 1.0])
+    counts = np.ones((1, 4), dtype=np.int64)
+    assert resample_metrics("adni_ad", logits, labels, counts) == resample_metrics(
+        "adni_ad", logits, labels, counts, 0.5
+    )  # the default threshold is the probability 0.5
+
+    def half_defined(task, pred, label, counts, threshold, exact=False):
+        return {
+            "mae": np.array([1.0, np.nan, 3.0, np.nan]),
+            "rmse": np.full(4, np.nan),
+            "pearson_r": np.ones(4),
+        }
+
+    monkeypatch.setattr(bootstrap_module, "resample_metrics", half_defined)
+    ci = bootstrap_ci("brain_age", pred, age, n_bootstrap=4, level=0.5)
+    assert ci["mae"] == (1.5, 2.5)  # exactly half the resamples defined: still an interval
+    assert all(math.isnan(v) for v in ci["rmse"])
