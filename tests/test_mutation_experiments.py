@@ -343,3 +343,13 @@ def test_bootstrap_defaults_and_the_half_defined_rule(monkeypatch) -> None:
     ci = bootstrap_ci("brain_age", pred, age, n_bootstrap=4, level=0.5)
     assert ci["mae"] == (1.5, 2.5)  # exactly half the resamples defined: still an interval
     assert all(math.isnan(v) for v in ci["rmse"])
+
+
+def test_run_table_of_a_minimal_results_file_leaves_missing_id_seed_and_status_cells_empty() -> None:
+    from mri_slice_transfer.experiments.tables import format_run_table
+
+    table = format_run_table(pd.DataFrame({"test_mae": [3.0]}), "brain_age")
+    row = table.splitlines()[2]
+    assert row.startswith("|  |  |  |  |"), (
+        row
+    )  # no "None": the run id, seed, status and encoder init are empty
