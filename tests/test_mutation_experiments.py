@@ -353,3 +353,28 @@ def test_run_table_of_a_minimal_results_file_leaves_missing_id_seed_and_status_c
     assert row.startswith("|  |  |  |  |"), (
         row
     )  # no "None": the run id, seed, status and encoder init are empty
+
+
+def test_paper_table_shows_params_and_the_axis_column_only_when_it_tells_rows_apart() -> None:
+    import dataclasses
+
+    from mri_slice_transfer.experiments.tables import format_paper_table
+
+    age = format_paper_table(PRESETS["paper-brain-age"]).splitlines()
+    assert age[0].endswith("| # Params |")  # the paper's parameter counts, last
+    assert "Axis" not in age[0]  # one slice axis (sagittal): no column
+    ad = PRESETS["paper-ad"]
+    keep = [i for i, c in enumerate(ad.rows) if c.is_conv3d or c.axis in ("axial", "coronal")]
+    two = dataclasses.replace(
+        ad, rows=tuple(ad.rows[i] for i in keep), paper=tuple(ad.paper[i] for i in keep)
+    )
+    head = format_paper_table(two).splitlines()[0]
+    assert "| Axis |" in head and "# Params" not in head  # two axes: the column; no parameter counts given
+
+
+def test_report_data_line_without_a_data_column_and_with_several_data_sets() -> None:
+    frame = synthetic_results().drop(columns=["data"])
+    assert "Data:" not in format_report(frame, "adni_ad")
+    frame["data"] = ["synthetic demo cohort (seed 0)"] * (len(frame) - 1) + ["ADNI (prepared)"]
+    report = format_report(frame, "adni_ad")
+    assert "Data: ADNI (prepared), synthetic demo cohort (seed 0)." in report  # both named, not "the demo"
