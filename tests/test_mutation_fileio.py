@@ -60,3 +60,10 @@ def test_sweep_finds_the_temporary_file_of_a_killed_nii_gz_write(tmp_path: Path)
         assert sweep_temp_files([dest], older_than=2) == [tmp]
         os.replace(tmp_path / "left.bin", tmp)  # let the writer finish normally
     assert dest.read_bytes() == b"half a scan"
+
+
+def test_sweep_goes_on_past_a_destination_whose_folder_does_not_exist(tmp_path: Path) -> None:
+    stale = tmp_path / ".checkpoint.pt.ab_cd123.pt"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (1, 1))
+    assert sweep_temp_files([tmp_path / "gone" / "model.pt", tmp_path / "checkpoint.pt"]) == [stale]
