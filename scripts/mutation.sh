@@ -30,11 +30,18 @@ OUT="${MUTATION_OUT:-$ROOT/runs/mutation}"
 RN=tests/test_researcher_numbers.py
 tests_for() {
     case "$1" in
-        engine/metrics.py) echo "tests/test_engine.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
+        engine/metrics.py) echo "tests/test_mutation_metrics.py tests/test_engine.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
         engine/handlers.py) echo "tests/test_mutation_handlers.py $RN::test_saved_model_is_the_best_validation_epoch" ;;
         engine/predictions.py) echo "tests/test_mutation_predictions.py $RN::test_csv_probability_is_sigmoid_of_the_ad_logit $RN::test_test_metrics_count_the_scans_they_are_over" ;;
-        fileio.py) echo "tests/test_researcher_numbers.py tests/test_engine.py tests/test_template.py" ;;
-        experiments/summary.py | experiments/tables.py) echo "tests/test_grid.py tests/test_researcher_numbers.py" ;;
+        fileio.py)
+            echo "tests/test_mutation_fileio.py tests/test_researcher_numbers.py tests/test_engine.py tests/test_template.py" \
+                "tests/test_reliability.py::test_atomic_writes_are_fsynced_and_follow_the_umask" \
+                "tests/test_reliability.py::test_sweep_removes_only_old_temporary_files_of_the_given_destinations" ;;
+        experiments/bootstrap.py)
+            echo "tests/test_mutation_experiments.py tests/test_grid.py --deselect=tests/test_grid.py::test_one_real_tiny_run_through_the_bundle tests/test_researcher_numbers.py" \
+                "tests/test_engine.py::test_saturated_outputs_are_predicted_and_bootstrapped_exactly" \
+                "tests/test_vocabulary.py::test_grid_picks_the_first_best_epoch_by_the_same_rule" ;;
+        experiments/summary.py | experiments/tables.py) echo "tests/test_mutation_experiments.py tests/test_grid.py --deselect=tests/test_grid.py::test_one_real_tiny_run_through_the_bundle tests/test_researcher_numbers.py" ;;
         prepare/qc.py) echo "tests/test_mutation_prepare.py" ;;
         prepare/registration.py) echo "tests/test_mutation_prepare.py $RN::test_registration_qc_flags_an_implausible_scale" ;;
         split.py) echo "tests/test_mutation_split.py tests/test_split.py tests/test_datalist.py tests/test_properties.py" ;;
