@@ -260,3 +260,22 @@ def test_two_sites_with_the_same_file_names_keep_their_own_outputs(tmp_path: Pat
         assert folder in Path(row["image"]).parents and Path(row["image"]).is_file()  # sub-01/anat/...
         manifest = pd.read_csv(folder / "manifest.csv")
         assert [Path(p).parent for p in manifest["input"]] == [site]
+
+
+def test_inputs_that_find_no_scan_are_a_short_data_list_error(tmp_path: Path) -> None:
+    """No scan in the folder, a CSV without ``image``, no input: one user error naming the source."""
+    from mri_slice_transfer.engine import resolve_inputs
+    from mri_slice_transfer.engine.short_errors import user_error
+    from mri_slice_transfer.errors import DataListError
+
+    (tmp_path / "notes.txt").write_text("not a scan")
+    (tmp_path / "list.csv").write_text("path\nx.nii.gz\n")
+    cases = {str(tmp_path): "no scans found", str(tmp_path / "list.csv"): "'image' column", "": "--input"}
+    for source, words in cases.items():
+        with pytest.raises(DataListError) as info:
+            resolve_inputs(source)
+        assert words in str(info.value) and source in str(info.value)
+        assert user_error(RuntimeError("config could not instantiate")) is None
+        wrapped = RuntimeError("Failed to instantiate component")
+        wrapped.__cause__ = info.value
+        assert user_error(wrapped) is info.value  # printed by the bundles as one line, no traceback

@@ -12,6 +12,7 @@ import pandas as pd
 
 from mri_slice_transfer.data.bids import bids_t1w_files, scan_entities
 from mri_slice_transfer.engine.options import as_bool, as_optional
+from mri_slice_transfer.errors import DataListError
 from mri_slice_transfer.vocabulary import IMAGE_SUFFIXES, Task, task_spec
 
 __all__ = ["SCAN_SUFFIXES", "resolve_inputs", "run_name"]
@@ -107,18 +108,19 @@ def resolve_inputs(source: str, dataset_dir: str | None = None, raw: bool | str 
         one data dict per scan.
 
     Raises:
-        ValueError: no source, a CSV without an ``image`` column, or nothing found.
+        DataListError: no source, a CSV without an ``image`` column, or nothing found (a
+            ``ValueError``; the bundles print it as one line).
     """
     dataset_dir, raw = as_optional(dataset_dir), as_bool(raw)
     if not source:
-        raise ValueError(
-            "no inference input: set --input (or --input_dir) to a folder, a glob pattern or a CSV file"
+        raise DataListError(
+            ["no inference input: set --input (or --input_dir) to a folder, a glob pattern or a CSV file"]
         )
     path = Path(source).expanduser()
     if path.is_file() and path.suffix.lower() == ".csv":
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         if "image" not in frame.columns:
-            raise ValueError(f"{path}: the CSV needs an 'image' column (found {list(frame.columns)})")
+            raise DataListError([f"{path}: the CSV needs an 'image' column (found {list(frame.columns)})"])
         base = Path(dataset_dir).expanduser() if dataset_dir else path.parent
         images = [str(p if Path(p).is_absolute() else os.path.abspath(base / p)) for p in frame["image"]]
         subjects = frame["subject_id"].tolist() if "subject_id" in frame else [""] * len(frame)
@@ -134,6 +136,6 @@ def resolve_inputs(source: str, dataset_dir: str | None = None, raw: bool | str 
             found = sorted(os.path.abspath(p) for p in glob.glob(str(path), recursive=True))
         if not found:
             looked = ", ".join(SCAN_SUFFIXES) + (", DICOM series folders" if raw else "")
-            raise ValueError(f"no scans found for input {source!r} (looked for {looked})")
+            raise DataListError([f"no scans found for input {source!r} (looked for {looked})"])
         images, subjects, sessions = found, [""] * len(found), [""] * len(found)
     return [_with_entities(img, sub, ses) for img, sub, ses in zip(images, subjects, sessions, strict=True)]
