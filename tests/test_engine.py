@@ -164,6 +164,16 @@ def test_atomic_save_and_rng_roundtrip(tmp_path) -> None:
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path) -> None:
+    """Two runs that end with equal weights write equal files, so model.json's sha256 compares runs."""
+    weights = torch.nn.Linear(4, 2).state_dict()
+    first = atomic_torch_save(weights, tmp_path / "a" / "model.pt")
+    second = atomic_torch_save(weights, tmp_path / "b" / "model.pt")
+    assert first.read_bytes() == second.read_bytes()
+    weights["bias"] += 1
+    assert atomic_torch_save(weights, tmp_path / "c.pt").read_bytes() != first.read_bytes()
+
+
 def test_autocast_inferer_returns_fp32() -> None:
     net = torch.nn.Linear(4, 1)
     out = AutocastInferer(enabled=True)(torch.randn(2, 4), net)

@@ -18,9 +18,13 @@ __all__ = ["atomic_torch_save", "write_csv"]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into place."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into place.
+
+    Saved through a file object, so the archive's inner folder is torch's fixed ``archive/`` rather than
+    the random temporary name: the same weights give the same bytes (and ``sha256``) in every run.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        torch.save(obj, stream)
     return Path(path)
 
 
