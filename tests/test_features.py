@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_brain_age_conv3d import CONV3D, _with_ages
 from test_bundle_aggregations import SMALL_MODEL
 from test_bundles import copy_bundle, run_workflow, write_tiny_dataset
 
@@ -106,3 +107,23 @@ def test_features_are_off_by_default(small_bundle: tuple[Path, Path], tmp_path: 
     run_workflow(str(bundle / "configs" / "inference.json"), "infer", **infer)
     assert len(list(out.glob("predictions-*.csv"))) == 1
     assert not list(tmp_path.rglob("*.npz"))
+
+
+def test_brain_age_conv3d_writes_its_penultimate_features(tmp_path: Path) -> None:
+    data = _with_ages(write_tiny_dataset(tmp_path / "data", n_per_split=(4, 2, 2)))
+    bundle = copy_bundle(tmp_path / "run", "ukbb_brain_age")
+    train = {"dataset_dir": str(data), "epochs": 1, "batch_size": 2, "demo_input_scale": 0.1}
+    run_workflow(str(bundle / "configs" / "train.json"), "train", **{**CONV3D, **train})
+    out_csv, out_npz = tmp_path / "pred.csv", tmp_path / "feats.npz"
+    infer = {"input": str(data / "images"), "predictions_csv": str(out_csv), "features_npz": str(out_npz)}
+    config = str(bundle / "configs" / "inference.json")
+    wf = run_workflow(config, "infer", save_features=True, batch_size=2, **{**CONV3D, **infer})
+    pred = pd.read_csv(out_csv)
+    with np.load(out_npz) as z:
+        images, feats = z["image"], z["features"]
+    assert images.tolist() == pred["image"].tolist() and feats.shape == (8, 64)
+    network = wf.parser.get_parsed_content("network").eval()
+    item = wf.parser.get_parsed_content("dataset")[5]
+    with torch.no_grad():
+        expected = network.pooled_embedding(item["image"][None]).numpy()[0]
+    np.testing.assert_allclose(feats[5], expected, rtol=1e-5, atol=1e-5)
