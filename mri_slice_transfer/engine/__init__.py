@@ -28,6 +28,7 @@ from mri_slice_transfer.engine.checkpoint import (
 from mri_slice_transfer.engine.datasets import DataSource, initial_output_bias, resolve_data
 from mri_slice_transfer.engine.disk_cache import DiskCache, DiskCacheDataset, make_dataset
 from mri_slice_transfer.engine.distributed import default_device, handlers_for_rank
+from mri_slice_transfer.engine.features import FeatureWriter
 from mri_slice_transfer.engine.handlers import (
     BestModelSaver,
     FullCheckpoint,
@@ -113,6 +114,7 @@ __all__ = [
     "FullCheckpoint",
     "MetricsWriter",
     "PreciseBatchNorm",
+    "FeatureWriter",
     "PredictionWriter",
     "SafeTransform",
     "ScanProgress",

@@ -62,8 +62,14 @@ class Conv3DNet(nn.Module):
         return self.classifier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self._pooled(x)).flatten(1)
+
+    def pooled_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features the classifier reads: ``[B, C, X, Y, Z]`` -> ``[B, 64]``."""
+        return self._pooled(x).flatten(1)
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5:
             raise ValueError(f"expected input [B, C, X, Y, Z], got {tuple(x.shape)}")
         x = F.relu(self.norm_out(self.conv_out(self.blocks(x))))
-        x = x.mean(dim=(-3, -2, -1), keepdim=True)
-        return self.classifier(x).flatten(1)
+        return x.mean(dim=(-3, -2, -1), keepdim=True)

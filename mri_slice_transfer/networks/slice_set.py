@@ -443,6 +443,11 @@ class SliceSetNet(nn.Module):
                 them out). Each scan needs at least one real slice (also among those ``slice_keep``
                 draws in training).
         """
+        return self.head(self.pooled_embedding(x, slice_mask))
+
+    def pooled_embedding(self, x: torch.Tensor, slice_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The scan embedding the head reads: ``[B, 1, X, Y, Z]`` -> ``[B, 32]`` (``forward`` without
+        the head; same arguments; the features ``inference.json --save_features true`` writes)."""
         positions = self.kept_slices(x.shape[0], x.device)
         mask = None
         if slice_mask is not None:
@@ -456,4 +461,4 @@ class SliceSetNet(nn.Module):
             )
             if not mask.any(dim=1).all():
                 raise ValueError("slice_mask: every scan needs at least one real slice (True)")
-        return self.head(self.aggregate(self.embed(x, positions, mask), mask=mask, positions=positions))
+        return self.aggregate(self.embed(x, positions, mask), mask=mask, positions=positions)

@@ -1,0 +1,134 @@
+"""Feature export: each scan's pooled embedding, one NPZ table per inference run (issue 22 item 7).
+
+``inference.json --save_features true`` adds :class:`FeatureWriter` to the evaluator: it reads the
+vector the network's head receives (captured by a forward pre-hook, so no second forward pass) and
+writes, next to the predictions CSV, ``features-<run name>.npz`` with the arrays ``image``,
+``subject_id``, ``session_id`` (strings) and ``features`` (``[N, D]`` float32), rows in the order of
+the predictions CSV. Scans that could not be predicted (an error row in the CSV) get NaN features.
+
+Load it with ``numpy.load(path)`` (no pickle needed)::
+
+    z = np.load("eval/features-scans.npz")
+    df = pd.DataFrame(z["features"]).add_prefix("f").assign(image=z["image"], subject_id=z["subject_id"])
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from mri_slice_transfer.engine.distributed import is_main_process
+from mri_slice_transfer.engine.options import as_bool
+from mri_slice_transfer.fileio import atomic_write_bytes
+
+__all__ = ["FeatureWriter", "feature_layer"]
+
+logger = logging.getLogger(__name__)
+
+#: The string arrays of the NPZ file, in this order, then ``features``.
+ID_KEYS = ("image", "subject_id", "session_id")
+
+
+def feature_layer(network: nn.Module) -> nn.Module:
+    """The layer whose input is the network's pooled embedding (its :meth:`pooled_embedding`).
+
+    ``SliceSetNet``: the ``head`` (input ``[B, 32]``); ``Conv3DNet``: the 1x1x1 ``classifier``
+    (input ``[B, 64, 1, 1, 1]``).
+
+    Raises:
+        TypeError: a network without a known pooled embedding.
+    """
+    from mri_slice_transfer.networks.conv3d import Conv3DNet
+    from mri_slice_transfer.networks.slice_set import SliceSetNet
+
+    net = getattr(network, "module", network)  # DistributedDataParallel / DataParallel
+    if isinstance(net, SliceSetNet):
+        return net.head
+    if isinstance(net, Conv3DNet):
+        return net.classifier
+    raise TypeError(
+        f"save_features: features are written for the project's slice-set networks (SliceSetNet) and "
+        f"the 3D-CNN (Conv3DNet), not {type(net).__name__}; run inference with save_features false"
+    )
+
+
+class FeatureWriter:
+    """Collect each scan's pooled embedding during an evaluator run and write them as one NPZ file.
+
+    Args:
+        network: the evaluator's network (a ``SliceSetNet`` or ``Conv3DNet``).
+        features_npz: output path (``.npz``).
+        enabled: False: attach nothing and write nothing (the default of ``save_features``).
+    """
+
+    def __init__(self, network: nn.Module, features_npz: str, enabled: bool = True) -> None:
+        self.enabled = as_bool(enabled)
+        self.features_npz = Path(features_npz)
+        self.layer = feature_layer(network) if self.enabled else None
+        self.ids: dict[str, list[str]] = {k: [] for k in ID_KEYS}
+        self.rows: list[np.ndarray] = []
+        self._captured: torch.Tensor | None = None
+        self._width: int | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled or self.layer is None:
+            return
+        self.layer.register_forward_pre_hook(self._capture)
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def _capture(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._captured = args[0].detach().flatten(1).float().cpu()
+
+    def reset(self, engine: Engine | None = None) -> None:
+        for values in self.ids.values():
+            values.clear()
+        self.rows.clear()
+        self._captured = None
+
+    def collect(self, engine: Engine) -> None:
+        batch, output = engine.state.batch, engine.state.output
+        if isinstance(batch, dict) or isinstance(output, dict):
+            raise TypeError("FeatureWriter needs decollated engine outputs (decollate=True)")
+        feats, self._captured = self._captured, None
+        if feats is None or feats.shape[0] != len(batch):
+            raise RuntimeError(
+                f"FeatureWriter: captured {None if feats is None else feats.shape[0]} embeddings for a "
+                f"batch of {len(batch)} scans (the network's head did not run once per batch)"
+            )
+        self._width = feats.shape[1]
+        for item, out, vec in zip(batch, output, feats.numpy(), strict=True):
+            for key in ID_KEYS:
+                value = item.get("image_path", "") if key == "image" else item.get(key, "")
+                self.ids[key].append(str(value))
+            pred = torch.as_tensor(out["pred"]).float()
+            ok = item.get("status", "ok") == "ok" and bool(torch.isfinite(pred).all())
+            self.rows.append(vec.astype(np.float32) if ok else np.full(vec.shape, np.nan, np.float32))
+
+    def write(self, engine: Engine | None = None) -> Path | None:
+        """Write the NPZ file (main process only); returns its path."""
+        if not is_main_process():
+            return None
+        width = self._width or 0
+        features = np.stack(self.rows) if self.rows else np.zeros((0, width), np.float32)
+        arrays = {key: np.asarray(values, dtype=np.str_) for key, values in self.ids.items()}
+        buf = io.BytesIO()
+        np.savez(buf, **arrays, features=features.astype(np.float32))
+        atomic_write_bytes(self.features_npz, buf.getvalue())
+        n_nan = int(np.isnan(features).any(axis=1).sum()) if len(features) else 0
+        logger.info(
+            "wrote %d x %d features (%d NaN rows of unreadable scans) to %s",
+            features.shape[0],
+            features.shape[1],
+            n_nan,
+            self.features_npz,
+        )
+        return self.features_npz
