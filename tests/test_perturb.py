@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from test_brain_age_conv3d import CONV3D, _with_ages
 from test_bundles import FAST, copy_bundle, run_workflow, write_tiny_dataset
 
 from mri_slice_transfer.engine.perturb import (
@@ -97,3 +98,19 @@ def test_robustness_overlay_writes_the_table_and_severity_zero_is_clean_evaluate
     # a fixed seed repeats every number
     run_workflow(configs, "eval", dataset_dir=str(data), perturb="noise,contrast", **FAST)
     pd.testing.assert_frame_equal(pd.read_csv(bundle / "eval" / "robustness.csv"), table)
+
+
+def test_brain_age_robustness_matches_the_clean_mae_and_noise_moves_it(tmp_path: Path) -> None:
+    data = _with_ages(write_tiny_dataset(tmp_path / "data", n_per_split=(4, 2, 3)))
+    bundle = copy_bundle(tmp_path / "run", "ukbb_brain_age")
+    cfg = bundle / "configs"
+    run_workflow(str(cfg / "train.json"), "train", dataset_dir=str(data), epochs=1, batch_size=2, **CONV3D)
+    runtime = {k: CONV3D[k] for k in ("channels_last", "progress_bar", "cache_num_workers")}
+    configs = [str(cfg / f) for f in ("train.json", "evaluate.json", "robustness.json")]
+    run_workflow(configs, "eval", dataset_dir=str(data), batch_size=2, perturb="noise", **runtime)
+    clean = json.loads((bundle / "eval" / "test_metrics.json").read_text(encoding="utf-8"))
+    table = pd.read_csv(bundle / "eval" / "robustness.csv")
+    assert list(table["severity"]) == [0, 1, 2, 3]
+    for name in ("mae", "rmse", "pearson_r"):
+        assert table[name][0] == pytest.approx(clean[name], abs=0.0, nan_ok=True), name
+    assert table["mae"][3] != table["mae"][0]  # the perturbed image reaches the network
