@@ -1,0 +1,252 @@
+"""Robustness evaluation: the test split under scanner-like perturbations at fixed severities.
+
+Each perturbation is applied to the *preprocessed* image (after resampling, normalisation and input
+scaling, just before the network), at severities 0-3; severity 0 is the identity (the image object is
+returned untouched), so its metrics are the clean evaluation's. Parameters per severity
+(:data:`SEVERITY_PARAMETERS`, documented in ``docs/bundles.md``):
+
+===========  ===============================================================  =====  =====  =====
+name         what (MONAI transform)                                            1      2      3
+===========  ===============================================================  =====  =====  =====
+bias_field   ``RandBiasField(degree=3, coeff_range=(-c, c))``, c =              0.1    0.2    0.3
+gibbs        ``GibbsNoise(alpha)`` (k-space truncation ringing), alpha =       0.3    0.5    0.7
+noise        additive Gaussian noise, std = k x the scan's intensity std, k =  0.05   0.1    0.2
+contrast     ``AdjustContrast(gamma)`` (gamma curve on the scan's range), g =  1.25   1.5    2.0
+===========  ===============================================================  =====  =====  =====
+
+Randomness (bias-field coefficients, noise) is seeded per scan from ``seed``, the perturbation's name
+and a CRC-32 of the clean image, never from the severity or from the order in which scans are
+loaded: a rerun repeats every number, and the severities of one scan share their random draws (the
+coefficients and the noise are scaled copies of each other), so the distance from the clean image
+grows with the severity. Motion is not offered: MONAI has no motion transform and TorchIO is not a
+dependency.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.transforms import AdjustContrast, GibbsNoise, RandBiasField
+
+from mri_slice_transfer.fileio import atomic_path, atomic_write_text
+from mri_slice_transfer.vocabulary import _Name, look_up, task_spec
+
+__all__ = [
+    "Perturbation",
+    "SEVERITIES",
+    "SEVERITY_PARAMETERS",
+    "ROBUSTNESS_CSV",
+    "ROBUSTNESS_PNG",
+    "parse_perturbations",
+    "perturb_image",
+    "PerturbImaged",
+    "run_robustness",
+    "plot_robustness",
+]
+
+logger = logging.getLogger(__name__)
+
+ROBUSTNESS_CSV = "robustness.csv"
+ROBUSTNESS_PNG = "robustness.png"
+
+
+class Perturbation(_Name):
+    """The scanner-like perturbations of the robustness evaluation."""
+
+    BIAS_FIELD = "bias_field"
+    GIBBS = "gibbs"
+    NOISE = "noise"
+    CONTRAST = "contrast"
+
+
+#: The severities; 0 is the identity.
+SEVERITIES: tuple[int, ...] = (0, 1, 2, 3)
+
+#: The parameter of severities 1, 2, 3 of each perturbation (see the module docstring).
+SEVERITY_PARAMETERS: dict[Perturbation, tuple[float, float, float]] = {
+    Perturbation.BIAS_FIELD: (0.1, 0.2, 0.3),
+    Perturbation.GIBBS: (0.3, 0.5, 0.7),
+    Perturbation.NOISE: (0.05, 0.1, 0.2),
+    Perturbation.CONTRAST: (1.25, 1.5, 2.0),
+}
+
+
+def parse_perturbations(perturb: str | Sequence[str]) -> list[Perturbation]:
+    """The perturbations a comma list (``"bias_field,gibbs"``) or a list names, in order, once each.
+
+    Raises:
+        ValueError: an unknown name (with "did you mean" for a close spelling), or an empty list.
+    """
+    items = perturb.split(",") if isinstance(perturb, str) else list(perturb)
+    names = [str(p).strip() for p in items if str(p).strip()]
+    if not names:
+        raise ValueError(f"perturb: name at least one of {', '.join(p.value for p in Perturbation)}")
+    out: list[Perturbation] = []
+    for name in names:
+        if name.lower() == "motion":
+            raise ValueError(
+                "perturb: 'motion' is not available (MONAI has no motion transform; TorchIO is not installed)"
+            )
+        member = look_up(name, Perturbation, "perturbation")
+        if member not in out:
+            out.append(member)
+    return out
+
+
+def _scan_seed(image: torch.Tensor, perturbation: Perturbation, seed: int) -> int:
+    """A seed from ``seed``, the perturbation and the clean image's bytes (not its load order)."""
+    data = image.detach().cpu().contiguous().numpy().tobytes()
+    return (zlib.crc32(data, zlib.crc32(perturbation.value.encode(), int(seed) & 0xFFFFFFFF))) & 0x7FFFFFFF
+
+
+def perturb_image(
+    image: torch.Tensor, perturbation: str | Perturbation, severity: int, seed: int = 0
+) -> torch.Tensor:
+    """``image`` (channel-first, ``[C, *spatial]``) under ``perturbation`` at ``severity``.
+
+    Severity 0 returns ``image`` itself. The result has ``image``'s dtype and device.
+
+    Raises:
+        ValueError: an unknown perturbation or a severity outside :data:`SEVERITIES`.
+    """
+    kind = look_up(perturbation, Perturbation, "perturbation")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be one of {', '.join(map(str, SEVERITIES))}, not {severity!r}")
+    if severity == 0:
+        return image
+    value = SEVERITY_PARAMETERS[kind][severity - 1]
+    rng = np.random.RandomState(_scan_seed(image, kind, seed))
+    x = torch.as_tensor(image).detach().cpu().float()
+    if kind is Perturbation.BIAS_FIELD:
+        field = RandBiasField(degree=3, coeff_range=(-value, value), prob=1.0)
+        field.set_random_state(state=rng)
+        out = torch.as_tensor(field(x))
+    elif kind is Perturbation.GIBBS:
+        out = torch.as_tensor(GibbsNoise(alpha=value)(x))
+    elif kind is Perturbation.NOISE:
+        noise = torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32))
+        out = x + value * float(x.std()) * noise
+    else:
+        out = torch.as_tensor(AdjustContrast(gamma=value)(x))
+    out = out.as_tensor() if hasattr(out, "as_tensor") else out
+    return out.to(dtype=image.dtype, device=image.device)
+
+
+class PerturbImaged:
+    """A dict transform: ``data["image"]`` under the current :attr:`condition` (identity until set).
+
+    It sits after the preprocessing (and its :class:`~mri_slice_transfer.engine.SafeTransform`), so
+    the network sees the perturbed image; a scan that failed to load (``status == "error"``) is left
+    alone.
+
+    Args:
+        seed: the base seed of :func:`perturb_image`.
+        key: the image key.
+    """
+
+    def __init__(self, seed: int = 0, key: str = "image") -> None:
+        self.seed = int(seed)
+        self.key = key
+        self.condition: tuple[Perturbation, int] | None = None
+
+    def set(self, perturbation: str | Perturbation, severity: int) -> None:
+        """Perturb by ``perturbation`` at ``severity`` from now on."""
+        self.condition = (look_up(perturbation, Perturbation, "perturbation"), int(severity))
+
+    def __call__(self, data: dict) -> dict:
+        if self.condition is None or self.condition[1] == 0 or data.get("status") == "error":
+            return data
+        out = dict(data)
+        out[self.key] = perturb_image(data[self.key], *self.condition, seed=self.seed)
+        return out
+
+
+def _metrics_row(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def run_robustness(
+    evaluator: Any,
+    perturber: PerturbImaged,
+    perturb: str | Sequence[str],
+    task: str,
+    output_dir: str | os.PathLike,
+) -> pd.DataFrame:
+    """Run ``evaluator`` once clean and once per perturbation and severity 1-3; write CSV and plot.
+
+    Args:
+        evaluator: an Ignite/MONAI evaluator whose data loader's transform ends in ``perturber``; its
+            ``state.metrics`` after a run are the row's metrics.
+        perturber: the :class:`PerturbImaged` of that data loader.
+        perturb: the perturbations, a comma list or a list (:func:`parse_perturbations`).
+        task: the task (its key metric is plotted).
+        output_dir: where ``robustness.csv`` and ``robustness.png`` go.
+
+    Returns:
+        The table: ``perturbation``, ``severity``, ``parameter`` then the evaluator's metrics. Severity
+        0 is one clean run, repeated as the first row of every perturbation.
+    """
+    kinds = parse_perturbations(perturb)
+    key = task_spec(task).key_metric
+    perturber.condition = None
+    evaluator.run()
+    clean = _metrics_row(evaluator.state.metrics)
+    rows = []
+    for kind in kinds:
+        rows.append({"perturbation": kind.value, "severity": 0, "parameter": math.nan, **clean})
+        for severity in SEVERITIES[1:]:
+            perturber.set(kind, severity)
+            evaluator.run()
+            metrics = _metrics_row(evaluator.state.metrics)
+            logger.info(
+                "robustness %s severity %d: %s = %.4g", kind.value, severity, key, metrics.get(key, math.nan)
+            )
+            rows.append(
+                {
+                    "perturbation": kind.value,
+                    "severity": severity,
+                    "parameter": SEVERITY_PARAMETERS[kind][severity - 1],
+                    **metrics,
+                }
+            )
+    perturber.condition = None
+    table = pd.DataFrame(rows)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    table.to_csv(buf, index=False)
+    atomic_write_text(out / ROBUSTNESS_CSV, buf.getvalue())
+    plot_robustness(table, key, out / ROBUSTNESS_PNG)
+    return table
+
+
+def plot_robustness(table: pd.DataFrame, metric: str, path: str | os.PathLike) -> Path:
+    """``metric`` against severity, one line per perturbation, as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, part in table.groupby("perturbation", sort=False):
+        ax.plot(part["severity"], part[metric] if metric in part else np.nan, marker="o", label=str(name))
+    ax.set_xticks(list(SEVERITIES))
+    ax.set_xlabel("severity (0 = clean)")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
