@@ -38,7 +38,8 @@ import pandas as pd
 import torch
 from monai.transforms import AdjustContrast, GibbsNoise, RandBiasField
 
-from mri_slice_transfer.fileio import atomic_path, atomic_write_text
+from mri_slice_transfer.fileio import atomic_write_text
+from mri_slice_transfer.plotting import pyplot, save_figure
 from mri_slice_transfer.vocabulary import _Name, look_up, task_spec
 
 __all__ = [
@@ -232,12 +233,7 @@ def run_robustness(
 
 def plot_robustness(table: pd.DataFrame, metric: str, path: str | os.PathLike) -> Path:
     """``metric`` against severity, one line per perturbation, as a PNG at ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = pyplot().subplots(figsize=(5, 3.5))
     for name, part in table.groupby("perturbation", sort=False):
         ax.plot(part["severity"], part[metric] if metric in part else np.nan, marker="o", label=str(name))
     ax.set_xticks(list(SEVERITIES))
@@ -245,8 +241,4 @@ def plot_robustness(table: pd.DataFrame, metric: str, path: str | os.PathLike) -
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110, format="png")

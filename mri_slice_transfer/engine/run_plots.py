@@ -25,7 +25,7 @@ from ignite.engine import Engine, Events
 from mri_slice_transfer.engine.brain_age import AgeBias
 from mri_slice_transfer.engine.distributed import is_main_process
 from mri_slice_transfer.engine.metrics import THRESHOLD, DecisionThreshold, as_threshold
-from mri_slice_transfer.fileio import atomic_path
+from mri_slice_transfer.plotting import pyplot, save_figure
 from mri_slice_transfer.vocabulary import Task, task_spec
 
 __all__ = [
@@ -43,22 +43,6 @@ logger = logging.getLogger(__name__)
 #: File names of the plots (in the predictions CSV's folder).
 ROC_PR_PNG = "test_roc_pr.png"
 AGE_SCATTER_PNG = "test_age_scatter.png"
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    _pyplot().close(fig)
-    return path
 
 
 def _scored(frame: pd.DataFrame) -> pd.DataFrame:
@@ -111,7 +95,7 @@ def plot_roc_pr(frame: pd.DataFrame, threshold: float | DecisionThreshold, path:
     fpr_op, tpr_op, precision_op = operating_point(y, z, cut)
     fpr, tpr, _ = roc_curve(y, z)
     precision, recall, _ = precision_recall_curve(y, z)
-    plt = _pyplot()
+    plt = pyplot()
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(9, 4.2))
     label = f"operating point (P(AD) >= {cut.probability:.3g})"
     roc.plot(fpr, tpr, color="C0")
@@ -127,7 +111,7 @@ def plot_roc_pr(frame: pd.DataFrame, threshold: float | DecisionThreshold, path:
     for ax in (roc, pr):
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_age_scatter(frame: pd.DataFrame, path: str | os.PathLike, age_bias: AgeBias | None = None) -> Path:
@@ -151,7 +135,7 @@ def plot_age_scatter(frame: pd.DataFrame, path: str | os.PathLike, age_bias: Age
         raise ValueError("an age scatter needs scans with a chronological age; there are none")
     panels = [(c, c.replace("_", " ")) for c in columns[:2] if c in rows and rows[c].notna().any()]
     age = rows["label"].to_numpy(float)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 4.2), squeeze=False)
     values = np.concatenate([age, *(rows[c].to_numpy(float) for c, _ in panels)])
     lo, hi = np.nanmin(values) - 1, np.nanmax(values) + 1
@@ -167,7 +151,7 @@ def plot_age_scatter(frame: pd.DataFrame, path: str | os.PathLike, age_bias: Age
         ax.set_title(f"{name}: MAE {mae:.2f} y, {len(age)} scans", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, path, dpi=110)
 
 
 def write_run_plots(

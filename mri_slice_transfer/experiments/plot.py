@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from mri_slice_transfer.experiments.tables import TABLE_METRICS, MetricSpec, aggregate
-from mri_slice_transfer.fileio import atomic_path
+from mri_slice_transfer.plotting import pyplot, save_figure
 from mri_slice_transfer.vocabulary import task_spec
 
 if TYPE_CHECKING:
@@ -54,11 +54,7 @@ def plot_results(
     Returns:
         ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     specs = TABLE_METRICS[task]
     agg = aggregate(results, task)
     ok = (
@@ -78,11 +74,7 @@ def plot_results(
     axes[0][0].invert_yaxis()
     fig.suptitle(_figure_title(results, task, preset, title, bars), fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def _runs_of(ok: pd.DataFrame, row: dict) -> pd.Series:

@@ -12,21 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mri_slice_transfer.fileio import atomic_path
 from mri_slice_transfer.interpret.slices import SliceImportance
+from mri_slice_transfer.plotting import pyplot, save_figure
 
 __all__ = ["plot_overlay", "plot_slice_importance"]
 
 _AXIS_LABEL = {"sagittal": "x", "coronal": "y", "axial": "z"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 @lru_cache(maxsize=1)
@@ -52,7 +43,7 @@ def plot_overlay(
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     import nibabel as nib
     from nilearn import plotting
 
@@ -75,11 +66,7 @@ def plot_overlay(
         draw_cross=False,
         annotate=True,
     )
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_slice_importance(result: SliceImportance, path: str | os.PathLike, title: str = "") -> Path:
@@ -93,7 +80,7 @@ def plot_slice_importance(result: SliceImportance, path: str | os.PathLike, titl
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.axhline(0.0, color="0.6", lw=0.8)
     ax.plot(result.mni_mm, result.importance, color="C0", lw=1.5, label="importance (drop the slice)")
@@ -105,8 +92,4 @@ def plot_slice_importance(result: SliceImportance, path: str | os.PathLike, titl
         twin.set_ylabel("attention weight", color="C1")
     ax.set_title(title or f"slice importance ({result.axis})")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

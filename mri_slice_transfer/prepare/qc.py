@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mri_slice_transfer.fileio import atomic_path, atomic_write_text
+from mri_slice_transfer.fileio import atomic_write_text
+from mri_slice_transfer.plotting import pyplot, save_figure
 
 __all__ = ["qc_png", "write_overview"]
 
@@ -33,11 +34,7 @@ def qc_png(
         title: text over the picture (file name, metric, status).
         flagged: draw the title in red.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path = Path(path)
     idx = np.argwhere(mask)
     cx, cy, cz = (idx.min(0) + idx.max(0)) // 2
@@ -62,12 +59,7 @@ def qc_png(
         ax.axis("off")
     fig.suptitle(title, color="#ff5050" if flagged else "white", fontsize=8)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", facecolor=fig.get_facecolor())
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, format="png", facecolor=fig.get_facecolor())
 
 
 _ORDER = {"error": 0, "flagged": 1, "ok": 2, "skipped": 3}
