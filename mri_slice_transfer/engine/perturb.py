@@ -24,7 +24,6 @@ dependency.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -38,7 +37,7 @@ import pandas as pd
 import torch
 from monai.transforms import AdjustContrast, GibbsNoise, RandBiasField
 
-from mri_slice_transfer.fileio import atomic_write_text
+from mri_slice_transfer.engine.io import write_csv
 from mri_slice_transfer.plotting import pyplot, save_figure
 from mri_slice_transfer.vocabulary import _Name, look_up, task_spec
 
@@ -222,12 +221,8 @@ def run_robustness(
             )
     perturber.condition = None
     table = pd.DataFrame(rows)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    table.to_csv(buf, index=False)
-    atomic_write_text(out / ROBUSTNESS_CSV, buf.getvalue())
-    plot_robustness(table, key, out / ROBUSTNESS_PNG)
+    write_csv(rows, Path(output_dir) / ROBUSTNESS_CSV)
+    plot_robustness(table, key, Path(output_dir) / ROBUSTNESS_PNG)
     return table
 
 
