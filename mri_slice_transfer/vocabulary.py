@@ -1,11 +1,11 @@
 """The project's vocabulary: every name a user or a config can write, and the facts of each task.
 
-One source of truth for tasks, encoders, slicing axes, aggregations, position encodings and scan
-file endings. Members are ``str`` enums, so they compare equal to their values (``Task.ADNI_AD ==
-"adni_ad"``) and bundle configs that write plain strings keep working. :func:`look_up` turns a user's
-string into a member and answers "did you mean ..." for typos. :data:`TASKS` holds one
-:class:`TaskSpec` per task: label column, loss, key metric and the one "is this epoch better" rule
-(:meth:`TaskSpec.better`).
+One source of truth for tasks, encoders, slicing axes, aggregations, position encodings, data paths,
+perturbations and scan file endings. Members are ``str`` enums, so they compare equal to their values
+(``Task.ADNI_AD == "adni_ad"``) and bundle configs that write plain strings keep working.
+:func:`look_up` turns a user's string into a member and answers "did you mean ..." for typos.
+:data:`TASKS` holds one :class:`TaskSpec` per task: label column, loss, key metric and the one "is this
+epoch better" rule (:meth:`TaskSpec.better`).
 
 This module imports only the standard library (no torch, no MONAI), so any module can use it.
 """
@@ -28,6 +28,7 @@ __all__ = [
     "Encoder",
     "IMAGE_SUFFIXES",
     "NIFTI_SUFFIXES",
+    "Perturbation",
     "PositionEncoding",
     "PRETRAINABLE_ENCODERS",
     "ScanSuffix",
@@ -105,6 +106,15 @@ class DataCache(_Name):
     MEMORY = "memory"  # MONAI CacheDataset: every scan in RAM (the demo)
     DISK = "disk"  # an on-disk store built once, read by DataLoader workers (real data)
     NONE = "none"  # decode and preprocess every scan every epoch
+
+
+class Perturbation(_Name):
+    """Scanner-like perturbations of the robustness evaluation (``robustness.json``: ``perturb``)."""
+
+    BIAS_FIELD = "bias_field"
+    GIBBS = "gibbs"
+    NOISE = "noise"
+    CONTRAST = "contrast"
 
 
 #: Encoders of single slices (everything but the 3D-CNN).

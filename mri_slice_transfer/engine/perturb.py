@@ -39,7 +39,7 @@ from monai.transforms import AdjustContrast, GibbsNoise, RandBiasField
 
 from mri_slice_transfer.engine.io import write_csv
 from mri_slice_transfer.plotting import pyplot, save_figure
-from mri_slice_transfer.vocabulary import _Name, look_up, task_spec
+from mri_slice_transfer.vocabulary import Perturbation, look_up, task_spec
 
 __all__ = [
     "Perturbation",
@@ -58,15 +58,6 @@ logger = logging.getLogger(__name__)
 
 ROBUSTNESS_CSV = "robustness.csv"
 ROBUSTNESS_PNG = "robustness.png"
-
-
-class Perturbation(_Name):
-    """The scanner-like perturbations of the robustness evaluation."""
-
-    BIAS_FIELD = "bias_field"
-    GIBBS = "gibbs"
-    NOISE = "noise"
-    CONTRAST = "contrast"
 
 
 #: The severities; 0 is the identity.
