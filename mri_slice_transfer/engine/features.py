@@ -24,9 +24,11 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from mri_slice_transfer.engine.distributed import is_main_process
+from mri_slice_transfer.engine.distributed import is_main_process, unwrap
 from mri_slice_transfer.engine.options import as_bool
 from mri_slice_transfer.fileio import atomic_write_bytes
+from mri_slice_transfer.networks.conv3d import Conv3DNet
+from mri_slice_transfer.networks.slice_set import SliceSetNet
 
 __all__ = ["FeatureWriter", "feature_layer"]
 
@@ -45,10 +47,7 @@ def feature_layer(network: nn.Module) -> nn.Module:
     Raises:
         TypeError: a network without a known pooled embedding.
     """
-    from mri_slice_transfer.networks.conv3d import Conv3DNet
-    from mri_slice_transfer.networks.slice_set import SliceSetNet
-
-    net = getattr(network, "module", network)  # DistributedDataParallel / DataParallel
+    net = unwrap(network)  # DistributedDataParallel / DataParallel
     if isinstance(net, SliceSetNet):
         return net.head
     if isinstance(net, Conv3DNet):
