@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from mri_slice_transfer.engine.metrics import pearson_r
+
 __all__ = [
     "AGE_BIAS_METHOD",
     "MIN_FIT_SCANS",
@@ -173,10 +175,7 @@ def fit_age_bias(pred: Any, age: Any, epoch: int = 0, fitted_on: str = "validati
 
 def gap_age_correlation(gap: Any, age: Any) -> float:
     """Pearson correlation of a brain-age gap with age (NaN when either is constant or < 2 scans)."""
-    gap, age = np.asarray(gap, dtype=np.float64), np.asarray(age, dtype=np.float64)
-    if len(age) < 2 or np.std(gap) == 0 or np.std(age) == 0:
-        return math.nan
-    return float(np.corrcoef(gap, age)[0, 1])
+    return pearson_r(gap, age)
 
 
 def age_bias_metrics(pred: Any, age: Any, bias: AgeBias | None) -> dict[str, float]:

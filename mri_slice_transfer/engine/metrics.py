@@ -47,6 +47,7 @@ __all__ = [
     "threshold_setting",
     "operating_threshold",
     "classification_metrics",
+    "pearson_r",
     "regression_metrics",
     "compute_metrics",
     "make_key_metric",
@@ -292,13 +293,19 @@ def classification_metrics(
     }
 
 
+def pearson_r(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of ``x`` and ``y``; NaN for fewer than 2 values or a constant one (no warning)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(y) > 1 and np.std(x) > 0 and np.std(y) > 0:
+        return float(np.corrcoef(x, y)[0, 1])
+    return math.nan
+
+
 def regression_metrics(pred: np.ndarray, age: np.ndarray) -> dict[str, float]:
     """MAE, RMSE and Pearson r of predicted against true age."""
     pred, age = np.asarray(pred, dtype=np.float64), np.asarray(age, dtype=np.float64)
     err = pred - age
-    r = math.nan
-    if len(age) > 1 and np.std(pred) > 0 and np.std(age) > 0:
-        r = float(np.corrcoef(pred, age)[0, 1])
+    r = pearson_r(pred, age)
     return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2))), "pearson_r": r}
 
 
