@@ -26,6 +26,7 @@ import torch.nn as nn
 from mri_slice_transfer.interpret.geometry import stack_slice_maps, to_template_grid
 from mri_slice_transfer.networks.conv3d import Conv3DNet
 from mri_slice_transfer.networks.encoders import CNN5Encoder, ResNetEncoder
+from mri_slice_transfer.networks.planes import MultiPlaneNet
 from mri_slice_transfer.networks.slice_set import SliceSetNet
 from mri_slice_transfer.template import load_template
 
@@ -70,6 +71,11 @@ class GradCAMMap:
     def __init__(self, net: nn.Module, output_index: int = 0, layer: str | None = None) -> None:
         from monai.visualize import GradCAM
 
+        if isinstance(net, MultiPlaneNet):
+            raise TypeError(
+                f"Grad-CAM is not supported for a several-plane model (MultiPlaneNet, axis {net.axis}): its "
+                "encoder sees the slices of every plane; use slice importance or occlusion"
+            )
         self.net = net
         self.output_index = int(output_index)
         self.layer = layer or target_layer(net)

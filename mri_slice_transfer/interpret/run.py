@@ -28,7 +28,8 @@ import torch
 from mri_slice_transfer.engine.io import write_csv
 from mri_slice_transfer.interpret.geometry import save_template_nifti
 from mri_slice_transfer.interpret.methods import DEFAULT_METHODS, METHODS
-from mri_slice_transfer.interpret.slices import SliceImportance, slice_importance, write_slice_csv
+from mri_slice_transfer.interpret.slices import SliceImportance, slice_importances, write_slice_csv
+from mri_slice_transfer.networks.planes import MultiPlaneNet
 from mri_slice_transfer.networks.slice_set import SliceSetNet
 from mri_slice_transfer.vocabulary import IMAGE_SUFFIXES
 
@@ -82,7 +83,12 @@ def _check_methods(methods: Sequence[str], net: torch.nn.Module) -> tuple[str, .
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ValueError(f"methods must be some of {', '.join(METHODS)}, not {', '.join(bad) or 'none'}")
-    if "slices" in methods and not isinstance(net, SliceSetNet):
+    if "gradcam" in methods and isinstance(net, MultiPlaneNet):
+        raise ValueError(
+            f"methods: gradcam is not supported for a several-plane model (axis {net.axis}: its encoder "
+            "sees the slices of every plane); use --methods slices,occlusion"
+        )
+    if "slices" in methods and not isinstance(net, (SliceSetNet, MultiPlaneNet)):
         logger.warning("slice importance skipped: %s is not a slice-set network", type(net).__name__)
         methods = [m for m in methods if m != "slices"]
     return tuple(dict.fromkeys(methods))
@@ -93,7 +99,7 @@ class _Group:
 
     def __init__(self) -> None:
         self.maps: dict[str, np.ndarray] = {}
-        self.slices: list[SliceImportance] = []
+        self.slices: list[tuple[SliceImportance, ...]] = []  # per scan: one per plane
         self.count: dict[str, int] = {}
 
     def add(self, method: str, value: Any) -> None:
@@ -115,20 +121,25 @@ class _Group:
             )
             files[method] = nii
         if self.slices:
-            first = self.slices[0]
-            mean = replace(
-                first,
-                output=float(np.mean([s.output for s in self.slices])),
-                importance=np.mean([s.importance for s in self.slices], axis=0),
-                attention=None
-                if first.attention is None
-                else np.mean([s.attention for s in self.slices], axis=0),
+            mean = tuple(
+                _mean_importance([scan[i] for scan in self.slices]) for i in range(len(self.slices[0]))
             )
             files["slices"] = write_slice_csv(mean, out / "slices.csv")
             plot_slice_importance(
                 mean, out / "slices.png", f"group mean slice importance ({len(self.slices)} scans)"
             )
         return files
+
+
+def _mean_importance(results: list[SliceImportance]) -> SliceImportance:
+    """The group mean of one plane's slice importance over scans."""
+    first = results[0]
+    return replace(
+        first,
+        output=float(np.mean([s.output for s in results])),
+        importance=np.mean([s.importance for s in results], axis=0),
+        attention=None if first.attention is None else np.mean([s.attention for s in results], axis=0),
+    )
 
 
 def _explainers(
@@ -139,7 +150,7 @@ def _explainers(
 
     made: dict[str, Any] = {}
     if "slices" in methods:
-        made["slices"] = lambda x: slice_importance(net, x)
+        made["slices"] = lambda x: slice_importances(net, x)
     if "gradcam" in methods:
         made["gradcam"] = GradCAMMap(net, layer=gradcam_layer)
     if "occlusion" in methods:

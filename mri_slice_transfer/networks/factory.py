@@ -7,9 +7,18 @@ from collections.abc import Sequence
 import torch.nn as nn
 
 from mri_slice_transfer.networks.conv3d import Conv3DNet
+from mri_slice_transfer.networks.planes import MultiPlaneNet
 from mri_slice_transfer.networks.pretrained import PretrainedSpec, normalise_pretrained
 from mri_slice_transfer.networks.slice_set import SliceSetNet
-from mri_slice_transfer.vocabulary import ALIASES, Encoder, look_up, names
+from mri_slice_transfer.vocabulary import (
+    ALIASES,
+    Encoder,
+    PlaneEncoder,
+    PlaneFusion,
+    look_up,
+    names,
+    parse_axis,
+)
 
 __all__ = ["CONV3D_NAMES", "MODEL_NAMES", "build_model", "count_parameters"]
 
@@ -42,9 +51,12 @@ def build_model(
     transformer_rotary: bool = False,
     slice_keep: float = 1.0,
     slice_keep_style: str = "random",
+    plane_encoder: str = "shared",
+    plane_fusion: str = "concat",
 ) -> nn.Module:
-    """Build a :class:`~.slice_set.SliceSetNet` or, for ``encoder="conv3d"`` (aliases ``"3dcnn"``,
-    ``"3d-cnn"``), a :class:`~.conv3d.Conv3DNet`.
+    """Build a :class:`~.slice_set.SliceSetNet`, for several planes (``axis="all"``, ``"sagittal,axial"``)
+    a :class:`~.planes.MultiPlaneNet`, or for ``encoder="conv3d"`` (aliases ``"3dcnn"``, ``"3d-cnn"``) a
+    :class:`~.conv3d.Conv3DNet`.
 
     Args:
         encoder: an :class:`~mri_slice_transfer.vocabulary.Encoder`: ``"cnn5"``, ``"resnet18"``,
@@ -61,6 +73,9 @@ def build_model(
         output_bias: initial value of the last bias (e.g. the training mean age).
         pretrained_strict: refuse a weights file of which only some tensors match the encoder
             (default); False loads the matching ones and ``encoder_init`` records the partial load.
+        plane_encoder, plane_fusion: several planes only (see :class:`~.planes.MultiPlaneNet`): one
+            encoder for all planes (``"shared"``) or one per plane (``"separate"``); ``"concat"`` or
+            ``"attention"`` fusion of the plane embeddings. Other values with one plane are errors.
 
     Returns:
         the model; its ``encoder_init`` attribute says how the encoder was initialised.
@@ -73,9 +88,19 @@ def build_model(
                 f"conv3d has no pretrained weights; use pretrained=False or 'auto', got {pretrained!r}"
             )
         return Conv3DNet(num_outputs=num_outputs, in_channels=1, output_bias=output_bias)
-    return SliceSetNet(
+    planes = parse_axis(axis)
+    multi = {
+        "plane_encoder": look_up(plane_encoder, PlaneEncoder),
+        "plane_fusion": look_up(plane_fusion, PlaneFusion),
+    }
+    if len(planes) == 1:
+        changed = [f"{k} {v}" for k, v in multi.items() if v != _DEFAULTS[k]]
+        if changed:
+            raise ValueError(f"{', '.join(changed)}: only for several planes (axis all), not {planes[0]}")
+    net_class = SliceSetNet if len(planes) == 1 else MultiPlaneNet
+    return net_class(
         encoder=encoder.value,
-        axis=axis,
+        axis=planes[0].value if len(planes) == 1 else axis,
         aggregation=aggregation,
         position_encoding=position_encoding,
         pretrained=pretrained,
@@ -92,7 +117,12 @@ def build_model(
         transformer_rotary=transformer_rotary,
         slice_keep=slice_keep,
         slice_keep_style=slice_keep_style,
+        **({} if len(planes) == 1 else {k: v.value for k, v in multi.items()}),
     )
+
+
+#: The several-plane options' defaults (the values a one-plane model accepts).
+_DEFAULTS = {"plane_encoder": PlaneEncoder.SHARED, "plane_fusion": PlaneFusion.CONCAT}
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
