@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from mri_slice_transfer.engine.brain_age import AgeBias
+from mri_slice_transfer.networks.registry import encoder_name
 from mri_slice_transfer.template import TEMPLATE_SHAPE
 from mri_slice_transfer.vocabulary import (
     TASKS,
@@ -114,8 +115,9 @@ class ModelRecord:
         key_metric: name of the metric that chose it (``val_balanced_accuracy``, ``val_mae``).
         metrics: all validation metrics of that epoch.
         sha256: SHA-256 of ``model.pt``'s bytes (None: not recorded).
-        encoder, axis, aggregation, position_encoding: the network (None: not recorded). ``axis`` is an
-            :class:`Axis`, or for a several-plane model ``"all"`` / ``"sagittal,axial"``
+        encoder, axis, aggregation, position_encoding: the network (None: not recorded). ``encoder`` is
+            an :class:`Encoder` or, for other torchvision / timm encoders, their name (a ``str``);
+            ``axis`` is an :class:`Axis`, or for a several-plane model ``"all"`` / ``"sagittal,axial"``
             (:func:`~mri_slice_transfer.vocabulary.format_axis`).
         num_outputs: size of the network's output.
         num_slices: slices per scan along ``axis`` (``{plane: K}`` for several planes; None for the
@@ -143,7 +145,7 @@ class ModelRecord:
     key_metric: str
     metrics: dict[str, float] = field(default_factory=dict)
     sha256: str | None = None
-    encoder: Encoder | None = None
+    encoder: Encoder | str | None = None
     axis: str | None = None
     aggregation: Aggregation | None = None
     position_encoding: PositionEncoding | None = None
@@ -185,7 +187,7 @@ class ModelRecord:
                 "(they must be the training run's)"
             )
         return {
-            "encoder": self.encoder.value,
+            "encoder": str(self.encoder),
             "axis": str(self.axis),
             "aggregation": self.aggregation.value,
             "position_encoding": self.position_encoding.value,
@@ -251,9 +253,19 @@ def _task_of(raw: dict, path: Path) -> Task:
     )
 
 
+def _canonical(name: str, value: Any) -> Any:
+    """An architecture field's value as the record keeps it: the vocabulary member, or for ``encoder``
+    a torchvision / timm name that is not one (:func:`~mri_slice_transfer.networks.registry.encoder_name`)."""
+    if name == "encoder":
+        return encoder_name(value)
+    if name == "axis":
+        return format_axis(value)
+    return look_up(value, _ENUMS[name], name)
+
+
 def _enum(value: Any, enum: type, what: str, path: Path) -> Any:
     try:
-        return format_axis(value) if enum is Axis else look_up(value, enum, what)
+        return _canonical(what, value) if what in _ENUMS else look_up(value, enum, what)
     except ValueError as err:
         raise ModelRecordError(f"{path}: {err}") from None
 
@@ -397,7 +409,7 @@ def _option(value: Any, name: str) -> Any:
         return None
     if name == "input_scale":
         return _positive_scale(value, Path(f"--{name}"))
-    return format_axis(value) if name == "axis" else look_up(value, _ENUMS[name], name)
+    return _canonical(name, value)
 
 
 def _same(name: str, a: Any, b: Any) -> bool:
@@ -555,7 +567,7 @@ def training_record(
         key_metric=key_metric,
         metrics=dict(metrics),
         sha256=sha256,
-        **{k: _enum(arch[k], e, k, Path("architecture")) if k in arch else None for k, e in _ENUMS.items()},
+        **{k: _canonical(k, arch[k]) if k in arch else None for k in _ENUMS},
         num_outputs=int(arch.get("num_outputs", 1)),
         input_scale=scale,
         preprocessing=dict(PREPROCESSING),

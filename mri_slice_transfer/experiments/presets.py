@@ -35,7 +35,8 @@ __all__ = [
 
 #: Encoder name of the 3D-CNN baseline (it has no slices: axis, aggregation, encoding do not apply).
 CONV3D = Encoder.CONV3D.value
-#: Encoders that have ImageNet weights.
+#: The built-in encoders that have ImageNet weights (every torchvision / timm encoder has them too:
+#: :func:`_pretrainable`, which follows the encoder registry).
 PRETRAINABLE = tuple(e.value for e in PRETRAINABLE_ENCODERS)
 AXES = names(Axis)
 _ENCODER_LABEL = {
@@ -44,6 +45,18 @@ _ENCODER_LABEL = {
     Encoder.RESNET34: "2D-ResNet-34",
     Encoder.RESNET50: "2D-ResNet-50",
 }
+
+
+def _pretrainable(encoder: str) -> bool:
+    """Whether ``encoder`` has ImageNet weights (the encoder registry's ``has_pretrained_weights``)."""
+    if canonical(encoder, Encoder) in names(Encoder):  # built-in: no torch import to plan a grid
+        return canonical(encoder, Encoder) in PRETRAINABLE
+    from mri_slice_transfer.networks.registry import has_pretrained_weights  # torchvision's names
+
+    try:
+        return has_pretrained_weights(encoder)
+    except ValueError:  # an unknown name: the grid reports it when it builds the model
+        return False
 
 
 def _is_conv3d(encoder: str) -> bool:
@@ -281,7 +294,7 @@ def expand_grid(
     seen: set[str] = set()
     for enc in encoders:
         for pt in pretrained:
-            if pt and enc.lower() not in PRETRAINABLE:
+            if pt and not _pretrainable(enc):
                 notes.append(f"{enc} has no ImageNet weights: pretrained=true skipped")
                 continue
             for axis in axes:

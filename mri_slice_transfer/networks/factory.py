@@ -9,6 +9,7 @@ import torch.nn as nn
 from mri_slice_transfer.networks.conv3d import Conv3DNet
 from mri_slice_transfer.networks.planes import MultiPlaneNet
 from mri_slice_transfer.networks.pretrained import PretrainedSpec, normalise_pretrained
+from mri_slice_transfer.networks.registry import encoder_name
 from mri_slice_transfer.networks.slice_set import SliceSetNet
 from mri_slice_transfer.vocabulary import (
     ALIASES,
@@ -60,7 +61,9 @@ def build_model(
 
     Args:
         encoder: an :class:`~mri_slice_transfer.vocabulary.Encoder`: ``"cnn5"``, ``"resnet18"``,
-            ``"resnet34"``, ``"resnet50"`` or ``"conv3d"`` (or an alias; case-insensitive).
+            ``"resnet34"``, ``"resnet50"`` or ``"conv3d"`` (or an alias; case-insensitive), any other
+            torchvision classification model (``"convnext_tiny"``, ...) or ``"timm:<model>"``
+            (:mod:`~.registry`).
         axis, aggregation, position_encoding, in_channels_mode, slice_chunk_size, transformer_layers,
             transformer_heads, transformer_width, transformer_readout, transformer_rotary, slice_keep,
             slice_keep_style: see :class:`~.slice_set.SliceSetNet`; ignored for the 3D-CNN (it has no
@@ -80,7 +83,7 @@ def build_model(
     Returns:
         the model; its ``encoder_init`` attribute says how the encoder was initialised.
     """
-    encoder = look_up(encoder, Encoder)
+    encoder = encoder_name(encoder)
     if encoder is Encoder.CONV3D:
         spec = normalise_pretrained(pretrained)
         if spec not in (False, "auto"):
@@ -99,7 +102,7 @@ def build_model(
             raise ValueError(f"{', '.join(changed)}: only for several planes (axis all), not {planes[0]}")
     net_class = SliceSetNet if len(planes) == 1 else MultiPlaneNet
     return net_class(
-        encoder=encoder.value,
+        encoder=str(encoder),
         axis=planes[0].value if len(planes) == 1 else axis,
         aggregation=aggregation,
         position_encoding=position_encoding,
