@@ -210,3 +210,6 @@ def test_interpret_reports_slice_importance_per_plane(
     assert slices.groupby("axis", sort=False).size().to_dict() == {"sagittal": 11, "coronal": 13, "axial": 11}
     assert (out / "group" / "slices.csv").is_file()
     assert main([*argv, "--methods", "gradcam"]) == 1  # refused with the reason
+    assert main([*argv, "--out", str(tmp_path / "default"), "--no-scan-plots"]) == 0  # Grad-CAM left out
+    row = pd.read_csv(tmp_path / "default" / "interpret.csv").iloc[0]
+    assert row["status"] == "ok" and pd.isna(row.get("gradcam_nii"))

@@ -79,15 +79,23 @@ def scan_names(images: Sequence[str]) -> list[str]:
     return names
 
 
-def _check_methods(methods: Sequence[str], net: torch.nn.Module) -> tuple[str, ...]:
+def _check_methods(
+    methods: Sequence[str] | None, net: torch.nn.Module, gradcam_layer: str | None
+) -> tuple[str, ...]:
+    """The methods to run: the named ones (an error if one cannot run) or the defaults that can."""
+    from mri_slice_transfer.interpret.gradcam import gradcam_unsupported
+
+    explicit = methods is not None
+    methods = list(methods if explicit else DEFAULT_METHODS)
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ValueError(f"methods must be some of {', '.join(METHODS)}, not {', '.join(bad) or 'none'}")
-    if "gradcam" in methods and isinstance(net, MultiPlaneNet):
-        raise ValueError(
-            f"methods: gradcam is not supported for a several-plane model (axis {net.axis}: its encoder "
-            "sees the slices of every plane); use --methods slices,occlusion"
-        )
+    reason = gradcam_unsupported(net) if "gradcam" in methods else None
+    if reason and (isinstance(net, MultiPlaneNet) or gradcam_layer is None):
+        if explicit:
+            raise ValueError(f"methods: gradcam: {reason}")
+        logger.warning("Grad-CAM skipped (not asked for by name): %s", reason)
+        methods = [m for m in methods if m != "gradcam"]
     if "slices" in methods and not isinstance(net, (SliceSetNet, MultiPlaneNet)):
         logger.warning("slice importance skipped: %s is not a slice-set network", type(net).__name__)
         methods = [m for m in methods if m != "slices"]
@@ -216,7 +224,7 @@ def interpret_scans(
     bundle: str | os.PathLike,
     source: str,
     out_dir: str | os.PathLike,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] | None = None,
     dataset_dir: str | None = None,
     occlusion_mask: int = 8,
     architecture: dict[str, Any] | None = None,
@@ -229,7 +237,8 @@ def interpret_scans(
         bundle: the trained bundle folder (``models/model.pt`` + ``models/model.json``).
         source: a folder, a glob or a CSV with an ``image`` column (as for inference).
         out_dir: output folder (created).
-        methods: some of :data:`METHODS`.
+        methods: some of :data:`METHODS`; None: :data:`DEFAULT_METHODS` less Grad-CAM where the model has no
+            default Grad-CAM layer (a several-plane model, a ViT / Swin encoder; a warning says so).
         dataset_dir: base folder of a CSV's relative image paths (default: the CSV's folder).
         occlusion_mask: occlusion patch size in voxels of the model's input grid.
         architecture: explicit architecture options for a model record without them (0.5.0), see
@@ -247,7 +256,7 @@ def interpret_scans(
     from mri_slice_transfer.transforms import get_inference_transforms
 
     net, record = load_trained_model(bundle, architecture)
-    explainers = _explainers(net, _check_methods(list(methods), net), occlusion_mask, gradcam_layer)
+    explainers = _explainers(net, _check_methods(methods, net, gradcam_layer), occlusion_mask, gradcam_layer)
     transform = SafeTransform(
         with_resize(get_inference_transforms(), record.input_scale), record.spatial_size
     )
