@@ -1,4 +1,4 @@
-"""Beyond one machine (issue 21, docs/cluster.md): multi-node training on localhost.
+"""Beyond one machine (issue 21, docs/cluster.md): multi-node training on localhost, sharded inference.
 
 Every test here starts real processes (torchrun's launcher, gloo on the CPU) on tiny data with the tiny
 network of ``test_bundles.py``, one epoch.
@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
-from test_bundles import TINY_NET, copy_bundle, write_tiny_dataset
+from test_bundles import FAST, TINY_NET, copy_bundle, run_workflow, write_tiny_dataset
 
 #: Settings of the training runs compared below: one epoch, a global batch of 4 (2 processes x 2).
 TRAIN = ["--epochs", "1", "--network_def", json.dumps(TINY_NET), "--progress_bar", "false"]
@@ -90,3 +92,75 @@ def test_two_nodes_train_the_same_weights_as_one_node_with_two_processes(
     rows = json.loads((two / "eval" / "val_metrics.json").read_text(encoding="utf-8"))
     assert [r["epoch"] for r in rows] == [1]
     assert sorted(p.name for p in (two / "models").glob("*.pt")) == ["checkpoint.pt", "model.pt"]
+
+
+@pytest.fixture(scope="module")
+def trained_small(tmp_path_factory: pytest.TempPathFactory, small_data: Path) -> Path:
+    bundle = copy_bundle(tmp_path_factory.mktemp("cluster_trained"))
+    run_workflow(str(bundle / "configs" / "train.json"), dataset_dir=str(small_data), epochs=1, **FAST)
+    return bundle
+
+
+def _scans_with_a_broken_file(data: Path, out: Path) -> Path:
+    out.mkdir()
+    for p in sorted((data / "images").glob("*.nii"))[:4]:
+        shutil.copy(p, out / p.name)
+    (out / "sub-02_broken.nii.gz").write_bytes(b"not a NIfTI file")  # sorted between good scans
+    return out
+
+
+def _rows(path: Path) -> list[dict]:
+    return pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records")
+
+
+#: Network outputs: equal up to float32 rounding (a process scores other batches, with other threads).
+NUMBERS = ("probability", "logit")
+
+
+def _assert_same_rows(got: list[dict], expected: list[dict]) -> None:
+    assert [list(r) for r in got] == [list(r) for r in expected]  # the same columns, the same rows
+    for a, b in zip(got, expected, strict=True):
+        assert {k: v for k, v in a.items() if k not in NUMBERS} == {
+            k: v for k, v in b.items() if k not in NUMBERS
+        }
+        for key in NUMBERS:
+            assert (a[key] == b[key] == "") or float(a[key]) == pytest.approx(
+                float(b[key]), rel=1e-5, abs=1e-6
+            )
+
+
+def test_two_process_inference_and_shards_give_the_single_process_rows(
+    trained_small: Path, small_data: Path, tmp_path: Path
+) -> None:
+    from mri_slice_transfer.cli import main
+
+    scans = _scans_with_a_broken_file(small_data, tmp_path / "scans")
+    infer = str(trained_small / "configs" / "inference.json")
+    common = {"input": str(scans), "network_def": TINY_NET, "progress_bar": False, "save_features": False}
+    single = tmp_path / "single.csv"
+    run_workflow(infer, "infer", predictions_csv=str(single), **common)
+    expected = _rows(single)
+    assert len(expected) == 5 and [r["status"] for r in expected].count("error") == 1
+    # 2 processes (torchrun, gloo): each scores its share, rank 0 writes the merged file
+    merged = tmp_path / "two_processes.csv"
+    args = ["--input", str(scans), "--network_def", json.dumps(TINY_NET), "--progress_bar", "false"]
+    args += ["--predictions_csv", str(merged)]
+    launcher = ["--standalone", "--nnodes", "1", "--nproc_per_node", "2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "monai.bundle", "run"]
+    proc = subprocess.run(
+        [*cmd, "--config_file", infer, *args], env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _assert_same_rows(_rows(merged), expected)
+    # a SLURM array: --shard i/2 writes one file per task, merge-shards puts the rows back in order
+    target = tmp_path / "eval" / "predictions.csv"
+    for i in (0, 1):
+        run_workflow(infer, "infer", predictions_csv=str(target), shard=f"{i}/2", **common)
+    shards = sorted(p.name for p in target.parent.iterdir())
+    assert shards == ["predictions.shard-0-of-2.csv", "predictions.shard-1-of-2.csv"]
+    assert len(_rows(target.parent / shards[0])) == 3 and len(_rows(target.parent / shards[1])) == 2
+    assert main(["merge-shards", str(target)]) == 0
+    _assert_same_rows(_rows(target), expected)
+    assert sorted(_rows(target), key=str) == sorted(  # the merge copies the shards' cells as they are
+        _rows(target.parent / shards[0]) + _rows(target.parent / shards[1]), key=str
+    )
