@@ -164,3 +164,44 @@ def test_two_process_inference_and_shards_give_the_single_process_rows(
     assert sorted(_rows(target), key=str) == sorted(  # the merge copies the shards' cells as they are
         _rows(target.parent / shards[0]) + _rows(target.parent / shards[1]), key=str
     )
+
+
+def _raw_scans(folder: Path, n: int) -> Path:
+    """``n`` raw scans: the template's T1 on its own grid (registration converges at once), ``n`` names."""
+    import nibabel as nib
+    import numpy as np
+
+    from mri_slice_transfer.template import load_template
+
+    template = load_template()
+    folder.mkdir()
+    for i in range(n):
+        image = nib.Nifti1Image(np.asarray(template.t1, np.float32) * (1000.0 + i), template.affine)
+        nib.save(image, folder / f"scan{i}.nii.gz")
+    return folder
+
+
+def test_prepare_on_submitit_jobs_is_killed_resumes_and_writes_one_manifest(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from mri_slice_transfer.prepare.jobs import prepare_scans_as_jobs
+
+    raw, out = _raw_scans(tmp_path / "raw", 4), tmp_path / "prepared"
+    cmd = [sys.executable, "-m", "mri_slice_transfer", "prepare", str(raw), "--out", str(out)]
+    cmd += ["--engine", "submitit", "--workers", "2", "--slurm-option", "cluster=local", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(out.glob("scan*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its two jobs, part-way through the batch
+    proc.wait()
+    before = {p.stem for p in out.glob("scan*.json")}  # the records of the scans finished before the kill
+    assert 1 <= len(before) < 4 and not (out / "manifest.csv").exists()
+    table = prepare_scans_as_jobs([raw], out, workers=2, cluster="local", progress=False)
+    assert table["input"].tolist() == [str(raw / f"scan{i}.nii.gz") for i in range(4)]
+    skipped = {Path(p).name.removesuffix(".nii.gz") for p in table.loc[table["status"] == "skipped", "input"]}
+    assert skipped == before  # finished scans are skipped by their records, the others prepared now
+    assert set(table["status"]) <= {"skipped", "ok"} and len(list(out.glob("scan*.json"))) == 4
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert manifest["input"].tolist() == table["input"].tolist()
