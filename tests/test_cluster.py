@@ -205,3 +205,33 @@ def test_prepare_on_submitit_jobs_is_killed_resumes_and_writes_one_manifest(tmp_
     assert set(table["status"]) <= {"skipped", "ok"} and len(list(out.glob("scan*.json"))) == 4
     manifest = pd.read_csv(out / "manifest.csv")
     assert manifest["input"].tolist() == table["input"].tolist()
+
+
+def test_grid_on_submitit_jobs_survives_a_dead_job_and_writes_the_local_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``grid --launcher slurm`` with submitit's local executor: one job per run, a job killed on its first
+    attempt is a failed row, the rerun redoes only it, and results.csv equals the default launcher's."""
+    from cluster_fakes import DyingRunner
+
+    import mri_slice_transfer.experiments.runner as runner_module
+    from mri_slice_transfer.cli import main
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the jobs unpickle DyingRunner
+    grid = ["grid", "--bundle", "adni_ad", "--encoders", "cnn5,resnet18", "--seeds", "0"]
+    grid += ["--n-bootstrap", "20"]
+    monkeypatch.setattr(runner_module, "BundleRunner", lambda bundle, timeout=None: DyingRunner())
+    assert main([*grid, "--out", str(tmp_path / "here"), "--no-plot"]) == 0
+    monkeypatch.setattr(runner_module, "BundleRunner", lambda bundle, timeout=None: DyingRunner("resnet18"))
+    jobs = [*grid, "--out", str(tmp_path / "jobs"), "--launcher", "slurm", "--slurm-option", "cluster=local"]
+    assert main(jobs) == 1
+    first = pd.read_csv(tmp_path / "jobs" / "results.csv")
+    dead = first.loc[first["status"] == "failed"]
+    assert len(dead) == 1 and "resnet18" in dead["run_id"].iloc[0]
+    assert "ended without a result" in dead["error"].iloc[0]
+    assert main(jobs) == 0  # the rerun submits the dead run only
+    here = pd.read_csv(tmp_path / "here" / "results.csv")
+    there = pd.read_csv(tmp_path / "jobs" / "results.csv")
+    same = [c for c in here.columns if not c.endswith(("seconds", "wall_time_s", "run_dir"))]
+    pd.testing.assert_frame_equal(there[same], here[same])
+    assert (tmp_path / "jobs" / "table.md").is_file() and (tmp_path / "jobs" / "plot.png").is_file()
