@@ -28,6 +28,10 @@ __all__ = ["LAUNCHERS", "SubmititLauncher", "make_launcher", "run_one"]
 #: ``grid --launcher`` choices: ``local`` is the in-process loop of :func:`run_grid` (the default).
 LAUNCHERS = ("local", "slurm")
 
+#: A job's time limit when ``--slurm-option timeout_min=...`` is not given: submitit's own default (minutes)
+#: would end a training run early.
+DEFAULT_TIMEOUT_MIN = 24 * 60
+
 #: The folder of submitit's job files (pickled jobs, stdout / stderr of each job) under the grid folder.
 JOBS = "jobs"
 
@@ -76,7 +80,8 @@ class SubmititLauncher:
         cluster: ``None`` (SLURM when ``sbatch`` is on the PATH, else local processes), ``"slurm"``,
             ``"local"`` (processes of this machine) or ``"debug"`` (in this process).
         parameters: ``executor.update_parameters(**parameters)``, e.g. ``slurm_partition``,
-            ``timeout_min``, ``gpus_per_node``, ``cpus_per_task``, ``mem_gb``, ``slurm_array_parallelism``.
+            ``timeout_min`` (default 24 h), ``gpus_per_node``, ``cpus_per_task``, ``mem_gb``,
+            ``slurm_array_parallelism``.
     """
 
     folder: Path
@@ -88,7 +93,9 @@ class SubmititLauncher:
         import submitit  # the cluster extra: only a cluster launch needs it
 
         executor = submitit.AutoExecutor(folder=str(self.folder), cluster=self.cluster)
-        executor.update_parameters(**{"name": "mst-grid", **self.parameters})
+        executor.update_parameters(
+            **{"name": "mst-grid", "timeout_min": DEFAULT_TIMEOUT_MIN, **self.parameters}
+        )
         return executor
 
     def __call__(
