@@ -235,3 +235,25 @@ def test_grid_on_submitit_jobs_survives_a_dead_job_and_writes_the_local_results(
     same = [c for c in here.columns if not c.endswith(("seconds", "wall_time_s", "run_dir"))]
     pd.testing.assert_frame_equal(there[same], here[same])
     assert (tmp_path / "jobs" / "table.md").is_file() and (tmp_path / "jobs" / "plot.png").is_file()
+
+
+def test_shards_cover_every_scan_once_and_merge_names_a_missing_shard(tmp_path: Path) -> None:
+    from mri_slice_transfer.engine.distributed import interleave, parse_shard, shard_path, shard_records
+    from mri_slice_transfer.engine.shards import ShardError, merge_shards
+
+    records = [{"image": f"s{i}"} for i in range(7)]
+    parts = [shard_records(records, f"{i}/3") for i in range(3)]
+    assert [len(p) for p in parts] == [3, 2, 2] and interleave(parts) == records
+    assert shard_records(records) == records and parse_shard("") is None
+    for bad in ("3/3", "1", "a/2", "-1/2"):
+        with pytest.raises(ValueError, match=f"--shard must be INDEX/COUNT .* not '{bad}'"):
+            parse_shard(bad)
+    assert shard_path("/x.y/pred.csv", "1/4") == "/x.y/pred.shard-1-of-4.csv"
+    assert shard_path("/x.y/pred", "1/4") == "/x.y/pred.shard-1-of-4"
+    target = tmp_path / "pred.csv"
+    pd.DataFrame(parts[0]).to_csv(shard_path(str(target), "0/3"), index=False)
+    pd.DataFrame(parts[2]).to_csv(shard_path(str(target), "2/3"), index=False)
+    with pytest.raises(ShardError, match=r"shard\(s\) 1/3 missing"):
+        merge_shards(target)
+    pd.DataFrame(parts[1]).to_csv(shard_path(str(target), "1/3"), index=False)
+    assert _rows(merge_shards(target)) == records
