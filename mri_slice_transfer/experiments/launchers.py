@@ -90,7 +90,12 @@ class SubmititLauncher:
 
     def executor(self) -> Any:
         """The submitit executor with :attr:`parameters`."""
-        import submitit  # the cluster extra: only a cluster launch needs it
+        try:
+            import submitit  # the cluster extra: only a cluster launch needs it
+        except ImportError as err:
+            raise GridError(
+                "grid --launcher slurm needs submitit, the 'cluster' extra: pip install -e '.[cluster]'"
+            ) from err
 
         executor = submitit.AutoExecutor(folder=str(self.folder), cluster=self.cluster)
         executor.update_parameters(

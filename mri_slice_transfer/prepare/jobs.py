@@ -158,7 +158,12 @@ def prepare_scans_as_jobs(
     Returns:
         the manifest (one row per scan, input order).
     """
-    import submitit  # the cluster extra: only this engine needs it
+    try:
+        import submitit  # the cluster extra: only this engine needs it
+    except ImportError as err:
+        raise ImportError(
+            "prepare --engine submitit needs submitit, the 'cluster' extra: pip install -e '.[cluster]'"
+        ) from err
 
     dof = DEFAULT_DOF if dof is None else int(dof)
     if dof not in DOF_CHOICES:
