@@ -13,7 +13,17 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from mri_slice_transfer import __version__
-from mri_slice_transfer.commands import bench, datalist, demo_data, grid, info, interpret, prepare, split
+from mri_slice_transfer.commands import (
+    bench,
+    datalist,
+    demo_data,
+    grid,
+    info,
+    interpret,
+    merge_shards,
+    prepare,
+    split,
+)
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -27,6 +37,7 @@ COMMANDS: dict[str, ModuleType] = {
     "grid": grid,
     "bench": bench,
     "interpret": interpret,
+    "merge-shards": merge_shards,
 }
 
 

@@ -83,6 +83,26 @@ _CUSTOM_GRID = (
 )
 
 
+def _add_launcher_arguments(how: argparse._ArgumentGroup) -> None:
+    """``--launcher`` and ``--slurm-option`` (where the runs run: docs/cluster.md)."""
+    how.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: run here, one after another (default); slurm: one cluster job per run (submitit)",
+    )
+    how.add_argument(
+        "--slurm-option",
+        type=parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --launcher slurm (repeatable): submitit parameters, e.g. slurm_partition=gpu "
+        "timeout_min=600 gpus_per_node=1 cpus_per_task=8 slurm_array_parallelism=10; cluster=local runs the "
+        "jobs as local processes (docs/cluster.md)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mri-slice-transfer grid``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -141,6 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pretrained rows fail without ImageNet weights (default: 'auto' falls back to random init and "
         "results.csv records encoder_init)",
     )
+    _add_launcher_arguments(how)
     how.add_argument("--timeout", type=float, default=None, help="seconds per train / evaluate step")
     how.add_argument("--redo", action="store_true", help="delete and redo every run of the grid")
     how.add_argument("--dry-run", action="store_true", help="print the runs and their commands; run nothing")
@@ -268,6 +289,7 @@ def _report(results: list[dict[str, Any]], paths: dict[str, Path]) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run ``mri-slice-transfer grid``; exit code 1 if any run failed."""
     from mri_slice_transfer.errors import DataListError
+    from mri_slice_transfer.experiments.launchers import make_launcher
     from mri_slice_transfer.experiments.run_folder import collect_existing
     from mri_slice_transfer.experiments.runner import BundleRunner, GridError, run_grid
     from mri_slice_transfer.experiments.summary import summarize
@@ -292,8 +314,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         try:
             _preflight(args, plan.task)
+            launcher = make_launcher(args.launcher, out, dict(args.slurm_option))
             results = run_grid(
-                plan.runs, out, runner, plan.task, redo=args.redo, n_bootstrap=args.n_bootstrap
+                plan.runs,
+                out,
+                runner,
+                plan.task,
+                redo=args.redo,
+                n_bootstrap=args.n_bootstrap,
+                launcher=launcher,
             )
         except (GridError, DataListError) as err:
             print(f"grid: {err}")

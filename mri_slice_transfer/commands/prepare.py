@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mri_slice_transfer.commands.grid import parse_override
+
 __all__ = ["HELP", "add_arguments", "run"]
 
 HELP = "register raw T1 scans (NIfTI/MGZ/NRRD/MHA/DICOM, any orientation) to the template grid, with QC"
@@ -31,6 +33,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="degrees of freedom: 6 rigid, 9 rigid + per-axis scale, 12 affine (default: 9)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("processes", "submitit"),
+        default="processes",
+        help="processes: a process pool here (default); submitit: --workers jobs, local processes or a SLURM "
+        "job array when sbatch is on the PATH (docs/cluster.md)",
+    )
+    parser.add_argument(
+        "--slurm-option",
+        type=parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --engine submitit (repeatable): cluster=local|slurm, or submitit parameters such as "
+        "slurm_partition=cpu timeout_min=600 cpus_per_task=4 mem_gb=8",
+    )
     parser.add_argument("--redo", action="store_true", help="prepare again scans that are already done")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -41,16 +59,21 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise SystemExit("prepare: --workers must be at least 1")
-    table = prepare_scans(
-        args.inputs,
-        args.out,
-        workers=args.workers,
-        n4=args.n4,
-        dof=args.dof,
-        skip_existing=not args.redo,
-        progress=not args.no_progress,
-        threads=args.threads,
-    )
+    options = {"n4": args.n4, "dof": args.dof, "skip_existing": not args.redo, "threads": args.threads}
+    if args.engine == "submitit":
+        from mri_slice_transfer.prepare.jobs import prepare_scans_as_jobs
+
+        parameters = dict(args.slurm_option)
+        cluster = parameters.pop("cluster", None)
+        table = prepare_scans_as_jobs(
+            args.inputs, args.out, args.workers, cluster, parameters, progress=not args.no_progress, **options
+        )
+    elif args.slurm_option:
+        raise SystemExit("prepare: --slurm-option needs --engine submitit")
+    else:
+        table = prepare_scans(
+            args.inputs, args.out, workers=args.workers, progress=not args.no_progress, **options
+        )
     counts = table["status"].value_counts()
     summary = ", ".join(f"{int(counts[s])} {s}" for s in ("ok", "flagged", "skipped", "error") if s in counts)
     print(f"prepared {len(table)} scan(s) into {args.out}: {summary or 'nothing found'}")

@@ -27,7 +27,13 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from mri_slice_transfer.engine.distributed import is_main_process, unwrap
+from mri_slice_transfer.engine.distributed import (
+    gather_shards,
+    interleave,
+    is_main_process,
+    shard_path,
+    unwrap,
+)
 from mri_slice_transfer.engine.options import as_bool
 from mri_slice_transfer.fileio import atomic_write_bytes
 from mri_slice_transfer.networks.conv3d import Conv3DNet
@@ -84,11 +90,14 @@ class FeatureWriter:
         network: the evaluator's network (a ``SliceSetNet`` or ``Conv3DNet``).
         features_npz: output path (``.npz``).
         enabled: False: attach nothing and write nothing (the default of ``save_features``).
+        shard: ``INDEX/COUNT`` of ``inference.json --shard``: write ``<stem>.shard-INDEX-of-COUNT.npz``.
     """
 
-    def __init__(self, network: nn.Module, features_npz: str, enabled: bool = True) -> None:
+    def __init__(
+        self, network: nn.Module, features_npz: str, enabled: bool = True, shard: str | None = None
+    ) -> None:
         self.enabled = as_bool(enabled)
-        self.features_npz = Path(features_npz)
+        self.features_npz = Path(shard_path(str(features_npz), shard))
         self.layer = feature_layer(network) if self.enabled else None
         self.plane_layers = plane_feature_layers(network) if self.enabled else {}
         self.ids: dict[str, list[str]] = {k: [] for k in ID_KEYS}
@@ -144,7 +153,12 @@ class FeatureWriter:
                 rows.append(pvec if ok else np.full(pvec.shape, np.nan, np.float32))
 
     def write(self, engine: Engine | None = None) -> Path | None:
-        """Write the NPZ file (main process only); returns its path."""
+        """Write the NPZ file (main process only, every rank's scans in input order); returns its path."""
+        parts = gather_shards([self.ids, self.rows, self._width])
+        if len(parts) > 1:
+            self.ids = {key: interleave([p[0][key] for p in parts]) for key in ID_KEYS}
+            self.rows = interleave([p[1] for p in parts])
+            self._width = next((p[2] for p in parts if p[2]), self._width)
         if not is_main_process():
             return None
         width = self._width or 0

@@ -14,7 +14,7 @@ from ignite.engine import Engine, Events
 from scipy.special import expit
 
 from mri_slice_transfer.engine.brain_age import AgeBias, age_bias_metrics
-from mri_slice_transfer.engine.distributed import is_main_process
+from mri_slice_transfer.engine.distributed import gather_shards, interleave, is_main_process, shard_path
 from mri_slice_transfer.engine.io import write_csv
 from mri_slice_transfer.engine.metrics import THRESHOLD, DecisionThreshold, as_threshold, compute_metrics
 from mri_slice_transfer.engine.resize import scaled_size
@@ -136,6 +136,10 @@ class PredictionWriter:
             brain age: its ``age_bias`` gives the corrected columns and metrics (``corrected_mae``,
             ``gap_age_correlation`` before and after). A record without one (an older model) gives
             ``predicted_age`` only, with a warning. None: no correction, no warning.
+        shard: ``INDEX/COUNT`` of ``inference.json --shard`` (a SLURM array task): the rows of this
+            shard go to ``<predictions_csv stem>.shard-INDEX-of-COUNT.csv``
+            (:func:`~mri_slice_transfer.engine.distributed.shard_path`; ``merge-shards`` joins them).
+            Under a multi-process launcher rank 0 writes every rank's rows to ``predictions_csv``.
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class PredictionWriter:
         metrics_json: str | None = None,
         threshold: float | DecisionThreshold | None = THRESHOLD,
         record: Any = None,
+        shard: str | None = None,
     ) -> None:
         self.task = task
         self._binary = task_spec(task).is_binary
@@ -161,7 +166,7 @@ class PredictionWriter:
                 "%s: %s", getattr(record, "path", None) or "model record", self.age_bias.describe()
             )
         self.threshold = as_threshold(THRESHOLD if threshold is None else threshold)
-        self.predictions_csv = Path(predictions_csv)
+        self.predictions_csv = Path(shard_path(str(predictions_csv), shard))
         self.metrics_json = Path(metrics_json) if metrics_json else None
         self.rows: list[dict] = []
         self._raw: list[tuple[float, float]] = []  # (network output, label) of readable labelled scans
@@ -244,6 +249,7 @@ class PredictionWriter:
         Raises:
             RuntimeError: no scan could be predicted (after writing the CSV, whose rows say why).
         """
+        self._gather()
         if not is_main_process():
             return None
         write_csv(self.rows, self.predictions_csv)
@@ -257,6 +263,26 @@ class PredictionWriter:
                 f"network outputs); the 'error' column of {self.predictions_csv} says why for each"
             )
         return metrics
+
+    def _gather(self) -> None:
+        """Under a multi-process launcher: every rank's rows on each rank, in input order.
+
+        The ranks scored the shards of :func:`~mri_slice_transfer.engine.distributed.shard_records`, so
+        row ``i`` comes from rank ``i % world_size``; the labelled outputs for the metrics follow the
+        merged rows, so the CSV and the metrics equal a single-process run's.
+        """
+        parts = gather_shards([self.rows, self._raw, self.n_non_finite, self._bad_ages])
+        if len(parts) == 1:
+            return
+        self.rows = interleave([p[0] for p in parts])
+        raw = [iter(p[1]) for p in parts]
+        self._raw = [
+            next(raw[i % len(parts)])
+            for i, row in enumerate(self.rows)
+            if row["status"] == "ok" and "label" in row
+        ]
+        self.n_non_finite = sum(p[2] for p in parts)
+        self._bad_ages = [bad for p in parts for bad in p[3]]
 
     def _log_missing_ages(self) -> None:
         if self.age_bias is None:

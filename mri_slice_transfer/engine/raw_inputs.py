@@ -18,6 +18,7 @@ import os
 from os import PathLike
 from pathlib import Path
 
+from mri_slice_transfer.engine.distributed import shard_records
 from mri_slice_transfer.engine.options import as_bool, as_optional
 
 __all__ = ["PREPARE_KEYS", "prepare_inputs"]
@@ -210,6 +211,7 @@ def inference_datalist(
     out_dir: str | PathLike | None = None,
     workers: int | str = 1,
     checkpoint: str | PathLike | None = None,
+    shard: str | None = None,
 ) -> list[dict]:
     """The inference data dicts: ``records`` as they are, or with ``prepare`` their prepared scans.
 
@@ -217,10 +219,14 @@ def inference_datalist(
         records: data dicts from :func:`~mri_slice_transfer.engine.inputs.resolve_inputs`.
         prepare: register the raw scans first (``inference.json --prepare true``; a bool or its string).
         out_dir, workers, checkpoint: see :func:`prepare_inputs`.
+        shard: ``INDEX/COUNT`` (``--shard``, a SLURM array task): only this share of the scans; under a
+            multi-process launcher each rank takes its own share
+            (:func:`~mri_slice_transfer.engine.distributed.shard_records`).
 
     Returns:
-        the data dicts to predict.
+        the data dicts to predict (of this shard, before any preparation).
     """
+    records = shard_records(records, shard)
     if not as_bool(prepare):
         return records
     return prepare_inputs(records, out_dir, int(workers), checkpoint=checkpoint)

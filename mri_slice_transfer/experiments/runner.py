@@ -510,6 +510,7 @@ def run_grid(
     redo: bool = False,
     n_bootstrap: int = 1000,
     progress: Callable[[str], None] | None = print,
+    launcher: Callable[..., list[dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every planned run that is not finished yet; record failures and go on.
 
@@ -521,6 +522,9 @@ def run_grid(
         redo: delete and redo every run folder, finished or not.
         n_bootstrap: bootstrap resamples for the test-metric confidence intervals (0: none).
         progress: where progress lines go (None: silent).
+        launcher: None: run here, one after another; else it runs them, called as ``launcher(runs,
+            out_dir, runner, task, redo, n_bootstrap, say)`` (``grid --launcher slurm``:
+            :class:`~mri_slice_transfer.experiments.launchers.SubmititLauncher`).
 
     Returns:
         one result row per planned run (finished, skipped-as-finished or failed), in plan order.
@@ -537,6 +541,8 @@ def run_grid(
                 "the grid folder holds runs made with other settings; use another --out or --redo:\n  "
                 + "\n  ".join(problems)
             )
+    if launcher is not None:
+        return launcher(runs, out_dir, runner, task, redo, n_bootstrap, say)
     todo = [r for r in runs if redo or read_marker(RunFiles.of(runs_dir / r.run_id).done) is None]
     say(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run -> {runs_dir}")
     results: list[dict[str, Any]] = []
