@@ -139,6 +139,7 @@ class Perturbation(_Name):
     GIBBS = "gibbs"
     NOISE = "noise"
     CONTRAST = "contrast"
+    MOTION = "motion"
 
 
 #: Encoders of single slices (everything but the 3D-CNN).

@@ -38,7 +38,7 @@ def test_severity_zero_is_the_identity_and_distance_grows(kind: Perturbation) ->
     assert out.shape == img.shape and out.dtype == img.dtype
 
 
-@pytest.mark.parametrize("kind", [Perturbation.BIAS_FIELD, Perturbation.NOISE])
+@pytest.mark.parametrize("kind", [Perturbation.BIAS_FIELD, Perturbation.NOISE, Perturbation.MOTION])
 def test_a_fixed_seed_repeats_and_another_seed_differs(kind: Perturbation) -> None:
     img = _image()
     a, b = perturb_image(img, kind, 2, seed=1), perturb_image(img.clone(), kind, 2, seed=1)
@@ -50,8 +50,8 @@ def test_unknown_names_are_rejected_with_a_suggestion() -> None:
     assert parse_perturbations("gibbs, noise,gibbs") == [Perturbation.GIBBS, Perturbation.NOISE]
     with pytest.raises(ValueError, match="unknown perturbation 'gibs'.*did you mean 'gibbs'"):
         parse_perturbations("bias_field,gibs")
-    with pytest.raises(ValueError, match="motion"):
-        parse_perturbations("motion")
+    with pytest.raises(ValueError, match="did you mean 'motion'"):
+        parse_perturbations("motoin")
     with pytest.raises(ValueError, match="at least one"):
         parse_perturbations(" , ")
     with pytest.raises(ValueError, match="severity must be one of 0, 1, 2, 3"):

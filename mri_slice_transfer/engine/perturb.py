@@ -12,14 +12,18 @@ bias_field   ``RandBiasField(degree=3, coeff_range=(-c, c))``, c =              
 gibbs        ``GibbsNoise(alpha)`` (k-space truncation ringing), alpha =       0.3    0.5    0.7
 noise        additive Gaussian noise, std = k x the scan's intensity std, k =  0.05   0.1    0.2
 contrast     ``AdjustContrast(gamma)`` (gamma curve on the scan's range), g =  1.25   1.5    2.0
+motion       TorchIO ``Motion``: 2 rigid movements at random times during the    1      2      4
+             k-space readout, each rotating up to m degrees and translating
+             up to m voxels per axis, m =
 ===========  ===============================================================  =====  =====  =====
 
-Randomness (bias-field coefficients, noise) is seeded per scan from ``seed``, the perturbation's name
-and a CRC-32 of the clean image, never from the severity or from the order in which scans are
-loaded: a rerun repeats every number, and the severities of one scan share their random draws (the
-coefficients and the noise are scaled copies of each other), so the distance from the clean image
-grows with the severity. Motion is not offered: MONAI has no motion transform and TorchIO is not a
-dependency.
+Randomness (bias-field coefficients, noise, motion directions and times) is seeded per scan from
+``seed``, the perturbation's name and a CRC-32 of the clean image, never from the severity or from
+the order in which scans are loaded: a rerun repeats every number, and the severities of one scan
+share their random draws (coefficients, noise and movements are scaled copies of each other), so
+the distance from the clean image grows with the severity. Motion uses TorchIO (MONAI has no motion
+transform): its ``Motion`` resamples the image at each pose and stitches their k-space segments
+(Shaw et al., MIDL 2019), on the model's input grid (voxels as the unit).
 """
 
 from __future__ import annotations
@@ -69,7 +73,10 @@ SEVERITY_PARAMETERS: dict[Perturbation, tuple[float, float, float]] = {
     Perturbation.GIBBS: (0.3, 0.5, 0.7),
     Perturbation.NOISE: (0.05, 0.1, 0.2),
     Perturbation.CONTRAST: (1.25, 1.5, 2.0),
+    Perturbation.MOTION: (1.0, 2.0, 4.0),
 }
+#: Rigid movements of the ``motion`` perturbation (TorchIO's ``RandomMotion`` default).
+MOTION_MOVEMENTS = 2
 
 
 def parse_perturbations(perturb: str | Sequence[str]) -> list[Perturbation]:
@@ -84,10 +91,6 @@ def parse_perturbations(perturb: str | Sequence[str]) -> list[Perturbation]:
         raise ValueError(f"perturb: name at least one of {', '.join(p.value for p in Perturbation)}")
     out: list[Perturbation] = []
     for name in names:
-        if name.lower() == "motion":
-            raise ValueError(
-                "perturb: 'motion' is not available (MONAI has no motion transform; TorchIO is not installed)"
-            )
         member = look_up(name, Perturbation, "perturbation")
         if member not in out:
             out.append(member)
@@ -127,10 +130,29 @@ def perturb_image(
     elif kind is Perturbation.NOISE:
         noise = torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32))
         out = x + value * float(x.std()) * noise
+    elif kind is Perturbation.MOTION:
+        out = _motion(x, value, rng)
     else:
         out = torch.as_tensor(AdjustContrast(gamma=value)(x))
     out = out.as_tensor() if hasattr(out, "as_tensor") else out
     return out.to(dtype=image.dtype, device=image.device)
+
+
+def _motion(x: torch.Tensor, extent: float, rng: np.random.RandomState) -> torch.Tensor:
+    """``x`` ([C, X, Y, Z]) under TorchIO's ``Motion``: :data:`MOTION_MOVEMENTS` movements of up to
+    ``extent`` degrees and voxels per axis. Directions and times come from ``rng`` before ``extent``
+    scales them, so one scan's severities share them."""
+    import torchio
+
+    directions = rng.uniform(-1.0, 1.0, size=(2, MOTION_MOVEMENTS, 3))
+    times = np.sort(rng.uniform(0.1, 0.9, size=MOTION_MOVEMENTS))
+    motion = torchio.transforms.Motion(
+        degrees=extent * directions[0],
+        translation=extent * directions[1],
+        times=times,
+        image_interpolation="linear",
+    )
+    return torch.as_tensor(motion(torchio.ScalarImage(tensor=x, affine=np.eye(4))).data).float()
 
 
 class PerturbImaged:
