@@ -43,7 +43,7 @@ import torch.hub
 import torch.nn as nn
 import torchvision
 
-from mri_slice_transfer.networks import registry
+import mri_slice_transfer.networks.registry as registry
 from mri_slice_transfer.networks.encoders import fold_conv1_weight, repeat_conv1_weight
 from mri_slice_transfer.paths import torch_weights_dir
 
