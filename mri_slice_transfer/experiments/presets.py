@@ -22,7 +22,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from mri_slice_transfer.vocabulary import PRETRAINABLE_ENCODERS, Axis, Encoder, Task, canonical, names
+from mri_slice_transfer.vocabulary import (
+    PRETRAINABLE_ENCODERS,
+    Axis,
+    Encoder,
+    Init,
+    Task,
+    canonical,
+    look_up,
+    names,
+)
 
 __all__ = [
     "ModelConfig",
@@ -51,6 +60,25 @@ def _is_conv3d(encoder: str) -> bool:
     return canonical(encoder, Encoder) == CONV3D
 
 
+_INIT_TEXT = {
+    Init.SCRATCH: "scratch",
+    Init.IMAGENET: "ImageNet",
+    Init.SSL: "self-supervised",
+    Init.FILE: "file",
+}
+
+
+def _check_fraction(value: float) -> float:
+    """``value`` as a float in (0, 1]; ``ValueError`` otherwise."""
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"train_fraction must be a number in (0, 1], not {value!r}") from None
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1], not {value!r}")
+    return fraction
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """One model configuration (a table row); the seed is not part of it.
@@ -60,7 +88,15 @@ class ModelConfig:
         axis: slicing axis (``None`` for the 3D-CNN).
         aggregation: ``"mean"``, ``"max"`` or ``"attention"`` (``None`` for the 3D-CNN).
         position_encoding: ``"none"``, ``"learned"`` or ``"sinusoidal"``.
-        pretrained: whether the encoder starts from ImageNet-1K weights.
+        pretrained: whether the encoder starts from ImageNet-1K weights (kept for the paper presets;
+            ``init`` says the same and more).
+        init: where the encoder's weights start (:class:`~mri_slice_transfer.vocabulary.Init`:
+            ``scratch``, ``imagenet``, ``ssl``, ``file``); None: from ``pretrained``.
+        train_fraction: fraction of the labelled training subjects trained on (``--train_fraction``).
+
+    The run key of a row with the defaults ``init=None`` (or the init ``pretrained`` implies) and
+    ``train_fraction=1.0`` is the key it had before these two fields existed, so old grid folders
+    resume.
     """
 
     encoder: str
@@ -68,13 +104,27 @@ class ModelConfig:
     aggregation: str | None = "mean"
     position_encoding: str = "none"
     pretrained: bool = False
+    init: str | None = None
+    train_fraction: float = 1.0
 
     def normalised(self) -> ModelConfig:
-        """The same model with settings that do not apply removed (the 3D-CNN has no slices)."""
+        """The same model with settings that do not apply removed (the 3D-CNN has no slices).
+
+        Raises:
+            ValueError: an unknown ``init`` or a ``train_fraction`` outside (0, 1].
+        """
         enc = self.encoder.lower()
+        fraction = _check_fraction(self.train_fraction)
         if _is_conv3d(enc):
-            return ModelConfig(CONV3D, None, None, "none", False)
-        return ModelConfig(enc, self.axis, self.aggregation, self.position_encoding, bool(self.pretrained))
+            return ModelConfig(CONV3D, None, None, "none", False, Init.SCRATCH.value, fraction)
+        if self.init is None:
+            init = Init.IMAGENET if self.pretrained else Init.SCRATCH
+        else:
+            init = look_up(self.init, Init)
+        pretrained = init == Init.IMAGENET
+        return ModelConfig(
+            enc, self.axis, self.aggregation, self.position_encoding, pretrained, init.value, fraction
+        )
 
     @property
     def is_conv3d(self) -> bool:
@@ -82,12 +132,13 @@ class ModelConfig:
         return _is_conv3d(self.encoder)
 
     def key(self) -> str:
-        """A file-name-safe identifier, e.g. ``resnet18_axial_mean_pe-learned_imagenet``."""
+        """A file-name-safe identifier, e.g. ``resnet18_axial_mean_pe-learned_imagenet`` (with
+        ``_frac0.25`` appended when the row trains on a fraction of the labels)."""
         c = self.normalised()
+        frac = "" if c.train_fraction == 1.0 else f"_frac{c.train_fraction:g}"
         if c.is_conv3d:
-            return CONV3D
-        init = "imagenet" if c.pretrained else "scratch"
-        return f"{c.encoder}_{c.axis}_{c.aggregation}_pe-{c.position_encoding}_{init}"
+            return CONV3D + frac
+        return f"{c.encoder}_{c.axis}_{c.aggregation}_pe-{c.position_encoding}_{c.init}{frac}"
 
     def label(self) -> str:
         """The paper's first column, e.g. ``2D-ResNet-18 (Mean)`` or ``3D-CNN``."""
@@ -100,11 +151,11 @@ class ModelConfig:
     def describe(self) -> str:
         """One line for progress output."""
         c = self.normalised()
+        frac = "" if c.train_fraction == 1.0 else f", {c.train_fraction:.0%} of the training labels"
         if c.is_conv3d:
-            return "3D-CNN"
+            return "3D-CNN" + frac
         pe = "" if c.position_encoding == "none" else f" + {c.position_encoding} pos. enc."
-        init = "ImageNet" if c.pretrained else "scratch"
-        return f"{c.label()} {c.axis}{pe}, {init}"
+        return f"{c.label()} {c.axis}{pe}, {_INIT_TEXT[look_up(c.init, Init)]}{frac}"
 
     def as_dict(self) -> dict[str, object]:
         """The fields as a dict (normalised)."""
@@ -128,6 +179,9 @@ class Preset:
         paper_params: the paper's "# Params" column, per row (Table 2 only).
         overrides: bundle overrides that make the bundle follow the paper's recipe where its defaults
             differ (``--override`` on the command line still wins).
+        fractions: label fractions every row is run at (``--fractions`` replaces them); ``()``: the
+            rows as they are (the paper presets).
+        quick_fractions: the fractions of ``--quick``.
     """
 
     name: str
@@ -141,6 +195,8 @@ class Preset:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     paper_params: tuple[str, ...] = field(default=())
     overrides: dict[str, object] = field(default_factory=dict)
+    fractions: tuple[float, ...] = ()
+    quick_fractions: tuple[float, ...] = ()
 
     def headline_rows(self) -> tuple[ModelConfig, ...]:
         """The rows ``--quick`` runs."""
@@ -243,8 +299,32 @@ def _make_presets() -> dict[str, Preset]:
         note="Paper Table 2 (UK Biobank): lower MAE / RMSE is better; model selection on validation "
         "MAE; all sagittal; mean ± std over 5 seeds.",
     )
-    return {ad.name: ad, ba.name: ba}
+    return {ad.name: ad, ba.name: ba, TRANSFER.name: TRANSFER}
 
+
+def _transfer_rows() -> tuple[ModelConfig, ...]:
+    """ResNet-18 axial (mean) from scratch, self-supervised, ImageNet; cnn5 from scratch and
+    self-supervised (the ``--quick`` rows: cnn5 is the encoder a 2-core CPU trains in minutes)."""
+    resnet = tuple(ModelConfig("resnet18", "axial", "mean", init=i) for i in ("scratch", "ssl", "imagenet"))
+    cnn5 = tuple(ModelConfig("cnn5", "axial", "mean", init=i) for i in ("scratch", "ssl"))
+    return resnet + cnn5
+
+
+#: ``grid --preset transfer`` (issue 16): where the slice encoder starts, at several label budgets.
+TRANSFER = Preset(
+    name="transfer",
+    bundle="adni_ad",
+    task=Task.ADNI_AD.value,
+    title="Encoder initialisation x label fraction (AD vs CN), test set",
+    rows=_transfer_rows(),
+    headline=(3, 4),
+    paper=(),
+    note="Self-supervised rows start from pretrain.json run once per seed on the training list "
+    "(+ --unlabeled scans), never the validation or test list.",
+    seeds=(0, 1, 2),
+    fractions=(0.25, 0.5, 1.0),
+    quick_fractions=(0.5, 1.0),
+)
 
 #: The presets by name.
 PRESETS: dict[str, Preset] = _make_presets()

@@ -18,6 +18,13 @@ Layout of ``<out>/runs/<run_id>/`` (the names are in :mod:`.run_folder`):
 - ``done.json``: the run's results, written atomically last. A run with it is finished and skipped
   on a rerun; any other run is (re)done: training resumes from ``checkpoint.pt`` when there is one;
 - ``failed.json``: the error and the log tail of the last failed attempt (the grid goes on).
+
+Runs whose encoder starts from self-supervised pretraining (``init`` ``ssl``) depend on a
+*pretraining stage* (:class:`PretrainStage`): ``configs/pretrain.json`` run once per encoder, axis and
+seed into ``<out>/pretrain/<stage_id>/`` (``models/encoder.pt``, ``pretrain.log``, ``done.json``), on
+the training list (+ unlabeled scans) only; its leakage guard refuses validation and test scans. A
+finished stage is skipped on a rerun; a failed one fails the runs that need it. Runs planned with a
+``skip`` reason (e.g. ImageNet weights absent) are reported as ``status: skipped`` and not run.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import Any, Protocol
 from mri_slice_transfer.experiments.bootstrap import bootstrap_from_predictions, headline_metric
 from mri_slice_transfer.experiments.presets import ModelConfig
 from mri_slice_transfer.experiments.run_folder import (
+    DONE,
     RUNS,
     RunFiles,
     RunInfo,
@@ -46,10 +54,11 @@ from mri_slice_transfer.experiments.run_folder import (
     read_marker,
     write_marker,
 )
-from mri_slice_transfer.vocabulary import task_spec
+from mri_slice_transfer.vocabulary import Init, task_spec
 
 __all__ = [
     "PlannedRun",
+    "PretrainStage",
     "Runner",
     "RunFailed",
     "GridError",
@@ -64,6 +73,10 @@ __all__ = [
 
 #: Overrides that point into the run folder; they do not make two runs different.
 PATH_KEYS = ("bundle_root", "ckpt_dir", "output_dir")
+#: Folder of the pretraining stages under the grid folder.
+PRETRAIN = "pretrain"
+#: What a pretraining stage printed, in its folder.
+PRETRAIN_LOG = "pretrain.log"
 #: Only for run folders trained before ``run_info.json`` existed (see :func:`_encoder_init`).
 _LEGACY_INIT_RE = re.compile(r"encoder initialisation: (.+?)\s*$")
 _ERROR_RE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*)$")
@@ -87,6 +100,21 @@ class RunFailed(RuntimeError):
 
 
 @dataclass(frozen=True)
+class PretrainStage:
+    """One self-supervised pretraining (``configs/pretrain.json``), shared by the runs that start from it.
+
+    Attributes:
+        stage_id: folder name under ``<out>/pretrain``.
+        overrides: pretrain bundle overrides besides the folder paths (encoder, axis, seed, data, epochs).
+        encoder_file: the encoder weights file the stage writes (``<stage>/models/encoder.pt``).
+    """
+
+    stage_id: str
+    overrides: dict[str, Any]
+    encoder_file: str
+
+
+@dataclass(frozen=True)
 class PlannedRun:
     """One run of the grid.
 
@@ -96,6 +124,8 @@ class PlannedRun:
         overrides: bundle overrides besides the run-folder paths (settings, seed, data, epochs, extras).
         run_id: folder name under ``<out>/runs``.
         row: index of the configuration in the grid (table order).
+        pretrain: the pretraining stage this run's encoder starts from (None: none).
+        skip: why the run is not run (``""``: it is run); it is reported as ``status: skipped``.
     """
 
     config: ModelConfig
@@ -103,6 +133,8 @@ class PlannedRun:
     overrides: dict[str, Any]
     run_id: str
     row: int = 0
+    pretrain: PretrainStage | None = None
+    skip: str = ""
 
 
 class Runner(Protocol):
@@ -122,6 +154,9 @@ class Runner(Protocol):
 
     def commands(self, run: PlannedRun, run_dir: Path) -> dict[str, list[str]]:
         """The command lines of the stages (for ``config.json`` and ``--dry-run``)."""
+
+    def pretrain(self, stage: PretrainStage, stage_dir: Path) -> None:
+        """Pretrain ``stage`` into ``stage_dir`` (writes ``stage.encoder_file``); raise on failure."""
 
 
 def find_bundle(name_or_path: str | os.PathLike) -> Path:
@@ -158,6 +193,7 @@ def plan_runs(
     seeds: Sequence[int],
     base_overrides: Mapping[str, Any] | None = None,
     strict_pretrained: bool = False,
+    weights_for: Callable[[ModelConfig, int], str] | None = None,
 ) -> list[PlannedRun]:
     """Every configuration x seed as a :class:`PlannedRun` (configuration-major order).
 
@@ -167,9 +203,12 @@ def plan_runs(
         base_overrides: overrides for every run (data folders, epochs, user extras).
         strict_pretrained: ask for ImageNet weights with ``pretrained=true`` (a run fails without them)
             instead of ``"auto"`` (falls back to random init; ``results.csv`` records ``encoder_init``).
+        weights_for: the encoder weights file of a row whose ``init`` is ``ssl`` or ``file``, per seed
+            (:func:`mri_slice_transfer.experiments.transfer.plan_transfer` gives it).
 
     Raises:
-        GridError: two configurations with the same run id.
+        GridError: two configurations with the same run id, or an ``ssl`` / ``file`` row without
+            ``weights_for``.
     """
     runs = []
     seen: set[str] = set()
@@ -181,14 +220,28 @@ def plan_runs(
         settings: dict[str, Any] = {"encoder": c.encoder, "position_encoding": c.position_encoding}
         if not c.is_conv3d:
             settings.update(axis=c.axis, aggregation=c.aggregation)
-        if c.pretrained:
-            settings["pretrained"] = "true" if strict_pretrained else "auto"
-        else:
-            settings["pretrained"] = "false"
+        settings["pretrained"] = _pretrained_setting(c, strict_pretrained, weights_for)
+        if c.train_fraction != 1.0:
+            settings["train_fraction"] = c.train_fraction
         for seed in seeds:
             overrides = {**settings, **dict(base_overrides or {}), "seed": int(seed)}
+            if weights_for is not None and c.init in (Init.SSL, Init.FILE):
+                overrides["pretrained"] = weights_for(c, int(seed))
             runs.append(PlannedRun(c, int(seed), overrides, f"{c.key()}_seed{int(seed)}", row))
     return runs
+
+
+def _pretrained_setting(
+    c: ModelConfig, strict: bool, weights_for: Callable[[ModelConfig, int], str] | None
+) -> str:
+    """The ``pretrained`` override of a (normalised) row; ``ssl`` / ``file`` rows get theirs per seed."""
+    if c.init in (Init.SSL, Init.FILE):
+        if weights_for is None:
+            raise GridError(f"configuration {c.key()}: init {c.init!r} needs a weights file (weights_for)")
+        return ""
+    if c.pretrained:
+        return "true" if strict else "auto"
+    return "false"
 
 
 def _flag_value(value: Any) -> str:
@@ -291,6 +344,28 @@ class BundleRunner:
     def evaluate(self, run: PlannedRun, run_dir: Path) -> None:
         """Score the best model on the test split."""
         self._run("evaluate", self.commands(run, run_dir)["evaluate"], RunFiles.of(run_dir).evaluate_log)
+
+    def pretrain_command(self, stage: PretrainStage, stage_dir: Path) -> list[str]:
+        """The command line of a pretraining stage (``configs/pretrain.json``)."""
+        cmd = [self.python, "-m", "monai.bundle", "run", "--config_file"]
+        cmd.append(str(self.bundle / "configs" / "pretrain.json"))
+        values = {
+            "bundle_root": str(self.bundle),
+            "ckpt_dir": str(Path(stage.encoder_file).parent),
+            "output_dir": str(stage_dir / "eval"),
+            "progress_bar": False,
+            **stage.overrides,
+        }
+        for key, value in values.items():
+            cmd += [f"--{key}", _flag_value(value)]
+        return cmd
+
+    def pretrain(self, stage: PretrainStage, stage_dir: Path) -> None:
+        """Pretrain into ``stage_dir`` (resuming from its checkpoint when there is one)."""
+        resume = (Path(stage.encoder_file).parent / "pretrain_checkpoint.pt").is_file()
+        cmd = self.pretrain_command(stage, stage_dir)
+        cmd += ["--resume", "true"] if resume else ["--overwrite", "true"]
+        self._run("pretrain", cmd, stage_dir / PRETRAIN_LOG)
 
     def count_parameters(self, run: PlannedRun) -> int | None:
         """Build the run's ``network_def`` from the bundle config (no weights loaded) and count it."""
@@ -408,11 +483,66 @@ def _base_row(task: str, run: PlannedRun, run_dir: Path) -> dict[str, Any]:
         "aggregation": c.aggregation or "-",
         "position_encoding": c.position_encoding,
         "pretrained": c.pretrained,
+        "init": c.init,
+        "train_fraction": c.train_fraction,
         "pretrained_override": run.overrides.get("pretrained"),
         "seed": run.seed,
         "data": str(data) if data else "demo (synthetic)",
         "run_dir": str(run_dir),
     }
+
+
+@dataclass
+class _Pretraining:
+    """Runs each pretraining stage once per grid (skipped when ``<out>/pretrain/<id>/done.json`` exists).
+
+    Attributes:
+        out_dir: the grid folder.
+        runner: runs the stage.
+        say: progress output.
+        redo: delete a stage's folder and redo it (once per grid call).
+        failures: the error of each stage that failed in this call (its other runs fail at once).
+    """
+
+    out_dir: Path
+    runner: Runner
+    say: Callable[[str], None]
+    redo: bool = False
+    failures: dict[str, str] = field(default_factory=dict)
+    _redone: set[str] = field(default_factory=set)
+
+    def ensure(self, stage: PretrainStage) -> None:
+        """Make sure ``stage.encoder_file`` is written by a finished stage; ``RunFailed`` otherwise."""
+        stage_dir = self.out_dir / PRETRAIN / stage.stage_id
+        if stage.stage_id in self.failures:
+            raise RunFailed(self.failures[stage.stage_id], stage_dir / PRETRAIN_LOG)
+        if self.redo and stage.stage_id not in self._redone and stage_dir.exists():
+            shutil.rmtree(stage_dir)
+        self._redone.add(stage.stage_id)
+        done = read_marker(stage_dir / DONE)
+        if done is not None and Path(stage.encoder_file).is_file():
+            if _comparable(done.get("overrides", {})) != _comparable(stage.overrides):
+                raise GridError(f"{stage_dir}: pretrained with other settings; use another --out or --redo")
+            return
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        self.say(f"    pretraining {stage.stage_id} (once; log: {stage_dir / PRETRAIN_LOG}) ...")
+        t0 = time.perf_counter()
+        try:
+            self.runner.pretrain(stage, stage_dir)
+            if not Path(stage.encoder_file).is_file():
+                raise RunFailed(f"pretrain wrote no {stage.encoder_file}", stage_dir / PRETRAIN_LOG)
+        except RunFailed as err:
+            self.failures[stage.stage_id] = f"pretraining {stage.stage_id}: {err}"
+            raise RunFailed(self.failures[stage.stage_id], err.log) from err
+        seconds = round(time.perf_counter() - t0, 1)
+        write_marker(stage_dir / DONE, {"overrides": stage.overrides, "seconds": seconds})
+        self.say(f"    pretraining finished in {_fmt_seconds(seconds)}")
+
+
+def _skipped_row(task: str, run: PlannedRun, run_dir: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """The result row of a run planned with a ``skip`` reason (nothing is run or written)."""
+    say(f"    skipped: {run.skip}")
+    return {**_base_row(task, run, run_dir), "status": "skipped", "error": run.skip}
 
 
 def _write_config(run: PlannedRun, files: RunFiles, runner: Runner, task: str) -> None:
@@ -461,11 +591,16 @@ def _run_one(
     n_bootstrap: int,
     say: Callable[[str], None],
     start: float,
+    pretraining: _Pretraining | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate and collect one run; its result row (``done.json`` or ``failed.json`` written)."""
+    """Pretrain (once per stage), train, evaluate and collect one run; its result row (``done.json`` or
+    ``failed.json`` written)."""
     row = _base_row(task, run, files.run_dir)
-    stage = "train"
+    stage = "pretrain"
     try:
+        if run.pretrain is not None and pretraining is not None and not files.train_done.is_file():
+            pretraining.ensure(run.pretrain)
+        stage = "train"
         train_marker = _train_stage(run, files, runner, say)
         stage = "evaluate"
         t0 = time.perf_counter()
@@ -485,6 +620,8 @@ def _run_one(
         write_marker(files.done, row)
         name, value = headline_metric(task, row)
         say(f"    done in {_fmt_seconds(row['wall_time_s'])}: test {name} {value}")
+    except GridError:
+        raise
     except Exception as err:  # noqa: BLE001 - one broken run must not stop the grid
         log = getattr(err, "log", None) or (files.evaluate_log if stage == "evaluate" else files.train_log)
         tail = log_tail(Path(log))
@@ -537,7 +674,10 @@ def run_grid(
                 "the grid folder holds runs made with other settings; use another --out or --redo:\n  "
                 + "\n  ".join(problems)
             )
-    todo = [r for r in runs if redo or read_marker(RunFiles.of(runs_dir / r.run_id).done) is None]
+    todo = [
+        r for r in runs if not r.skip and (redo or read_marker(RunFiles.of(runs_dir / r.run_id).done) is None)
+    ]
+    pretraining = _Pretraining(Path(out_dir), runner, say, redo)
     say(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run -> {runs_dir}")
     results: list[dict[str, Any]] = []
     durations: list[float] = []
@@ -546,6 +686,10 @@ def run_grid(
         run_dir = runs_dir / run.run_id
         files = RunFiles.of(run_dir)
         head = f"[{i}/{len(runs)}] {run.run_id}"
+        if run.skip:
+            say(f"{head}: {run.config.describe()}, seed {run.seed}")
+            results.append(_skipped_row(task, run, run_dir, say))
+            continue
         marker = None if redo else read_marker(files.done)
         if marker is not None:
             say(f"{head}: finished before, skipped")
@@ -560,7 +704,7 @@ def run_grid(
         eta = f", about {_fmt_seconds(sum(durations) / len(durations) * left)} left" if durations else ""
         say(f"{head}: {run.config.describe()}, seed {run.seed}{eta}")
         start = time.perf_counter()
-        row = _run_one(run, files, runner, task, n_bootstrap, say, start)
+        row = _run_one(run, files, runner, task, n_bootstrap, say, start, pretraining)
         durations.append(time.perf_counter() - start)
         done_count += 1
         results.append(row)

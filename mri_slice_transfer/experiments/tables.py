@@ -28,9 +28,19 @@ __all__ = [
     "format_run_table",
     "format_paper_table",
     "format_report",
+    "fill_init_columns",
+    "shows_init",
 ]
 
-CONFIG_COLUMNS: tuple[str, ...] = ("encoder", "axis", "aggregation", "position_encoding", "pretrained")
+CONFIG_COLUMNS: tuple[str, ...] = (
+    "encoder",
+    "axis",
+    "aggregation",
+    "position_encoding",
+    "pretrained",
+    "init",
+    "train_fraction",
+)
 CHECK, CROSS = "✓", "✗"
 
 
@@ -110,6 +120,7 @@ def aggregate(results: pd.DataFrame, task: str) -> pd.DataFrame:
         if col not in frame.columns:
             frame[col] = "-"
     frame["pretrained"] = frame["pretrained"].map(_truthy)
+    fill_init_columns(frame)
     for col in ("axis", "aggregation", "position_encoding", "encoder"):
         frame[col] = frame[col].fillna("-").astype(str)
     if "status" not in frame.columns:
@@ -122,8 +133,11 @@ def aggregate(results: pd.DataFrame, task: str) -> pd.DataFrame:
         entry: dict[str, Any] = dict(zip(CONFIG_COLUMNS, key, strict=True))
         entry["_order"] = float(group["_order"].min())
         entry["model"] = str(group["model"].iloc[0]) if "model" in group.columns else str(key[0])
+        skipped = group[group["status"] == "skipped"]
         entry["n_ok"] = len(ok)
-        entry["n_failed"] = len(group) - len(ok)
+        entry["n_skipped"] = len(skipped)
+        entry["n_failed"] = len(group) - len(ok) - len(skipped)
+        entry["skip_reason"] = str(skipped["error"].iloc[0]) if len(skipped) and "error" in skipped else ""
         params = pd.to_numeric(ok.get("n_params", pd.Series(dtype=float)), errors="coerce").dropna()
         entry["n_params"] = float(params.iloc[0]) if len(params) else math.nan
         inits = sorted({str(v) for v in ok.get("encoder_init", pd.Series(dtype=str)).dropna()})
@@ -140,6 +154,28 @@ def aggregate(results: pd.DataFrame, task: str) -> pd.DataFrame:
     if out.empty:
         return out
     return out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def fill_init_columns(frame: pd.DataFrame) -> None:
+    """Give a results frame ``init`` and ``train_fraction`` (results of grids older than these columns:
+    the init ``pretrained`` says, all labels)."""
+    implied = frame["pretrained"].map(lambda p: "imagenet" if p else "scratch")
+    if "init" not in frame.columns:
+        frame["init"] = implied
+    frame["init"] = frame["init"].where(frame["init"].notna() & (frame["init"].astype(str) != "-"), implied)
+    frame["init"] = frame["init"].astype(str)
+    if "train_fraction" not in frame.columns:
+        frame["train_fraction"] = 1.0
+    frame["train_fraction"] = pd.to_numeric(frame["train_fraction"], errors="coerce").fillna(1.0)
+
+
+def shows_init(agg: pd.DataFrame) -> bool:
+    """Whether a table needs ``Init`` / ``Labels`` columns (another init than scratch / ImageNet, or a
+    label fraction below 1); the paper presets' tables keep the paper's layout."""
+    if agg.empty:
+        return False
+    other_init = ~agg["init"].isin(["scratch", "imagenet"])
+    return bool(other_init.any() or (agg["train_fraction"] != 1.0).any())
 
 
 def _params(n: Any) -> str:
@@ -187,9 +223,11 @@ def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> 
         ]
         if len(shown) > 1:
             best[spec.name] = min(shown) if spec.lower_is_better else max(shown)
-    header = ["Encoder", "Pos. Enc.", "Pretrained"] + (["Axis"] if show_axis else [])
+    init_cols = shows_init(agg)
+    first = ["Encoder", "Pos. Enc."] + (["Init", "Labels"] if init_cols else ["Pretrained"])
+    header = first + (["Axis"] if show_axis else [])
     header += [s.header for s in specs] + ["# Params", "Seeds"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * (3 + show_axis))]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * (len(first) + show_axis))]
     lines[-1] += "|" + "|".join(["---:"] * (len(specs) + 2)) + "|"
     notes: set[str] = set()
     for r in agg.to_dict("records"):
@@ -201,13 +239,14 @@ def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> 
                 "† ImageNet weights were requested but not used by every seed "
                 f"(encoder initialisation: {r['encoder_init']}); see `encoder_init` in results.csv."
             )
-        cells = [r["model"], _pe_cell(r["encoder"], r["position_encoding"]), pretrained]
+        cells = [r["model"], _pe_cell(r["encoder"], r["position_encoding"])]
+        cells += [r["init"], f"{r['train_fraction']:.0%}"] if init_cols else [pretrained]
         if show_axis:
             cells.append("-" if conv3d else r["axis"])
         for spec in specs:
             mean, std, n = r[f"{spec.name}_mean"], r[f"{spec.name}_std"], r[f"{spec.name}_n"]
             if n == 0 or not _finite(mean):
-                cells.append("failed" if r["n_ok"] == 0 else "n/a")
+                cells.append(_missing_cell(r))
                 continue
             m = round(mean * spec.scale, spec.decimals)
             text = f"{m:.{spec.decimals}f}"
@@ -220,6 +259,9 @@ def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> 
             cells.append(text)
         cells.append(_params(r["n_params"]))
         seeds = str(r["n_ok"])
+        if r["n_skipped"]:
+            seeds += f" ({r['n_skipped']} skipped)"
+            notes.add(f"Skipped: {r['skip_reason']}.")
         if r["n_failed"]:
             seeds += f" ({r['n_failed']} failed)"
             notes.add("Failed seeds are left out of mean and std; their errors are in results.csv.")
@@ -231,6 +273,13 @@ def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> 
     lines += ["", f"Mean ± std (sample std, ddof=1) over seeds; best mean per column in bold. {scale_note}"]
     lines += [f"{n}" for n in sorted(notes)]
     return "\n".join(lines) + "\n"
+
+
+def _missing_cell(r: dict[str, Any]) -> str:
+    """The metric cell of a row without a value: ``skipped``, ``failed`` or ``n/a``."""
+    if r["n_ok"] == 0:
+        return "skipped" if r["n_skipped"] and not r["n_failed"] else "failed"
+    return "n/a"
 
 
 def _fmt(value: Any, spec: MetricSpec) -> str:
@@ -300,6 +349,6 @@ def format_report(
         parts.append("")
     parts += [format_table(results, task), "## Per run (95% bootstrap CI over test subjects)", ""]
     parts.append(format_run_table(results, task))
-    if preset is not None:
+    if preset is not None and preset.paper:
         parts += [f"## The paper ({preset.note})", "", format_paper_table(preset)]
     return "\n".join(parts)
