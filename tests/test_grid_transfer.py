@@ -199,6 +199,6 @@ def test_grid_command_plans_the_quick_transfer_preset(tmp_path: Path, capsys, mo
     text = capsys.readouterr().out
     assert "pretraining stage cnn5_axial_seed0" in text and "--epochs 2 --demo_epochs 2 --seed 0" in text
     assert text.count("--pretrained " + str(tmp_path.resolve() / "pretrain")) == 4  # train + evaluate
-    assert "--train_fraction 0.5" in text
+    assert "--train_fraction 0.25" in text
     code = main(["grid", "--preset", "transfer", "--fractions", "0,1", "--out", str(tmp_path), "--dry-run"])
     assert code == 2 and "train_fraction must be in (0, 1]" in capsys.readouterr().out

@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mri_slice_transfer.experiments.presets import PRESETS, Preset, expand_grid, get_preset
+from mri_slice_transfer.experiments.presets import PRESETS, Preset, expand_grid, get_preset, unavailable
 
 if TYPE_CHECKING:
     from mri_slice_transfer.experiments.runner import BundleRunner, PlannedRun, PretrainStage
@@ -104,7 +104,7 @@ def _add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
         type=_fraction_list,
         default=None,
         help="label fractions (train_fraction) every row runs at, e.g. 0.25,0.5,1 (default: the preset's; "
-        "transfer: 0.25,0.5,1, quick 0.5,1)",
+        "transfer: 0.25,0.5,1, quick 0.25,1)",
     )
     transfer.add_argument(
         "--pretrained-file",
@@ -268,7 +268,7 @@ def _plan(args: argparse.Namespace) -> GridPlan:
         base["datalist_dir"] = str(Path(args.datalist_dir).expanduser().resolve())
     epochs = args.epochs
     if epochs is None and args.quick:
-        epochs = QUICK_EPOCHS
+        epochs = preset.quick_epochs if preset is not None and preset.quick_epochs else QUICK_EPOCHS
     if epochs is not None:
         if epochs < 1:
             raise GridError(f"--epochs must be at least 1, got {epochs}")
@@ -283,7 +283,19 @@ def _plan(args: argparse.Namespace) -> GridPlan:
         )
         return GridPlan(bundle, plan.runs, task, preset, notes + plan.notes, plan.stages)
     runs = plan_runs(configs, seeds, base, strict_pretrained=args.strict_pretrained)
-    return GridPlan(bundle, runs, task, preset, notes)
+    runs, skipped = _with_stages(runs, preset)
+    return GridPlan(bundle, runs, task, preset, notes + skipped)
+
+
+def _with_stages(runs: list[PlannedRun], preset: Preset | None) -> tuple[list[PlannedRun], list[str]]:
+    """The preset's robustness stage on every run; rows this checkout cannot build planned as skipped."""
+    out, notes = [], []
+    for run in runs:
+        reason = unavailable(run.config)
+        if reason:
+            notes.append(f"{run.config.key()} skipped: {reason}")
+        out.append(replace(run, robustness=preset.robustness if preset else "", skip=reason))
+    return out, sorted(set(notes))
 
 
 def _preset_fractions(preset: Preset | None, quick: bool) -> tuple[float, ...]:

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mri_slice_transfer.experiments.tables import TABLE_METRICS, MetricSpec, aggregate, fill_init_columns
+from mri_slice_transfer.experiments.tables import (
+    TABLE_METRICS,
+    MetricSpec,
+    aggregate,
+    fill_init_columns,
+    metric_specs,
+)
 from mri_slice_transfer.plotting import pyplot, save_figure
 from mri_slice_transfer.vocabulary import task_spec
 
@@ -60,8 +66,9 @@ def plot_results(
         ``path``.
     """
     plt = pyplot()
-    specs = TABLE_METRICS[task]
-    agg = aggregate(results, task)
+    metrics = preset.table_metrics if preset is not None else ()
+    specs = metric_specs(task, metrics)
+    agg = aggregate(results, task, metrics)
     ok = (
         results[results.get("status", pd.Series("ok", index=results.index)) == "ok"]
         if len(results)

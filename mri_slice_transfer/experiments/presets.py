@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 from mri_slice_transfer.vocabulary import (
     PRETRAINABLE_ENCODERS,
+    Aggregation,
     Axis,
     Encoder,
     Init,
@@ -40,6 +41,7 @@ __all__ = [
     "CONV3D",
     "expand_grid",
     "get_preset",
+    "unavailable",
 ]
 
 #: Encoder name of the 3D-CNN baseline (it has no slices: axis, aggregation, encoding do not apply).
@@ -182,6 +184,10 @@ class Preset:
         fractions: label fractions every row is run at (``--fractions`` replaces them); ``()``: the
             rows as they are (the paper presets).
         quick_fractions: the fractions of ``--quick``.
+        quick_epochs: epochs per run of ``--quick`` (None: the grid's default).
+        robustness: severities of a third stage per run that re-scores the best model under the
+            robustness overlay (``configs/robustness.json``), e.g. ``"2"``; ``""``: no such stage.
+        table_metrics: the test metrics of ``table.md`` (``()``: the task's paper columns).
     """
 
     name: str
@@ -197,6 +203,9 @@ class Preset:
     overrides: dict[str, object] = field(default_factory=dict)
     fractions: tuple[float, ...] = ()
     quick_fractions: tuple[float, ...] = ()
+    quick_epochs: int | None = None
+    robustness: str = ""
+    table_metrics: tuple[str, ...] = ()
 
     def headline_rows(self) -> tuple[ModelConfig, ...]:
         """The rows ``--quick`` runs."""
@@ -299,7 +308,7 @@ def _make_presets() -> dict[str, Preset]:
         note="Paper Table 2 (UK Biobank): lower MAE / RMSE is better; model selection on validation "
         "MAE; all sagittal; mean ± std over 5 seeds.",
     )
-    return {ad.name: ad, ba.name: ba, TRANSFER.name: TRANSFER}
+    return {ad.name: ad, ba.name: ba, TRANSFER.name: TRANSFER, ARCHITECTURES.name: ARCHITECTURES}
 
 
 def _transfer_rows() -> tuple[ModelConfig, ...]:
@@ -323,11 +332,58 @@ TRANSFER = Preset(
     "(+ --unlabeled scans), never the validation or test list.",
     seeds=(0, 1, 2),
     fractions=(0.25, 0.5, 1.0),
-    quick_fractions=(0.5, 1.0),
+    quick_fractions=(0.25, 1.0),
+)
+
+
+def _architecture_rows() -> tuple[ModelConfig, ...]:
+    """Encoder x aggregation x plane(s), all from scratch (no row depends on downloadable weights)."""
+    rows = [ModelConfig(CONV3D, None, None)]
+    rows += [ModelConfig("resnet18", "axial", agg) for agg in ("mean", "attention", "transformer")]
+    rows += [ModelConfig("cnn5", "axial", agg) for agg in ("mean", "attention", "transformer")]
+    rows += [ModelConfig("cnn5", "all", "mean"), ModelConfig("resnet18", "all", "attention")]
+    rows += [ModelConfig(enc, "axial", "mean") for enc in ("efficientnet_b0", "regnet_y_400mf")]
+    return tuple(rows)
+
+
+#: ``grid --preset architectures`` (issue 22 item 6): one split and seeds, encoders x aggregations x
+#: planes, with a robustness stage at the middle severity.
+ARCHITECTURES = Preset(
+    name="architectures",
+    bundle="adni_ad",
+    task=Task.ADNI_AD.value,
+    title="Architectures (AD vs CN), test set",
+    rows=_architecture_rows(),
+    # 3D-CNN; cnn5 mean, attention, transformer; cnn5 three planes; regnet_y_400mf
+    headline=(0, 4, 5, 6, 7, 10),
+    paper=(),
+    note="Every row from scratch, the same subject-level split and seeds; robustness: balanced accuracy "
+    "lost at severity 2 of bias_field, gibbs, noise, contrast.",
+    seeds=(0, 1, 2),
+    quick_epochs=1,
+    robustness="2",
+    table_metrics=("balanced_accuracy", "roc_auc"),
 )
 
 #: The presets by name.
 PRESETS: dict[str, Preset] = _make_presets()
+
+
+def unavailable(config: ModelConfig) -> str:
+    """Why this checkout cannot build ``config`` (an encoder, axis or aggregation its vocabulary does
+    not name, e.g. a row of ``architectures`` that needs a newer feature); ``""`` when it can."""
+    c = config.normalised()
+    if c.is_conv3d:
+        return ""
+    checks = (
+        ("encoder", c.encoder, Encoder),
+        ("axis", c.axis, Axis),
+        ("aggregation", c.aggregation, Aggregation),
+    )
+    for what, value, enum in checks:
+        if str(value) not in names(enum, aliases=True):
+            return f"{what} {value!r} is not available in this version of mri_slice_transfer"
+    return ""
 
 
 def get_preset(name: str) -> Preset:

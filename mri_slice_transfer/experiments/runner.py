@@ -66,6 +66,7 @@ __all__ = [
     "plan_runs",
     "run_grid",
     "collect_run_result",
+    "collect_robustness",
     "find_bundle",
     "bundle_task",
     "log_tail",
@@ -75,10 +76,14 @@ __all__ = [
 PATH_KEYS = ("bundle_root", "ckpt_dir", "output_dir")
 #: Folder of the pretraining stages under the grid folder.
 PRETRAIN = "pretrain"
+#: The robustness stage's output folder and log, in a run folder.
+ROBUSTNESS_DIR = "robustness"
+ROBUSTNESS_LOG = "robustness.log"
 #: What a pretraining stage printed, in its folder.
 PRETRAIN_LOG = "pretrain.log"
 #: Only for run folders trained before ``run_info.json`` existed (see :func:`_encoder_init`).
 _LEGACY_INIT_RE = re.compile(r"encoder initialisation: (.+?)\s*$")
+_EPOCH_TIME_RE = re.compile(r"epoch \d+/\d+: .*?([\d.]+) s$", re.MULTILINE)
 _ERROR_RE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*)$")
 
 
@@ -126,6 +131,7 @@ class PlannedRun:
         row: index of the configuration in the grid (table order).
         pretrain: the pretraining stage this run's encoder starts from (None: none).
         skip: why the run is not run (``""``: it is run); it is reported as ``status: skipped``.
+        robustness: severities of the robustness stage (``"2"``: the middle one; ``""``: no stage).
     """
 
     config: ModelConfig
@@ -135,6 +141,7 @@ class PlannedRun:
     row: int = 0
     pretrain: PretrainStage | None = None
     skip: str = ""
+    robustness: str = ""
 
 
 class Runner(Protocol):
@@ -154,6 +161,9 @@ class Runner(Protocol):
 
     def commands(self, run: PlannedRun, run_dir: Path) -> dict[str, list[str]]:
         """The command lines of the stages (for ``config.json`` and ``--dry-run``)."""
+
+    def robustness(self, run: PlannedRun, run_dir: Path) -> None:
+        """Write ``robustness/robustness.csv`` (the best model under the robustness overlay)."""
 
     def pretrain(self, stage: PretrainStage, stage_dir: Path) -> None:
         """Pretrain ``stage`` into ``stage_dir`` (writes ``stage.encoder_file``); raise on failure."""
@@ -303,13 +313,20 @@ class BundleRunner:
         return cmd
 
     def commands(self, run: PlannedRun, run_dir: Path) -> dict[str, list[str]]:
-        """The train and evaluate command lines of ``run``."""
+        """The train and evaluate command lines of ``run`` (and its robustness stage's, if it has one)."""
         cfg = self.bundle / "configs"
         both = json.dumps([str(cfg / "train.json"), str(cfg / "evaluate.json")])
-        return {
+        cmds = {
             "train": self._cmd(str(cfg / "train.json"), run, run_dir, {}),
             "evaluate": self._cmd(both, run, run_dir, {}),
         }
+        if run.robustness:
+            three = json.dumps(
+                [str(cfg / name) for name in ("train.json", "evaluate.json", "robustness.json")]
+            )
+            extra = {"output_dir": str(run_dir / ROBUSTNESS_DIR), "perturb_severities": run.robustness}
+            cmds["robustness"] = self._cmd(three, run, run_dir, extra)
+        return cmds
 
     def _run(self, stage: str, cmd: list[str], log: Path, env_extra: Mapping[str, str] | None = None) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env, **dict(env_extra or {}))
@@ -344,6 +361,10 @@ class BundleRunner:
     def evaluate(self, run: PlannedRun, run_dir: Path) -> None:
         """Score the best model on the test split."""
         self._run("evaluate", self.commands(run, run_dir)["evaluate"], RunFiles.of(run_dir).evaluate_log)
+
+    def robustness(self, run: PlannedRun, run_dir: Path) -> None:
+        """Re-score the best model on the test split under ``robustness.json`` at ``run.robustness``."""
+        self._run("robustness", self.commands(run, run_dir)["robustness"], run_dir / ROBUSTNESS_LOG)
 
     def pretrain_command(self, stage: PretrainStage, stage_dir: Path) -> list[str]:
         """The command line of a pretraining stage (``configs/pretrain.json``)."""
@@ -447,7 +468,48 @@ def collect_run_result(
         bootstrap_from_predictions(task, files.test_predictions, n_bootstrap, bootstrap_seed, threshold)
     )
     row["encoder_init"] = _encoder_init(files)
+    row["seconds_per_epoch"] = _seconds_per_epoch(files.train_log)
     return row
+
+
+def collect_robustness(task: str, csv: Path) -> dict[str, Any]:
+    """The key metric under each perturbation and how much worse it is than clean, from ``robustness.csv``.
+
+    Columns: ``robust_<perturbation>_s<severity>`` (the metric), ``robust_drop_<perturbation>`` (how much
+    worse than clean: clean - perturbed when higher is better, perturbed - clean for errors; averaged
+    over the severities run) and ``robust_drop_mean`` (averaged over the perturbations).
+
+    Raises:
+        RunFailed: the file is missing or has no key-metric column.
+    """
+    import pandas as pd
+
+    spec = task_spec(task)
+    try:
+        table = pd.read_csv(csv)
+        values = pd.to_numeric(table[spec.key_metric], errors="coerce")
+    except (OSError, ValueError, KeyError) as err:
+        raise RunFailed(f"no robustness results ({csv}: {err})") from err
+    row: dict[str, Any] = {}
+    drops = []
+    for kind, part in table.assign(_v=values).groupby("perturbation", sort=False):
+        clean = part.loc[part["severity"] == 0, "_v"]
+        worse = []
+        for _, r in part[part["severity"] > 0].iterrows():
+            row[f"robust_{kind}_s{int(r['severity'])}"] = r["_v"]
+            if len(clean):
+                diff = float(r["_v"]) - float(clean.iloc[0])
+                worse.append(diff if spec.lower_is_better else -diff)
+        row[f"robust_drop_{kind}"] = sum(worse) / len(worse) if worse else math.nan
+        drops.append(row[f"robust_drop_{kind}"])
+    row["robust_drop_mean"] = sum(drops) / len(drops) if drops else math.nan
+    return row
+
+
+def _seconds_per_epoch(log: Path) -> float:
+    """Median seconds per training epoch from the train log's epoch lines (NaN without any)."""
+    times = sorted(float(m.group(1)) for m in _EPOCH_TIME_RE.finditer(log_tail(log, 100000)))
+    return times[len(times) // 2] if times else math.nan
 
 
 def _encoder_init(files: RunFiles) -> str:
@@ -606,8 +668,13 @@ def _run_one(
         t0 = time.perf_counter()
         runner.evaluate(run, files.run_dir)
         eval_seconds = time.perf_counter() - t0
+        if run.robustness:
+            stage = "robustness"
+            runner.robustness(run, files.run_dir)
         stage = "collect"
         row.update(collect_run_result(task, run, files.run_dir, n_bootstrap))
+        if run.robustness:
+            row.update(collect_robustness(task, files.run_dir / ROBUSTNESS_DIR / "robustness.csv"))
         row["n_params"] = _count_parameters(runner, run, say)
         row.update(
             status="ok",

@@ -28,6 +28,7 @@ __all__ = [
     "format_run_table",
     "format_paper_table",
     "format_report",
+    "metric_specs",
     "fill_init_columns",
     "shows_init",
 ]
@@ -68,6 +69,7 @@ _COLUMNS: dict[str, tuple[str, int]] = {
     "balanced_accuracy": ("Bal. Accuracy", 2),
     "f1": ("F1 Score", 2),
     "average_precision": ("Avg. Precision", 2),
+    "roc_auc": ("ROC AUC", 2),
     "mae": ("Mean Absolute Err. (MAE)", 3),
     "rmse": ("Root Mean Square Err. (RMSE)", 3),
 }
@@ -87,6 +89,26 @@ TABLE_METRICS: dict[str, tuple[MetricSpec, ...]] = {
 }
 
 
+def metric_specs(task: str, metrics: tuple[str, ...] | list[str] = ()) -> tuple[MetricSpec, ...]:
+    """The table columns of ``metrics`` (names without ``test_``; ``()``: :data:`TABLE_METRICS` of the task).
+
+    Raises:
+        ValueError: a metric without a column definition.
+    """
+    if not metrics:
+        return TABLE_METRICS[task]
+    spec = task_spec(task)
+    scale = 100.0 if spec.unit == "%" else 1.0
+    unknown = [m for m in metrics if m not in _COLUMNS]
+    if unknown:
+        raise ValueError(f"table metrics must be among {', '.join(_COLUMNS)}, not {unknown}")
+    return tuple(MetricSpec(m, _COLUMNS[m][0], scale, _COLUMNS[m][1], spec.lower_is_better) for m in metrics)
+
+
+#: Run columns averaged over seeds when present (``grid --preset architectures``).
+EXTRA_MEANS: tuple[str, ...] = ("seconds_per_epoch", "robust_drop_mean")
+
+
 def _truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in {"true", "1", "yes"}
@@ -103,7 +125,7 @@ def _finite(value: Any) -> bool:
         return False
 
 
-def aggregate(results: pd.DataFrame, task: str) -> pd.DataFrame:
+def aggregate(results: pd.DataFrame, task: str, metrics: tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per configuration (in table order): counts, parameters, init, mean and std per metric.
 
     Args:
@@ -143,7 +165,12 @@ def aggregate(results: pd.DataFrame, task: str) -> pd.DataFrame:
         inits = sorted({str(v) for v in ok.get("encoder_init", pd.Series(dtype=str)).dropna()})
         entry["encoder_init"] = ", ".join(inits)
         entry["fallback"] = bool(entry["pretrained"]) and any(i != "imagenet" for i in inits)
-        for spec in TABLE_METRICS[task]:
+        for col in EXTRA_MEANS:
+            values = pd.to_numeric(ok.get(col, pd.Series(dtype=float)), errors="coerce").dropna()
+            entry[f"{col}_mean"] = float(values.mean()) if len(values) else math.nan
+            entry[f"{col}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        names = {s.name: s for s in (*TABLE_METRICS[task], *metric_specs(task, metrics))}
+        for spec in names.values():
             col = f"test_{spec.name}"
             values = pd.to_numeric(ok.get(col, pd.Series(dtype=float)), errors="coerce").dropna()
             entry[f"{spec.name}_mean"] = float(values.mean()) if len(values) else math.nan
@@ -193,7 +220,9 @@ def _pe_cell(encoder: str, pe: str) -> str:
     return CHECK if pe == "learned" else f"{CHECK} ({pe})"
 
 
-def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> str:
+def format_table(
+    results: pd.DataFrame, task: str, title: str | None = None, metrics: tuple[str, ...] = ()
+) -> str:
     """The paper-style table of a grid: one row per configuration, mean ± std over seeds.
 
     The best mean of each metric column (at the shown precision; ties all bold) is in bold. Rows whose
@@ -203,12 +232,14 @@ def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> 
         results: ``results.csv`` as a frame.
         task: ``"adni_ad"`` or ``"brain_age"``.
         title: caption line above the table.
+        metrics: the metric columns (:func:`metric_specs`; ``()``: the paper's). Results with a
+            robustness stage also get ``s / epoch`` and ``Robustness drop`` columns.
 
     Returns:
         Markdown text (caption, table, notes).
     """
-    specs = TABLE_METRICS[task]
-    agg = aggregate(results, task)
+    specs = metric_specs(task, metrics)
+    agg = aggregate(results, task, metrics)
     lines = [f"**{title}**", ""] if title else []
     if agg.empty:
         return "\n".join(lines + ["(no runs)"]) + "\n"
@@ -226,9 +257,11 @@ def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> 
     init_cols = shows_init(agg)
     first = ["Encoder", "Pos. Enc."] + (["Init", "Labels"] if init_cols else ["Pretrained"])
     header = first + (["Axis"] if show_axis else [])
-    header += [s.header for s in specs] + ["# Params", "Seeds"]
+    robust = "robust_drop_mean" in results.columns
+    extra = ["s / epoch", f"Robustness drop ({task_spec(task).key_metric})"] if robust else []
+    header += [s.header for s in specs] + extra + ["# Params", "Seeds"]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * (len(first) + show_axis))]
-    lines[-1] += "|" + "|".join(["---:"] * (len(specs) + 2)) + "|"
+    lines[-1] += "|" + "|".join(["---:"] * (len(specs) + len(extra) + 2)) + "|"
     notes: set[str] = set()
     for r in agg.to_dict("records"):
         conv3d = r["encoder"] == "conv3d"
@@ -257,15 +290,9 @@ def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> 
             else:
                 notes.add("A value without ± comes from a single seed.")
             cells.append(text)
-        cells.append(_params(r["n_params"]))
-        seeds = str(r["n_ok"])
-        if r["n_skipped"]:
-            seeds += f" ({r['n_skipped']} skipped)"
-            notes.add(f"Skipped: {r['skip_reason']}.")
-        if r["n_failed"]:
-            seeds += f" ({r['n_failed']} failed)"
-            notes.add("Failed seeds are left out of mean and std; their errors are in results.csv.")
-        cells.append(seeds)
+        if robust:
+            cells += _robust_cells(r, specs[0] if specs else None, notes)
+        cells += [_params(r["n_params"]), _seeds_cell(r, notes)]
         lines.append("| " + " | ".join(cells) + " |")
     if not show_axis and slice_axes:
         notes.add(f"All slice models use {slice_axes[0]} slices.")
@@ -273,6 +300,35 @@ def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> 
     lines += ["", f"Mean ± std (sample std, ddof=1) over seeds; best mean per column in bold. {scale_note}"]
     lines += [f"{n}" for n in sorted(notes)]
     return "\n".join(lines) + "\n"
+
+
+def _seeds_cell(r: dict[str, Any], notes: set[str]) -> str:
+    """The ``Seeds`` cell: finished seeds, and how many were skipped or failed (with a note)."""
+    seeds = str(r["n_ok"])
+    if r["n_skipped"]:
+        seeds += f" ({r['n_skipped']} skipped)"
+        notes.add(f"Skipped: {r['skip_reason']}.")
+    if r["n_failed"]:
+        seeds += f" ({r['n_failed']} failed)"
+        notes.add("Failed seeds are left out of mean and std; their errors are in results.csv.")
+    return seeds
+
+
+def _robust_cells(r: dict[str, Any], key: MetricSpec | None, notes: set[str]) -> list[str]:
+    """``s / epoch`` and ``Robustness drop`` cells (the drop in the key metric's display unit)."""
+    sec = r["seconds_per_epoch_mean"]
+    cells = [f"{sec:.0f}" if _finite(sec) else "-"]
+    drop, std = r["robust_drop_mean_mean"], r["robust_drop_mean_std"]
+    scale, decimals = (key.scale, key.decimals) if key is not None else (1.0, 3)
+    text = f"{drop * scale:.{decimals}f}" if _finite(drop) else "-"
+    if _finite(drop) and _finite(std):
+        text += f" ± {std * scale:.{decimals}f}"
+    notes.add(
+        "Robustness drop: how much worse the key metric is under the robustness overlay "
+        "(bias_field, gibbs, noise, contrast at the severities run; averaged), clean minus perturbed "
+        "(perturbed minus clean for errors); per perturbation in results.csv (`robust_*`)."
+    )
+    return cells + [text]
 
 
 def _missing_cell(r: dict[str, Any]) -> str:
@@ -286,9 +342,10 @@ def _fmt(value: Any, spec: MetricSpec) -> str:
     return f"{float(value) * spec.scale:.{spec.decimals}f}" if _finite(value) else "n/a"
 
 
-def format_run_table(results: pd.DataFrame, task: str) -> str:
-    """One row per run: seed, encoder init, test metrics with their 95 % bootstrap confidence intervals."""
-    specs = TABLE_METRICS[task]
+def format_run_table(results: pd.DataFrame, task: str, metrics: tuple[str, ...] = ()) -> str:
+    """One row per run: seed, encoder init, test metrics with their 95 % bootstrap confidence intervals
+    (``metrics``: as for :func:`format_table`)."""
+    specs = metric_specs(task, metrics)
     header = ["Run", "Seed", "Status", "Encoder init"] + [f"{s.header} [95% CI]" for s in specs]
     header += ["Best epoch", "Wall time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
@@ -347,8 +404,12 @@ def format_report(
                 "**Synthetic data: these numbers test the pipeline; they are not comparable to the paper's.**"
             )
         parts.append("")
-    parts += [format_table(results, task), "## Per run (95% bootstrap CI over test subjects)", ""]
-    parts.append(format_run_table(results, task))
+    metrics = preset.table_metrics if preset is not None else ()
+    parts += [
+        format_table(results, task, metrics=metrics),
+        "## Per run (95% bootstrap CI over test subjects)",
+    ]
+    parts += ["", format_run_table(results, task, metrics)]
     if preset is not None and preset.paper:
         parts += [f"## The paper ({preset.note})", "", format_paper_table(preset)]
     return "\n".join(parts)
