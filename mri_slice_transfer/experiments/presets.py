@@ -19,9 +19,11 @@ tables and docs can show them beside ours.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from mri_slice_transfer import vocabulary
 from mri_slice_transfer.vocabulary import (
     PRETRAINABLE_ENCODERS,
     Aggregation,
@@ -370,19 +372,29 @@ PRESETS: dict[str, Preset] = _make_presets()
 
 
 def unavailable(config: ModelConfig) -> str:
-    """Why this checkout cannot build ``config`` (an encoder, axis or aggregation its vocabulary does
-    not name, e.g. a row of ``architectures`` that needs a newer feature); ``""`` when it can."""
+    """Why this checkout cannot build ``config``, checked without importing torch; ``""`` when it can.
+
+    An axis is checked with the vocabulary's axis parser when there is one (three-plane models:
+    ``"all"`` or a list of planes), else against :class:`Axis`; an encoder outside :class:`Encoder` is
+    accepted when the package has an encoder registry (any torchvision name; the run itself checks
+    it), else not; the aggregation against :class:`Aggregation`.
+    """
     c = config.normalised()
     if c.is_conv3d:
         return ""
-    checks = (
-        ("encoder", c.encoder, Encoder),
-        ("axis", c.axis, Axis),
-        ("aggregation", c.aggregation, Aggregation),
-    )
-    for what, value, enum in checks:
-        if str(value) not in names(enum, aliases=True):
-            return f"{what} {value!r} is not available in this version of mri_slice_transfer"
+    parse_axis = getattr(vocabulary, "parse_axis", None)
+    try:
+        if parse_axis is not None:
+            parse_axis(c.axis)
+        elif str(c.axis) not in names(Axis):
+            raise ValueError
+    except ValueError:
+        return f"axis {c.axis!r} is not available in this version of mri_slice_transfer"
+    known = names(Encoder, aliases=True)
+    if c.encoder not in known and importlib.util.find_spec("mri_slice_transfer.networks.registry") is None:
+        return f"encoder {c.encoder!r} is not available in this version of mri_slice_transfer"
+    if str(c.aggregation) not in names(Aggregation):
+        return f"aggregation {c.aggregation!r} is not available in this version of mri_slice_transfer"
     return ""
 
 
