@@ -671,6 +671,7 @@ def _run_one(
         if run.robustness:
             stage = "robustness"
             runner.robustness(run, files.run_dir)
+            row["robustness_seconds"] = round(time.perf_counter() - t0 - eval_seconds, 1)
         stage = "collect"
         row.update(collect_run_result(task, run, files.run_dir, n_bootstrap))
         if run.robustness:
@@ -681,7 +682,9 @@ def _run_one(
             error="",
             train_seconds=round(math.nan if train_marker.seconds is None else train_marker.seconds, 1),
             eval_seconds=round(eval_seconds, 1),
-            wall_time_s=round((train_marker.seconds or 0.0) + eval_seconds, 1),
+            wall_time_s=round(
+                (train_marker.seconds or 0.0) + eval_seconds + row.get("robustness_seconds", 0.0), 1
+            ),
             resumed=train_marker.resumed,
         )
         write_marker(files.done, row)
@@ -745,7 +748,10 @@ def run_grid(
         r for r in runs if not r.skip and (redo or read_marker(RunFiles.of(runs_dir / r.run_id).done) is None)
     ]
     pretraining = _Pretraining(Path(out_dir), runner, say, redo)
-    say(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run -> {runs_dir}")
+    skipped = sum(1 for r in runs if r.skip)
+    finished = len(runs) - len(todo) - skipped
+    skip_text = f", {skipped} skipped" if skipped else ""
+    say(f"grid: {len(runs)} runs, {finished} already finished{skip_text}, {len(todo)} to run -> {runs_dir}")
     results: list[dict[str, Any]] = []
     durations: list[float] = []
     done_count = 0
