@@ -22,6 +22,7 @@ from typing import TypeVar
 
 __all__ = [
     "ALIASES",
+    "ALL_PLANES",
     "Aggregation",
     "Axis",
     "DataCache",
@@ -30,6 +31,8 @@ __all__ = [
     "Init",
     "NIFTI_SUFFIXES",
     "Perturbation",
+    "PlaneEncoder",
+    "PlaneFusion",
     "PositionEncoding",
     "PRETRAINABLE_ENCODERS",
     "ScanSuffix",
@@ -38,9 +41,11 @@ __all__ = [
     "Task",
     "TaskSpec",
     "canonical",
+    "format_axis",
     "is_better",
     "look_up",
     "names",
+    "parse_axis",
     "task_spec",
 ]
 
@@ -82,6 +87,25 @@ class Axis(_Name):
     SAGITTAL = "sagittal"
     CORONAL = "coronal"
     AXIAL = "axial"
+
+
+#: The ``axis`` value of a three-plane model: every :class:`Axis`, in :class:`Axis` order (the plane
+#: order of :func:`parse_axis`, of a three-plane model's fused embedding and of its feature arrays).
+ALL_PLANES = "all"
+
+
+class PlaneEncoder(_Name):
+    """Several-plane models (``axis all``): one 2D slice encoder for all planes, or one per plane."""
+
+    SHARED = "shared"
+    SEPARATE = "separate"
+
+
+class PlaneFusion(_Name):
+    """Several-plane models: how the per-plane scan embeddings become one."""
+
+    CONCAT = "concat"  # concatenated in plane order, then the head
+    ATTENTION = "attention"  # attention pooling across the plane embeddings (AXIAL style)
 
 
 class Aggregation(_Name):
@@ -212,6 +236,61 @@ def look_up(value: object, enum: type[E], what: str | None = None) -> E:
     msg = f"unknown {what or _label(enum)} {value!r}; choose one of {', '.join(choices)}"
     close = difflib.get_close_matches(str(value).lower(), choices, n=1, cutoff=0.6)
     raise ValueError(msg + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+
+def parse_axis(value: object) -> tuple[Axis, ...]:
+    """The planes an ``axis`` value names, in :class:`Axis` order (the one parser of ``axis``).
+
+    Args:
+        value: one plane (``"axial"``, an :class:`Axis`), :data:`ALL_PLANES` (``"all"``), or several
+            planes as a comma-separated string (``"sagittal,axial"``) or a sequence of names; any case,
+            any order, each plane once.
+
+    Returns:
+        The planes, in :class:`Axis` order (sagittal, coronal, axial).
+
+    Raises:
+        ValueError: ``"axis must be sagittal, coronal, axial, all or a comma-separated list of planes
+            ..., not 'x'"``, with ``"(did you mean 'axial'?)"`` when a close spelling exists.
+    """
+    if isinstance(value, Axis):
+        return (value,)
+    parts = value.split(",") if isinstance(value, str) else value
+    choices = (*names(Axis), ALL_PLANES)
+    msg = (
+        f"axis must be {', '.join(choices)} or a comma-separated list of planes (e.g. 'sagittal,axial'), "
+        f"not {value!r}"
+    )
+    if not isinstance(parts, (list, tuple)) or not parts:
+        raise ValueError(msg)
+    keys = [str(p).strip().lower() for p in parts]
+    if keys == [ALL_PLANES]:
+        return tuple(Axis)
+    if ALL_PLANES in keys:
+        raise ValueError(msg + f" ({ALL_PLANES!r} stands alone)")
+    bad = [k for k in keys if k not in names(Axis)]
+    if bad:
+        close = difflib.get_close_matches(bad[0], choices, n=1, cutoff=0.6)
+        raise ValueError(msg + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if len(set(keys)) != len(keys):
+        raise ValueError(msg + " (each plane at most once)")
+    return tuple(a for a in Axis if a.value in keys)
+
+
+def format_axis(value: object) -> str:
+    """The one spelling of an ``axis`` value (what model records and feature files write).
+
+    Args:
+        value: anything :func:`parse_axis` accepts.
+
+    Returns:
+        The :class:`Axis` member for one plane (a ``str``), :data:`ALL_PLANES` for all three, else the
+        planes comma-separated in :class:`Axis` order (``"sagittal,axial"``).
+    """
+    planes = parse_axis(value)
+    if len(planes) == 1:
+        return planes[0]
+    return ALL_PLANES if planes == tuple(Axis) else ",".join(p.value for p in planes)
 
 
 def canonical(value: str, enum: type[Enum]) -> str:

@@ -66,3 +66,25 @@ def test_new_aggregation_options_train_and_infer(options: dict, recorded: dict, 
     run_workflow(str(bundle / "configs" / "inference.json"), "infer", progress_bar=False, **infer)
     pred = pd.read_csv(out_csv)
     assert len(pred) == 8 and (pred["status"] == "ok").all() and np.isfinite(pred["logit"]).all()
+
+
+def test_a_torchvision_encoder_trains_and_infers_through_the_bundle(tmp_path: Path) -> None:
+    """Issue 22 item 3: ``--encoder convnext_tiny``; model.json records it, inference needs no option.
+
+    The grid is 0.4 of the template (36 x 44 x 36): ConvNeXt downsamples by 32, so a slice needs at
+    least 32 pixels per side.
+    """
+    data = write_tiny_dataset(tmp_path / "data", n_per_split=(2, 2, 2))
+    bundle = copy_bundle(tmp_path / "run")
+    model = {**SMALL_MODEL, "encoder": "convnext_tiny", "input_scale": 0.4, "demo_input_scale": 0.4}
+    train = {"dataset_dir": str(data), "epochs": 1, "batch_size": 2}
+    run_workflow(str(bundle / "configs" / "train.json"), "train", **model, **train)
+    record = json.loads((bundle / "models" / "model.json").read_text(encoding="utf-8"))
+    assert record["encoder"] == "convnext_tiny" and record["encoder_init"] == "scratch"
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert state["pre_embed.weight"].shape == (32, 768)  # ConvNeXt-T's width, projected to d = 32
+    out_csv = tmp_path / "pred.csv"
+    infer = {"input": str(data / "images"), "predictions_csv": str(out_csv), "batch_size": 2}
+    run_workflow(str(bundle / "configs" / "inference.json"), "infer", progress_bar=False, **infer)
+    pred = pd.read_csv(out_csv)
+    assert len(pred) == 6 and (pred["status"] == "ok").all() and np.isfinite(pred["logit"]).all()

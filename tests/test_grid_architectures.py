@@ -68,7 +68,10 @@ def test_the_preset_holds_the_papers_models_and_the_new_ones() -> None:
     assert preset.table_metrics == ("balanced_accuracy", "roc_auc")
     assert unavailable(ModelConfig("cnn5", "axial", "transformer")) == ""
     assert unavailable(ModelConfig("conv3d", None, None)) == ""
-    assert "encoder 'no_such_net'" in unavailable(ModelConfig("no_such_net", "axial"))
+    assert "not 'no_such_net'" in unavailable(ModelConfig("no_such_net", "axial"))
+    assert unavailable(ModelConfig("regnet_y_400mf", "axial")) == ""
+    assert unavailable(ModelConfig("cnn5", "all")) == ""
+    assert "axis" in unavailable(ModelConfig("cnn5", "diagonal"))
 
 
 def test_middle_severity_only_and_the_drop_per_perturbation(tmp_path: Path) -> None:

@@ -190,3 +190,29 @@ def test_interpret_command_refuses_unknown_methods_and_a_folder_without_a_model(
     assert "not 'gradcam,lrp'" in capsys.readouterr().err
     assert main(["interpret", str(tmp_path), "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     assert f"{tmp_path / 'models' / 'model.pt'}: no trained model" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("encoder", "layer"), [("mobilenet_v3_small", "features"), ("regnet_y_400mf", "trunk_output")]
+)
+def test_gradcam_of_a_torchvision_encoder_uses_its_last_feature_map(encoder: str, layer: str) -> None:
+    from mri_slice_transfer.interpret.gradcam import gradcam_unsupported
+
+    torch.manual_seed(0)
+    net = build_network(encoder=encoder, axis="axial", pretrained="false", spatial_size=(46, 54, 46))
+    cam = GradCAMMap(net)
+    assert cam.layer == f"encoder.backbone.{layer}" and gradcam_unsupported(net) is None
+    m = cam(torch.randn(1, 1, 46, 54, 46))
+    assert m.shape == TEMPLATE_SHAPE and m.max() == pytest.approx(1.0) and m.min() >= 0.0
+
+
+def test_default_methods_skip_gradcam_where_there_is_no_default_layer_but_named_gradcam_is_refused() -> None:
+    from mri_slice_transfer.interpret.gradcam import gradcam_unsupported
+    from mri_slice_transfer.interpret.run import _check_methods
+
+    vit = build_network(encoder="vit_b_16", axis="axial", pretrained="false", spatial_size=(8, 8, 2))
+    assert "--gradcam-layer" in str(gradcam_unsupported(vit))
+    assert _check_methods(None, vit, None) == ("slices",)
+    with pytest.raises(ValueError, match="methods: gradcam: no Grad-CAM target layer known"):
+        _check_methods(["gradcam"], vit, None)
+    assert _check_methods(["slices", "gradcam"], vit, "encoder.backbone.conv_proj") == ("slices", "gradcam")

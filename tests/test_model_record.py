@@ -137,7 +137,7 @@ def test_an_option_contradicting_the_record_names_both_values(tmp_path: Path) ->
 
 
 def test_bad_records_are_errors_naming_the_file_and_value(tmp_path: Path) -> None:
-    with pytest.raises(ModelRecordError, match="model.json: unknown axis 'axail'.*did you mean 'axial'"):
+    with pytest.raises(ModelRecordError, match="model.json: axis must be .*'axail' .did you mean 'axial'"):
         read(_write({**RECORD_050, "axis": "axail"}, tmp_path / "model.json"))
     with pytest.raises(ModelRecordError, match="input_scale must be > 0, not -1"):
         read(_write({**RECORD_050, "input_scale": -1}, tmp_path / "model.json"))

@@ -136,8 +136,8 @@ def test_factory_pretrained_rules():
 
 
 def test_bad_arguments_list_choices():
-    with pytest.raises(ValueError, match="resnet18"):
-        build_model("vgg16")
+    with pytest.raises(ValueError, match="resnet18"):  # vgg16 is a valid (torchvision) encoder now
+        build_model("vgg17")
     with pytest.raises(ValueError, match="sagittal, coronal, axial"):
         SliceSetNet("cnn5", axis="transverse", spatial_size=TINY)
     with pytest.raises(ValueError, match="mean, max, attention"):

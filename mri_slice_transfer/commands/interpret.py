@@ -37,9 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         type=_methods,
-        default=DEFAULT_METHODS,
-        help=f"comma-separated, of {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)}; occlusion "
-        "runs hundreds of forward passes per scan)",
+        default=None,
+        help=f"comma-separated, of {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)}, no gradcam "
+        "for a model that has no default Grad-CAM layer; occlusion runs hundreds of forward passes per scan)",
     )
     parser.add_argument(
         "--dataset-dir",

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from mri_slice_transfer.engine.brain_age import AgeBias
+from mri_slice_transfer.networks.registry import encoder_name
 from mri_slice_transfer.template import TEMPLATE_SHAPE
 from mri_slice_transfer.vocabulary import (
     TASKS,
@@ -39,7 +40,9 @@ from mri_slice_transfer.vocabulary import (
     Encoder,
     PositionEncoding,
     Task,
+    format_axis,
     look_up,
+    parse_axis,
     task_spec,
 )
 
@@ -65,7 +68,8 @@ FORMAT_VERSION = 1
 #: The fields that describe the network and its input; a record without any of them is incomplete.
 ARCHITECTURE_FIELDS: tuple[str, ...] = ("encoder", "axis", "aggregation", "position_encoding", "input_scale")
 
-#: The enum of each architecture field (values are checked and normalised with ``look_up``).
+#: The enum of each architecture field (values are checked and normalised with ``look_up``; ``axis``
+#: with :func:`~mri_slice_transfer.vocabulary.parse_axis`, which also knows several planes).
 _ENUMS = {"encoder": Encoder, "axis": Axis, "aggregation": Aggregation, "position_encoding": PositionEncoding}
 
 #: What a model without a record is assumed to be: the bundles' ``train.json`` model defaults at
@@ -111,9 +115,13 @@ class ModelRecord:
         key_metric: name of the metric that chose it (``val_balanced_accuracy``, ``val_mae``).
         metrics: all validation metrics of that epoch.
         sha256: SHA-256 of ``model.pt``'s bytes (None: not recorded).
-        encoder, axis, aggregation, position_encoding: the network (None: not recorded).
+        encoder, axis, aggregation, position_encoding: the network (None: not recorded). ``encoder`` is
+            an :class:`Encoder` or, for other torchvision / timm encoders, their name (a ``str``);
+            ``axis`` is an :class:`Axis`, or for a several-plane model ``"all"`` / ``"sagittal,axial"``
+            (:func:`~mri_slice_transfer.vocabulary.format_axis`).
         num_outputs: size of the network's output.
-        num_slices: slices per scan along ``axis`` (None for the 3D-CNN or when not recorded).
+        num_slices: slices per scan along ``axis`` (``{plane: K}`` for several planes; None for the
+            3D-CNN or when not recorded).
         input_scale: scale of the template grid the model was trained at (None: not recorded).
         spatial_size: input grid ``(x, y, z)`` at that scale.
         preprocessing: template grid, normalisation and resize (:data:`PREPROCESSING`).
@@ -137,12 +145,12 @@ class ModelRecord:
     key_metric: str
     metrics: dict[str, float] = field(default_factory=dict)
     sha256: str | None = None
-    encoder: Encoder | None = None
-    axis: Axis | None = None
+    encoder: Encoder | str | None = None
+    axis: str | None = None
     aggregation: Aggregation | None = None
     position_encoding: PositionEncoding | None = None
     num_outputs: int = 1
-    num_slices: int | None = None
+    num_slices: int | dict[str, int] | None = None
     input_scale: float | None = None
     spatial_size: tuple[int, ...] | None = None
     preprocessing: dict[str, str] = field(default_factory=dict)
@@ -179,8 +187,8 @@ class ModelRecord:
                 "(they must be the training run's)"
             )
         return {
-            "encoder": self.encoder.value,
-            "axis": self.axis.value,
+            "encoder": str(self.encoder),
+            "axis": str(self.axis),
             "aggregation": self.aggregation.value,
             "position_encoding": self.position_encoding.value,
             "num_outputs": int(self.num_outputs),
@@ -245,9 +253,19 @@ def _task_of(raw: dict, path: Path) -> Task:
     )
 
 
+def _canonical(name: str, value: Any) -> Any:
+    """An architecture field's value as the record keeps it: the vocabulary member, or for ``encoder``
+    a torchvision / timm name that is not one (:func:`~mri_slice_transfer.networks.registry.encoder_name`)."""
+    if name == "encoder":
+        return encoder_name(value)
+    if name == "axis":
+        return format_axis(value)
+    return look_up(value, _ENUMS[name], name)
+
+
 def _enum(value: Any, enum: type, what: str, path: Path) -> Any:
     try:
-        return look_up(value, enum, what)
+        return _canonical(what, value) if what in _ENUMS else look_up(value, enum, what)
     except ValueError as err:
         raise ModelRecordError(f"{path}: {err}") from None
 
@@ -304,7 +322,7 @@ def _from_json(raw: dict, path: Path) -> ModelRecord:
         sha256=raw.get("sha256"),
         **enums,
         num_outputs=_number(raw.get("num_outputs", 1), "num_outputs", path, int),
-        num_slices=_number(raw.get("num_slices"), "num_slices", path, int),
+        num_slices=_num_slices(raw.get("num_slices"), path),
         input_scale=_positive_scale(raw.get("input_scale"), path),
         spatial_size=tuple(int(s) for s in size) if size is not None else None,
         preprocessing=dict(raw.get("preprocessing") or {}),
@@ -319,6 +337,13 @@ def _from_json(raw: dict, path: Path) -> ModelRecord:
         format_version=_number(raw.get("format_version", 0), "format_version", path, int),
         path=path,
     )
+
+
+def _num_slices(value: Any, path: Path) -> int | dict[str, int] | None:
+    """``num_slices``: an int, or ``{plane: K}`` for a several-plane model."""
+    if isinstance(value, dict):
+        return {str(format_axis(k)): _number(v, f"num_slices[{k!r}]", path, int) for k, v in value.items()}
+    return _number(value, "num_slices", path, int)
 
 
 def _network_options(value: Any, path: Path) -> dict[str, Any]:
@@ -384,7 +409,7 @@ def _option(value: Any, name: str) -> Any:
         return None
     if name == "input_scale":
         return _positive_scale(value, Path(f"--{name}"))
-    return look_up(value, _ENUMS[name], name)
+    return _canonical(name, value)
 
 
 def _same(name: str, a: Any, b: Any) -> bool:
@@ -465,7 +490,9 @@ def _with_geometry(record: ModelRecord) -> ModelRecord:
     from mri_slice_transfer.networks.slice_set import num_slices
 
     size = _scaled(record.input_scale)
-    slices = None if record.encoder is Encoder.CONV3D else num_slices(size, record.axis.value)
+    planes = [p.value for p in parse_axis(record.axis)]
+    slices = {p: num_slices(size, p) for p in planes} if len(planes) > 1 else num_slices(size, planes[0])
+    slices = None if record.encoder is Encoder.CONV3D else slices
     return dataclasses.replace(record, spatial_size=size, num_slices=slices)
 
 
@@ -540,7 +567,7 @@ def training_record(
         key_metric=key_metric,
         metrics=dict(metrics),
         sha256=sha256,
-        **{k: look_up(arch[k], e, k) if k in arch else None for k, e in _ENUMS.items()},
+        **{k: _canonical(k, arch[k]) if k in arch else None for k in _ENUMS},
         num_outputs=int(arch.get("num_outputs", 1)),
         input_scale=scale,
         preprocessing=dict(PREPROCESSING),

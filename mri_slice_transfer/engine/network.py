@@ -13,6 +13,7 @@ from mri_slice_transfer.engine.options import as_bool, as_pretrained
 from mri_slice_transfer.engine.resize import scaled_size
 from mri_slice_transfer.networks import build_model
 from mri_slice_transfer.networks.cpu_conv import use_fast_cpu_convs
+from mri_slice_transfer.vocabulary import format_axis
 
 __all__ = [
     "ARCHITECTURE_ARGS",
@@ -83,6 +84,8 @@ def architecture(factory: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name in ARCHITECTURE_ARGS:
         value = kwargs.get(name, defaults[name])
+        if name == "axis":
+            value = str(format_axis(value))  # one spelling: "axial", "all", "sagittal,axial"
         out[name] = (
             [int(v) for v in value]
             if name == "spatial_size"
@@ -92,8 +95,9 @@ def architecture(factory: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 #: Further :func:`~mri_slice_transfer.networks.build_model` arguments a model record keeps when they
-#: differ from their defaults (so the default model's record is unchanged): the transformer's settings
-#: and the slice-count augmentation (training only; evaluation always uses every slice).
+#: differ from their defaults (so the default model's record is unchanged): the transformer's settings,
+#: the slice-count augmentation (training only; evaluation always uses every slice) and a several-plane
+#: model's ``plane_encoder`` / ``plane_fusion``.
 NETWORK_OPTION_ARGS = (
     "transformer_layers",
     "transformer_heads",
@@ -102,6 +106,8 @@ NETWORK_OPTION_ARGS = (
     "transformer_rotary",
     "slice_keep",
     "slice_keep_style",
+    "plane_encoder",
+    "plane_fusion",
 )
 _OPTION_TYPES: dict[str, Any] = {
     "transformer_layers": int,

@@ -48,7 +48,8 @@ __all__ = [
 
 #: Encoder name of the 3D-CNN baseline (it has no slices: axis, aggregation, encoding do not apply).
 CONV3D = Encoder.CONV3D.value
-#: Encoders that have ImageNet weights.
+#: The built-in encoders that have ImageNet weights (every torchvision / timm encoder has them too:
+#: :func:`_pretrainable`, which follows the encoder registry).
 PRETRAINABLE = tuple(e.value for e in PRETRAINABLE_ENCODERS)
 AXES = names(Axis)
 _ENCODER_LABEL = {
@@ -57,6 +58,18 @@ _ENCODER_LABEL = {
     Encoder.RESNET34: "2D-ResNet-34",
     Encoder.RESNET50: "2D-ResNet-50",
 }
+
+
+def _pretrainable(encoder: str) -> bool:
+    """Whether ``encoder`` has ImageNet weights (the encoder registry's ``has_pretrained_weights``)."""
+    if canonical(encoder, Encoder) in names(Encoder):  # built-in: no torch import to plan a grid
+        return canonical(encoder, Encoder) in PRETRAINABLE
+    from mri_slice_transfer.networks.registry import has_pretrained_weights  # torchvision's names
+
+    try:
+        return has_pretrained_weights(encoder)
+    except ValueError:  # an unknown name: the grid reports it when it builds the model
+        return False
 
 
 def _is_conv3d(encoder: str) -> bool:
@@ -372,12 +385,12 @@ PRESETS: dict[str, Preset] = _make_presets()
 
 
 def unavailable(config: ModelConfig) -> str:
-    """Why this checkout cannot build ``config``, checked without importing torch; ``""`` when it can.
+    """Why this checkout cannot build ``config``; ``""`` when it can.
 
     An axis is checked with the vocabulary's axis parser when there is one (three-plane models:
-    ``"all"`` or a list of planes), else against :class:`Axis`; an encoder outside :class:`Encoder` is
-    accepted when the package has an encoder registry (any torchvision name; the run itself checks
-    it), else not; the aggregation against :class:`Aggregation`.
+    ``"all"`` or a list of planes), else against :class:`Axis`; an encoder outside :class:`Encoder`
+    with the encoder registry when the package has one (torchvision / timm names; imports torch only
+    for such names), else it is unavailable; the aggregation against :class:`Aggregation`.
     """
     c = config.normalised()
     if c.is_conv3d:
@@ -390,9 +403,15 @@ def unavailable(config: ModelConfig) -> str:
             raise ValueError
     except ValueError:
         return f"axis {c.axis!r} is not available in this version of mri_slice_transfer"
-    known = names(Encoder, aliases=True)
-    if c.encoder not in known and importlib.util.find_spec("mri_slice_transfer.networks.registry") is None:
-        return f"encoder {c.encoder!r} is not available in this version of mri_slice_transfer"
+    if c.encoder not in names(Encoder, aliases=True):  # built-in names need no torch import
+        if importlib.util.find_spec("mri_slice_transfer.networks.registry") is None:
+            return f"encoder {c.encoder!r} is not available in this version of mri_slice_transfer"
+        from mri_slice_transfer.networks.registry import encoder_name
+
+        try:
+            encoder_name(c.encoder)
+        except ValueError as err:
+            return str(err)
     if str(c.aggregation) not in names(Aggregation):
         return f"aggregation {c.aggregation!r} is not available in this version of mri_slice_transfer"
     return ""
@@ -429,7 +448,7 @@ def expand_grid(
     seen: set[str] = set()
     for enc in encoders:
         for pt in pretrained:
-            if pt and enc.lower() not in PRETRAINABLE:
+            if pt and not _pretrainable(enc):
                 notes.append(f"{enc} has no ImageNet weights: pretrained=true skipped")
                 continue
             for axis in axes:

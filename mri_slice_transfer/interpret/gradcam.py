@@ -25,11 +25,18 @@ import torch.nn as nn
 
 from mri_slice_transfer.interpret.geometry import stack_slice_maps, to_template_grid
 from mri_slice_transfer.networks.conv3d import Conv3DNet
-from mri_slice_transfer.networks.encoders import CNN5Encoder, ResNetEncoder
+from mri_slice_transfer.networks.encoders import CNN5Encoder, ResNetEncoder, TorchvisionEncoder
+from mri_slice_transfer.networks.planes import MultiPlaneNet
 from mri_slice_transfer.networks.slice_set import SliceSetNet
 from mri_slice_transfer.template import load_template
 
-__all__ = ["target_layer", "GradCAMMap"]
+__all__ = ["target_layer", "gradcam_unsupported", "GradCAMMap"]
+
+#: Torchvision backbone children whose output is the last conv feature map [N, C, H, W], in the order
+#: they are looked for (most CNN families: ``features``; RegNet: ``trunk_output``; ResNet-like: ``layer4``).
+_CNN_FEATURE_MODULES = ("features", "trunk_output", "layer4")
+#: Torchvision families whose feature maps are tokens or channels-last (no default Grad-CAM layer).
+_TOKEN_MODELS = ("vit_", "swin_", "maxvit_")
 
 
 def target_layer(net: nn.Module) -> str:
@@ -48,7 +55,30 @@ def target_layer(net: nn.Module) -> str:
         return "encoder.backbone.layer4"
     if isinstance(net, SliceSetNet) and isinstance(net.encoder, CNN5Encoder):
         return f"encoder.blocks.{len(net.encoder.blocks) - 1}"
-    raise TypeError(f"no Grad-CAM target layer known for {type(net).__name__}")
+    if isinstance(net, SliceSetNet) and isinstance(net.encoder, TorchvisionEncoder):
+        children = dict(net.encoder.backbone.named_children())
+        found = [name for name in _CNN_FEATURE_MODULES if name in children]
+        if found and not net.encoder.arch.startswith(_TOKEN_MODELS):
+            return f"encoder.backbone.{found[0]}"
+    if isinstance(net, MultiPlaneNet):
+        raise TypeError(
+            f"Grad-CAM is not supported for a several-plane model (MultiPlaneNet, axis {net.axis}): its "
+            "encoder sees the slices of every plane; use slice importance or occlusion"
+        )
+    encoder = getattr(net, "encoder", None)
+    raise TypeError(
+        f"no Grad-CAM target layer known for {type(net).__name__} with {type(encoder).__name__}; name a "
+        "conv layer with --gradcam-layer, or use slice importance or occlusion"
+    )
+
+
+def gradcam_unsupported(net: nn.Module) -> str | None:
+    """Why Grad-CAM has no default target layer in ``net`` (None: it has one, :func:`target_layer`)."""
+    try:
+        target_layer(net)
+    except TypeError as err:
+        return str(err)
+    return None
 
 
 def _normalise(volume: np.ndarray) -> np.ndarray:
@@ -70,6 +100,8 @@ class GradCAMMap:
     def __init__(self, net: nn.Module, output_index: int = 0, layer: str | None = None) -> None:
         from monai.visualize import GradCAM
 
+        if isinstance(net, MultiPlaneNet):
+            target_layer(net)  # raises: the encoder of several planes has no single slice stack
         self.net = net
         self.output_index = int(output_index)
         self.layer = layer or target_layer(net)

@@ -7,6 +7,7 @@ dependencies); the overlay background is the MNI152 template shipped with nilear
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -69,11 +70,14 @@ def plot_overlay(
     return save_figure(fig, path, dpi=100)
 
 
-def plot_slice_importance(result: SliceImportance, path: str | os.PathLike, title: str = "") -> Path:
+def plot_slice_importance(
+    result: SliceImportance | Sequence[SliceImportance], path: str | os.PathLike, title: str = ""
+) -> Path:
     """PNG of slice importance (and attention weights, if any) against the slices' MNI coordinate.
 
     Args:
-        result: from :func:`~.slices.slice_importance` (or a group average of them).
+        result: from :func:`~.slices.slice_importance` (or a group average of them), or one per plane
+            (:func:`~.slices.slice_importances`): one panel per plane, stacked.
         path: output PNG, written atomically.
         title: the figure title.
 
@@ -81,7 +85,16 @@ def plot_slice_importance(result: SliceImportance, path: str | os.PathLike, titl
         ``path``.
     """
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    results = (result,) if isinstance(result, SliceImportance) else tuple(result)
+    fig, axes = plt.subplots(len(results), 1, figsize=(7, 3.2 * len(results)), squeeze=False)
+    for ax, res in zip(axes[:, 0], results, strict=True):
+        _importance_panel(ax, res, title if len(results) == 1 else f"{title} ({res.axis})".strip())
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
+def _importance_panel(ax, result: SliceImportance, title: str) -> None:  # noqa: ANN001 - a matplotlib Axes
+    """One plane's importance (and attention) curve on ``ax``."""
     ax.axhline(0.0, color="0.6", lw=0.8)
     ax.plot(result.mni_mm, result.importance, color="C0", lw=1.5, label="importance (drop the slice)")
     ax.set_xlabel(f"{result.axis} slice position: MNI {_AXIS_LABEL[result.axis]} (mm)")
@@ -91,5 +104,3 @@ def plot_slice_importance(result: SliceImportance, path: str | os.PathLike, titl
         twin.plot(result.mni_mm, result.attention, color="C1", lw=1.0, ls="--", label="attention weight")
         twin.set_ylabel("attention weight", color="C1")
     ax.set_title(title or f"slice importance ({result.axis})")
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=100)

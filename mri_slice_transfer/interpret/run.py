@@ -28,7 +28,8 @@ import torch
 from mri_slice_transfer.engine.io import write_csv
 from mri_slice_transfer.interpret.geometry import save_template_nifti
 from mri_slice_transfer.interpret.methods import DEFAULT_METHODS, METHODS
-from mri_slice_transfer.interpret.slices import SliceImportance, slice_importance, write_slice_csv
+from mri_slice_transfer.interpret.slices import SliceImportance, slice_importances, write_slice_csv
+from mri_slice_transfer.networks.planes import MultiPlaneNet
 from mri_slice_transfer.networks.slice_set import SliceSetNet
 from mri_slice_transfer.vocabulary import IMAGE_SUFFIXES
 
@@ -78,11 +79,24 @@ def scan_names(images: Sequence[str]) -> list[str]:
     return names
 
 
-def _check_methods(methods: Sequence[str], net: torch.nn.Module) -> tuple[str, ...]:
+def _check_methods(
+    methods: Sequence[str] | None, net: torch.nn.Module, gradcam_layer: str | None
+) -> tuple[str, ...]:
+    """The methods to run: the named ones (an error if one cannot run) or the defaults that can."""
+    from mri_slice_transfer.interpret.gradcam import gradcam_unsupported
+
+    explicit = methods is not None
+    methods = list(methods if explicit else DEFAULT_METHODS)
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ValueError(f"methods must be some of {', '.join(METHODS)}, not {', '.join(bad) or 'none'}")
-    if "slices" in methods and not isinstance(net, SliceSetNet):
+    reason = gradcam_unsupported(net) if "gradcam" in methods else None
+    if reason and (isinstance(net, MultiPlaneNet) or gradcam_layer is None):
+        if explicit:
+            raise ValueError(f"methods: gradcam: {reason}")
+        logger.warning("Grad-CAM skipped (not asked for by name): %s", reason)
+        methods = [m for m in methods if m != "gradcam"]
+    if "slices" in methods and not isinstance(net, (SliceSetNet, MultiPlaneNet)):
         logger.warning("slice importance skipped: %s is not a slice-set network", type(net).__name__)
         methods = [m for m in methods if m != "slices"]
     return tuple(dict.fromkeys(methods))
@@ -93,7 +107,7 @@ class _Group:
 
     def __init__(self) -> None:
         self.maps: dict[str, np.ndarray] = {}
-        self.slices: list[SliceImportance] = []
+        self.slices: list[tuple[SliceImportance, ...]] = []  # per scan: one per plane
         self.count: dict[str, int] = {}
 
     def add(self, method: str, value: Any) -> None:
@@ -115,20 +129,25 @@ class _Group:
             )
             files[method] = nii
         if self.slices:
-            first = self.slices[0]
-            mean = replace(
-                first,
-                output=float(np.mean([s.output for s in self.slices])),
-                importance=np.mean([s.importance for s in self.slices], axis=0),
-                attention=None
-                if first.attention is None
-                else np.mean([s.attention for s in self.slices], axis=0),
+            mean = tuple(
+                _mean_importance([scan[i] for scan in self.slices]) for i in range(len(self.slices[0]))
             )
             files["slices"] = write_slice_csv(mean, out / "slices.csv")
             plot_slice_importance(
                 mean, out / "slices.png", f"group mean slice importance ({len(self.slices)} scans)"
             )
         return files
+
+
+def _mean_importance(results: list[SliceImportance]) -> SliceImportance:
+    """The group mean of one plane's slice importance over scans."""
+    first = results[0]
+    return replace(
+        first,
+        output=float(np.mean([s.output for s in results])),
+        importance=np.mean([s.importance for s in results], axis=0),
+        attention=None if first.attention is None else np.mean([s.attention for s in results], axis=0),
+    )
 
 
 def _explainers(
@@ -139,7 +158,7 @@ def _explainers(
 
     made: dict[str, Any] = {}
     if "slices" in methods:
-        made["slices"] = lambda x: slice_importance(net, x)
+        made["slices"] = lambda x: slice_importances(net, x)
     if "gradcam" in methods:
         made["gradcam"] = GradCAMMap(net, layer=gradcam_layer)
     if "occlusion" in methods:
@@ -205,7 +224,7 @@ def interpret_scans(
     bundle: str | os.PathLike,
     source: str,
     out_dir: str | os.PathLike,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] | None = None,
     dataset_dir: str | None = None,
     occlusion_mask: int = 8,
     architecture: dict[str, Any] | None = None,
@@ -218,7 +237,8 @@ def interpret_scans(
         bundle: the trained bundle folder (``models/model.pt`` + ``models/model.json``).
         source: a folder, a glob or a CSV with an ``image`` column (as for inference).
         out_dir: output folder (created).
-        methods: some of :data:`METHODS`.
+        methods: some of :data:`METHODS`; None: :data:`DEFAULT_METHODS` less Grad-CAM where the model has no
+            default Grad-CAM layer (a several-plane model, a ViT / Swin encoder; a warning says so).
         dataset_dir: base folder of a CSV's relative image paths (default: the CSV's folder).
         occlusion_mask: occlusion patch size in voxels of the model's input grid.
         architecture: explicit architecture options for a model record without them (0.5.0), see
@@ -236,7 +256,7 @@ def interpret_scans(
     from mri_slice_transfer.transforms import get_inference_transforms
 
     net, record = load_trained_model(bundle, architecture)
-    explainers = _explainers(net, _check_methods(list(methods), net), occlusion_mask, gradcam_layer)
+    explainers = _explainers(net, _check_methods(methods, net, gradcam_layer), occlusion_mask, gradcam_layer)
     transform = SafeTransform(
         with_resize(get_inference_transforms(), record.input_scale), record.spatial_size
     )

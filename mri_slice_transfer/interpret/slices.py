@@ -10,6 +10,10 @@ in). It costs one encoder pass and ``K`` cheap aggregation + head passes. A slic
 (zero attention weight, never the max) gets importance 0.
 
 For attention aggregation the attention weights ``a_k`` are reported too.
+
+A several-plane model (:class:`~mri_slice_transfer.networks.planes.MultiPlaneNet`, ``axis all``) gets one
+:class:`SliceImportance` per plane (:func:`plane_slice_importance`): slice ``k`` of plane ``p`` is left
+out of that plane's set, the other planes' embeddings stay, and the fused output is compared.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +30,17 @@ import torch
 
 from mri_slice_transfer.fileio import atomic_write_text
 from mri_slice_transfer.interpret.geometry import slice_mni_coordinates, slice_template_voxels
+from mri_slice_transfer.networks.planes import MultiPlaneNet
 from mri_slice_transfer.networks.slice_set import AttentionAggregation, SliceSetNet
 
-__all__ = ["SLICE_COLUMNS", "SliceImportance", "slice_importance", "write_slice_csv"]
+__all__ = [
+    "SLICE_COLUMNS",
+    "SliceImportance",
+    "plane_slice_importance",
+    "slice_importance",
+    "slice_importances",
+    "write_slice_csv",
+]
 
 #: Columns of a per-scan slice-importance CSV.
 SLICE_COLUMNS: tuple[str, ...] = ("slice", "template_voxel", "mni_mm", "importance", "attention")
@@ -90,29 +103,97 @@ def slice_importance(net: SliceSetNet, x: torch.Tensor, output_index: int = 0) -
     )
 
 
-def write_slice_csv(result: SliceImportance, path: str | os.PathLike) -> Path:
+@torch.no_grad()
+def plane_slice_importance(
+    net: MultiPlaneNet, x: torch.Tensor, output_index: int = 0
+) -> tuple[SliceImportance, ...]:
+    """Leave-one-slice-out importance of every slice of every plane of one scan (several-plane model).
+
+    Args:
+        net: a :class:`~mri_slice_transfer.networks.planes.MultiPlaneNet` (put in eval mode here).
+        x: one scan ``[1, 1, X, Y, Z]`` on the network's grid.
+        output_index: which output to explain.
+
+    Returns:
+        one :class:`SliceImportance` per plane, in the model's plane order: slice ``k`` of plane ``p``
+        left out of that plane's set, the other planes' pooled embeddings unchanged.
+    """
+    if x.ndim != 5 or x.shape[0] != 1:
+        raise ValueError(f"expected one scan [1, 1, X, Y, Z], not shape {tuple(x.shape)}")
+    net.eval()
+    embs, pooled, attention = {}, {}, {}
+    for p in net.axes:
+        branch = net.planes[p]
+        embs[p] = branch.embed(x)  # [1, K_p, d]
+        pooled[p] = branch.aggregate(embs[p])
+        last = branch.aggregate.last_weights if isinstance(branch.aggregate, AttentionAggregation) else None
+        attention[p] = None if last is None else last[0].float().cpu().numpy()
+    full = net.head(net.fuse(list(pooled.values())))[0, output_index]
+    results = []
+    for p in net.axes:
+        k = embs[p].shape[1]
+        keep = ~torch.eye(k, dtype=torch.bool, device=x.device)  # row j: every slice of p but j
+        without_p = net.planes[p].aggregate(embs[p].expand(k, -1, -1), mask=keep)
+        fused = net.fuse([without_p if q == p else pooled[q].expand(k, -1) for q in net.axes])
+        without = net.head(fused)[:, output_index]
+        results.append(
+            SliceImportance(
+                axis=p,
+                output=float(full),
+                importance=(full - without).float().cpu().numpy(),
+                mni_mm=slice_mni_coordinates(p, k),
+                template_voxel=slice_template_voxels(p, k),
+                attention=attention[p],
+            )
+        )
+    return tuple(results)
+
+
+def slice_importances(
+    net: torch.nn.Module, x: torch.Tensor, output_index: int = 0
+) -> tuple[SliceImportance, ...]:
+    """Slice importance per plane: one entry for a ``SliceSetNet``, one per plane for a ``MultiPlaneNet``.
+
+    Args:
+        net: a slice-set network of either kind.
+        x: one scan ``[1, 1, X, Y, Z]`` on the network's grid.
+        output_index: which output to explain.
+
+    Returns:
+        the :class:`SliceImportance` of each plane.
+    """
+    if isinstance(net, MultiPlaneNet):
+        return plane_slice_importance(net, x, output_index)
+    return (slice_importance(net, x, output_index),)
+
+
+def write_slice_csv(result: SliceImportance | Sequence[SliceImportance], path: str | os.PathLike) -> Path:
     """Write one scan's slice importance as CSV (:data:`SLICE_COLUMNS`; ``attention`` empty if none).
 
     Args:
-        result: from :func:`slice_importance`.
+        result: from :func:`slice_importance`, or :func:`slice_importances`' per-plane results: one
+            plane gives the same file; several add a first column ``axis`` (the plane of each row).
         path: output file, written atomically.
 
     Returns:
         ``path``.
     """
+    results = (result,) if isinstance(result, SliceImportance) else tuple(result)
+    several = len(results) > 1
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(SLICE_COLUMNS)
-    for i in range(len(result.importance)):
-        att = "" if result.attention is None else f"{result.attention[i]:.6g}"
-        row = (
-            i,
-            f"{result.template_voxel[i]:.4g}",
-            f"{result.mni_mm[i]:.4g}",
-            f"{result.importance[i]:.6g}",
-            att,
-        )
-        writer.writerow(row)
+    writer.writerow((("axis",) if several else ()) + SLICE_COLUMNS)
+    for res in results:
+        for i in range(len(res.importance)):
+            att = "" if res.attention is None else f"{res.attention[i]:.6g}"
+            row = (
+                i,
+                f"{res.template_voxel[i]:.4g}",
+                f"{res.mni_mm[i]:.4g}",
+                f"{res.importance[i]:.6g}",
+                att,
+            )
+            writer.writerow(((res.axis,) if several else ()) + row)
     path = Path(path)
     atomic_write_text(path, buf.getvalue())
     return path

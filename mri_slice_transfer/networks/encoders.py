@@ -1,4 +1,5 @@
-"""2D slice encoders: the 5-layer CNN ("cnn5") and torchvision ResNet-18/34/50.
+"""2D slice encoders: the 5-layer CNN ("cnn5"), torchvision ResNet-18/34/50, any other torchvision
+classification model and (optional extra) any timm model; names in :mod:`~.registry`.
 
 Every encoder maps a batch of single-channel slices ``[N, 1, H, W]`` to one feature vector per slice
 ``[N, out_features]`` (after global average pooling). The projection to the slice embedding size
@@ -16,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from mri_slice_transfer.networks.registry import TIMM, TIMM_PREFIX, TORCHVISION, encoder_family, require_timm
 from mri_slice_transfer.vocabulary import PRETRAINABLE_ENCODERS, SLICE_ENCODERS
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "min_pool_max",
     "CNN5Encoder",
     "ResNetEncoder",
+    "TorchvisionEncoder",
+    "TimmEncoder",
     "build_encoder",
     "fold_conv1_weight",
     "repeat_conv1_weight",
@@ -187,13 +191,174 @@ class ResNetEncoder(nn.Module):
         return self.backbone(x)
 
 
+def _first_conv_key(model: nn.Module) -> str | None:
+    """State-dict key of the weight of the first 3-channel ``Conv2d`` of ``model`` (None: there is none)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 3 and module.groups == 1:
+            return f"{name}.weight"
+    return None
+
+
+def _fold_first_conv(model: nn.Module) -> None:
+    """Fold the first 3-channel ``Conv2d`` of ``model`` to 1 channel in place (no-op if there is none)."""
+    key = _first_conv_key(model)
+    if key is None:
+        return
+    module = model.get_submodule(key.removesuffix(".weight"))
+    # in place, no new Conv2d: a seeded "fold" model then equals the seeded "repeat" one
+    module.weight = nn.Parameter(fold_conv1_weight(module.weight.detach()))
+    module.in_channels = 1
+
+
+def _remove_head(model: nn.Module) -> tuple[str, nn.Module]:
+    """Replace the classification layer (the last ``nn.Linear``; squeezenet: the last ``Conv2d``) of a
+    torchvision model by ``nn.Identity``; returns its module name and the removed layer."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not layers:  # squeezenet: a 1x1 conv to the classes, then ReLU and global average pooling
+        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    name = layers[-1][0]
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, nn.Identity())
+    return name, layers[-1][1]
+
+
+class TorchvisionEncoder(nn.Module):
+    """Any torchvision classification model without its classification layer: slices -> pooled features.
+
+    The model is built by ``torchvision.models.get_model(arch, weights=None)``; its last ``nn.Linear``
+    (the classifier: ``fc``, ``classifier[-1]``, ``head``, ``heads.head``) becomes ``nn.Identity`` and
+    ``out_features`` is that layer's ``in_features`` (derived, not tabled; squeezenet, which has no
+    Linear, by a forward pass). A 1-channel slice enters as with the ResNets: ``"fold"`` sums the first
+    conv's RGB kernel (every torchvision classifier has one), ``"repeat"`` feeds 3 identical channels.
+    Models that need a fixed input size (the ViTs: ``image_size``) get the slice resized to it
+    (bilinear); all others take the slice as it is (at least 32 x 32 pixels for most of them).
+
+    Args:
+        arch: a torchvision classification model name (``torchvision.models.list_models()``).
+        in_channels_mode: ``"fold"`` or ``"repeat"``.
+
+    Attributes:
+        stem_key: state-dict key of the first conv's weight (folded in ``"fold"`` mode).
+        head_keys: prefixes of ImageNet-file keys the encoder does not have (the removed classifier,
+            googlenet / inception auxiliary heads); dropped when weights are loaded.
+
+    Shapes:
+        input ``[N, 1, H, W]`` -> output ``[N, out_features]``.
+    """
+
+    def __init__(self, arch: str, in_channels_mode: str = "fold") -> None:
+        super().__init__()
+        if in_channels_mode not in IN_CHANNELS_MODES:
+            raise ValueError(
+                f"in_channels_mode must be one of {', '.join(IN_CHANNELS_MODES)}, not {in_channels_mode!r}"
+            )
+        self.arch = arch
+        self.in_channels_mode = in_channels_mode
+        aux = arch in _AUX_HEADS
+        backbone = torchvision.models.get_model(arch, weights=None, **({"aux_logits": False} if aux else {}))
+        head, removed = _remove_head(backbone)
+        self.head_keys: tuple[str, ...] = (f"{head}.", *_AUX_HEADS.get(arch, ()))
+        self.image_size: int | None = getattr(backbone, "image_size", None)
+        #: key of the first conv's weight: folded in "fold" mode, found by the same rule in "repeat"
+        self.stem_key = _first_conv_key(backbone)
+        if in_channels_mode == "fold" and self.stem_key is not None:
+            _fold_first_conv(backbone)
+        elif self.stem_key is None:  # no RGB conv to fold: repeat the slice to 3 channels
+            self.in_channels_mode = "repeat"
+        self.backbone = backbone
+        if isinstance(removed, nn.Linear):
+            self.out_features = removed.in_features
+        else:  # a conv classifier (squeezenet): measure the pooled width on a dummy slice
+            with torch.no_grad():
+                self.out_features = int(self.eval()(torch.zeros(1, 1, 64, 64)).shape[-1])
+            self.train()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.image_size is not None and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+            )
+        if self.in_channels_mode == "repeat":
+            x = x.expand(-1, 3, -1, -1)
+        out = self.backbone(x)
+        return out[0] if isinstance(out, tuple) else out
+
+
+#: Auxiliary classifiers that ImageNet files of these models contain (built here without them).
+_AUX_HEADS: dict[str, tuple[str, ...]] = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
+
+
+class TimmEncoder(nn.Module):
+    """A timm model (``timm:<model>``) without its classifier (``num_classes=0``): slices -> pooled features.
+
+    Built with ``timm.create_model(model, pretrained=False, num_classes=0, in_chans=1 or 3)``:
+    ``"fold"`` gives a 1-channel stem (timm sums the RGB kernel when it loads weights, the same fold),
+    ``"repeat"`` feeds 3 identical channels. ``out_features`` is timm's ``num_features``. Models with a
+    fixed input size (``pretrained_cfg["input_size"]``, e.g. DINOv2 ViT-S/14 at 518 unless
+    ``dynamic_img_size``) get the slice resized to it. Needs the optional extra ``timm``.
+
+    Args:
+        arch: ``"timm:<model>"`` or the bare timm model name.
+        in_channels_mode: ``"fold"`` or ``"repeat"``.
+
+    Shapes:
+        input ``[N, 1, H, W]`` -> output ``[N, out_features]``.
+    """
+
+    def __init__(self, arch: str, in_channels_mode: str = "fold") -> None:
+        super().__init__()
+        timm = require_timm()
+        self.arch = arch if arch.startswith(TIMM_PREFIX) else TIMM_PREFIX + arch
+        self.in_channels_mode = in_channels_mode
+        chans = 1 if in_channels_mode == "fold" else 3
+        model = timm.create_model(
+            self.arch[len(TIMM_PREFIX) :], pretrained=False, num_classes=0, in_chans=chans
+        )
+        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+        self.stem_key = f"{cfg.get('first_conv', 'conv1')}.weight"
+        self.head_keys: tuple[str, ...] = tuple(f"{c}." for c in _as_tuple(cfg.get("classifier")))
+        size = tuple(cfg.get("input_size", ()))[-2:]
+        fixed = not getattr(model, "dynamic_img_size", True) and hasattr(model, "patch_embed")
+        self.image_size: tuple[int, int] | None = (int(size[0]), int(size[1])) if fixed and size else None
+        self.backbone = model
+        self.out_features = int(model.num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
+        if self.in_channels_mode == "repeat":
+            x = x.expand(-1, 3, -1, -1)
+        return self.backbone(x)
+
+
+def _as_tuple(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
+
+
 def build_encoder(name: str, in_channels_mode: str = "fold") -> nn.Module:
-    """Build the 2D slice encoder ``name`` (one of :data:`ENCODERS`); it has ``out_features``."""
+    """Build the 2D slice encoder ``name``; it has ``out_features``.
+
+    Args:
+        name: ``"cnn5"``, a ResNet of :data:`RESNET_ENCODERS`, any other torchvision classification model
+            or ``"timm:<model>"`` (:mod:`~.registry`).
+        in_channels_mode: ``"fold"`` or ``"repeat"`` (ignored by cnn5).
+
+    Returns:
+        the encoder module.
+    """
     if name == "cnn5":
         return CNN5Encoder()
     if name in RESNET_ENCODERS:
         return ResNetEncoder(name, in_channels_mode=in_channels_mode)
-    raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+    family = encoder_family(name)  # raises "unknown encoder ... did you mean" for other names
+    if family == TORCHVISION:
+        return TorchvisionEncoder(str(name).lower(), in_channels_mode=in_channels_mode)
+    if family == TIMM:
+        return TimmEncoder(str(name), in_channels_mode=in_channels_mode)
+    raise ValueError(f"encoder must be a 2D slice encoder, not {name!r} (the 3D-CNN has no slices)")
 
 
 def convert_in_channels_mode(state_dict: dict[str, torch.Tensor], to: str) -> dict[str, torch.Tensor]:

@@ -1,15 +1,18 @@
-"""Initialising a 2D ResNet slice encoder from ImageNet-1K or from a local weights file.
+"""Initialising a 2D slice encoder (ResNet, any torchvision or timm model) from ImageNet or a local file.
 
 ``pretrained`` (as accepted by :class:`~.slice_set.SliceSetNet` and :func:`~.factory.build_model`):
 
 - ``False``: random initialisation (``encoder_init = "scratch"``).
-- ``True`` (or the strings ``"imagenet"`` / ``"true"``): torchvision's ImageNet-1K weights
-  (``ResNet18_Weights.IMAGENET1K_V1`` etc.). They are read from torchvision's cache
+- ``True`` (or the strings ``"imagenet"`` / ``"true"``): torchvision's ImageNet weights
+  (``ResNet18_Weights.IMAGENET1K_V1`` etc. for the built-in ResNets,
+  ``get_model_weights(name).DEFAULT`` for any other torchvision model:
+  :func:`~.registry.imagenet_weights`). They are read from torchvision's cache
   ``$TORCH_HOME/hub/checkpoints/<file>`` (see :func:`mri_slice_transfer.paths.torch_weights_dir`) or
   downloaded there; if neither works a :class:`RuntimeError` names the file, the folder and the URL,
-  so the file can be copied onto an offline machine by hand. The file is verified before use, however
-  it got there: its SHA-256 must start with the hash in its name and it is loaded with
-  ``torch.load(weights_only=True)`` (:func:`read_verified_weights`).
+  so the file can be copied onto an offline machine by hand. ``timm:<model>`` encoders take timm's
+  pretrained weights from the Hugging Face / timm cache only (never downloaded here). The file is
+  verified before use, however it got there: its SHA-256 must start with the hash in its name and
+  it is loaded with ``torch.load(weights_only=True)`` (:func:`read_verified_weights`).
 - ``"auto"``: ImageNet if available (cache or download), otherwise random initialisation with a
   logging WARNING; ``encoder_init`` records which one happened.
 - a path (``str`` / :class:`~pathlib.Path`): a local ``torch.save``-d state dict for the 2D encoder,
@@ -26,11 +29,13 @@ function of a 1-channel slice fed as 3 identical channels.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import os
 import socket
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -38,7 +43,8 @@ import torch.hub
 import torch.nn as nn
 import torchvision
 
-from mri_slice_transfer.networks.encoders import RESNET_ENCODERS, fold_conv1_weight, repeat_conv1_weight
+from mri_slice_transfer.networks import registry
+from mri_slice_transfer.networks.encoders import fold_conv1_weight, repeat_conv1_weight
 from mri_slice_transfer.paths import torch_weights_dir
 
 __all__ = [
@@ -70,11 +76,6 @@ IMAGENET_FALLBACK = "random (ImageNet weights unavailable)"
 #: Socket timeout (seconds) around a weights download, so an offline machine fails fast.
 DOWNLOAD_TIMEOUT_S = 10.0
 
-_WEIGHTS_ENUMS = {
-    "resnet18": "ResNet18_Weights",
-    "resnet34": "ResNet34_Weights",
-    "resnet50": "ResNet50_Weights",
-}
 # Prefixes that training frameworks put in front of the encoder's own names.
 _PREFIXES = ("module.", "model.", "backbone.", "encoder.", "resnet.", "_orig_mod.")
 # Children of a torchvision ResNet in order; nn.Sequential(*children()[:-1 or -2]) numbers them.
@@ -118,10 +119,8 @@ def normalise_pretrained(pretrained: PretrainedSpec) -> bool | str | Path:
 
 
 def imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
-    """The torchvision ImageNet-1K weights enum member for ``arch`` (``IMAGENET1K_V1``)."""
-    if arch not in _WEIGHTS_ENUMS:
-        raise ValueError(f"no ImageNet weights for {arch!r}; choose one of {', '.join(_WEIGHTS_ENUMS)}")
-    return getattr(torchvision.models, _WEIGHTS_ENUMS[arch]).IMAGENET1K_V1
+    """The torchvision ImageNet weights enum member for ``arch`` (:func:`~.registry.imagenet_weights`)."""
+    return registry.imagenet_weights(arch)
 
 
 def imagenet_weights_file(arch: str) -> Path:
@@ -225,31 +224,48 @@ def _missing_message(arch: str, path: Path, url: str, reason: str) -> str:
     )
 
 
-def _strip_prefixes(key: str) -> str:
+def _strip_prefixes(key: str, targets: Collection[str] = ()) -> str:
+    """``key`` without wrapper prefixes, stopping as soon as it is one of the encoder's ``targets``."""
     changed = True
-    while changed:
+    while changed and key not in targets:
         changed = False
         for prefix in _PREFIXES:
             if key.startswith(prefix):
                 key = key[len(prefix) :]
                 changed = True
+                break
     return key
 
 
-def remap_encoder_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a ResNet state dict from a foreign training framework to torchvision key names.
+def remap_encoder_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    target_keys: Collection[str] = (),
+    head_keys: Sequence[str] = ("fc.",),
+) -> dict[str, torch.Tensor]:
+    """Map a state dict from a foreign training framework to the encoder's (torchvision) key names.
 
     Strips wrapper prefixes (``module.``, ``model.``, ``backbone.``, ``encoder.``, ``resnet.``), maps
     ``nn.Sequential`` child indices (``0.`` -> ``conv1``, ``1.`` -> ``bn1``, ``4.`` .. ``7.`` ->
-    ``layer1`` .. ``layer4``) and drops the classifier (``fc.*``).
+    ``layer1`` .. ``layer4``) and drops the classifier (``fc.*``, or ``head_keys``).
+
+    Args:
+        state_dict: the file's tensors.
+        target_keys: the encoder's own keys: a key that is one of them is kept as it is (torchvision's
+            ViT names its blocks ``encoder.layers...``, which must not lose ``encoder.``).
+        head_keys: prefixes of the removed classifier's keys (dropped).
+
+    Returns:
+        the remapped state dict.
     """
+    targets = set(target_keys)
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        name = _strip_prefixes(key)
-        head, _, rest = name.partition(".")
-        if head in _SEQUENTIAL_NAMES and rest:
-            name = f"{_SEQUENTIAL_NAMES[head]}.{rest}"
-        if name.startswith("fc."):
+        name = _strip_prefixes(key, targets)
+        if name not in targets:
+            head, _, rest = name.partition(".")
+            if head in _SEQUENTIAL_NAMES and rest and name not in targets:
+                name = f"{_SEQUENTIAL_NAMES[head]}.{rest}"
+        if name.startswith(tuple(head_keys)):
             continue
         out[name] = value
     return out
@@ -273,7 +289,7 @@ def _is_counted(key: str) -> bool:
 
 
 def _match_tensors(
-    target: dict[str, torch.Tensor], remapped: dict[str, torch.Tensor]
+    target: dict[str, torch.Tensor], remapped: dict[str, torch.Tensor], stem_key: str = "conv1.weight"
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Tensors of ``remapped`` that fit ``target`` (conv1 folded / repeated), and the shape mismatches."""
     usable: dict[str, torch.Tensor] = {}
@@ -282,7 +298,7 @@ def _match_tensors(
         if key not in target:
             continue
         want = target[key].shape
-        if key == "conv1.weight" and value.ndim == 4 and value.shape != want:
+        if key == stem_key and value.ndim == 4 and value.shape != want:
             if value.shape[1] == 3 and want[1] == 1:
                 value = fold_conv1_weight(value)
             elif value.shape[1] == 1 and want[1] == 3:
@@ -295,9 +311,14 @@ def _match_tensors(
 
 
 def load_encoder_weights(
-    backbone: nn.Module, state_dict: dict[str, torch.Tensor], source: str, strict: bool = True
+    backbone: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    source: str,
+    strict: bool = True,
+    stem_key: str = "conv1.weight",
+    head_keys: Sequence[str] = ("fc.",),
 ) -> str | None:
-    """Copy the weights of ``state_dict`` into a torchvision ResNet ``backbone`` (``fc`` removed).
+    """Copy the weights of ``state_dict`` into an encoder ``backbone`` (its classifier removed).
 
     Keys are remapped with :func:`remap_encoder_state_dict`; ``conv1`` kernels are folded (3 -> 1
     channel) or repeated / 3 (1 -> 3) to fit. BatchNorm ``num_batches_tracked`` counters are not
@@ -310,6 +331,8 @@ def load_encoder_weights(
         state_dict: the weights (any key prefixes of :func:`remap_encoder_state_dict`).
         source: where they come from (for messages).
         strict: refuse a partial match (default).
+        stem_key: key of the first conv's weight (folded / repeated to fit).
+        head_keys: prefixes of the removed classifier's keys in the file (dropped, not "unexpected").
 
     Returns:
         None for a complete load, else ``"partial: <loaded>/<encoder> tensors"``.
@@ -319,8 +342,8 @@ def load_encoder_weights(
             says how many matched and lists some that did not.
     """
     target = backbone.state_dict()
-    remapped = remap_encoder_state_dict(state_dict)
-    usable, mismatched = _match_tensors(target, remapped)
+    remapped = remap_encoder_state_dict(state_dict, target, head_keys)
+    usable, mismatched = _match_tensors(target, remapped, stem_key)
     loaded = sum(map(_is_counted, usable))
     total = sum(map(_is_counted, target))
     missing = sorted(k for k in target if _is_counted(k) and k not in usable and k not in remapped)
@@ -332,13 +355,14 @@ def load_encoder_weights(
     )
     if loaded == 0:
         raise ValueError(
-            f"{source}: no weight matches the encoder ({report}); is it a ResNet of the chosen depth?"
+            f"{source}: no weight matches the encoder ({report}); is it a model of the chosen encoder?"
         )
     partial = bool(missing or mismatched or unexpected)
     if partial and strict:
         raise ValueError(
-            f"{source}: refused a partial load: {report}. Is it a ResNet of the chosen depth? To train from "
-            "this partly initialised encoder anyway, pass pretrained_strict=False (bundles: "
+            f"{source}: refused a partial load: {report}. Is it a model of the chosen encoder "
+            "(ResNet depth)? To train from this partly initialised encoder anyway, pass "
+            "pretrained_strict=False (bundles: "
             "--pretrained_strict false); the model then records the partial load in encoder_init."
         )
     backbone.load_state_dict(usable, strict=False)
@@ -347,17 +371,25 @@ def load_encoder_weights(
 
 
 def initialise_encoder(
-    backbone: nn.Module, arch: str, pretrained: PretrainedSpec, strict: bool = True
+    backbone: nn.Module,
+    arch: str,
+    pretrained: PretrainedSpec,
+    strict: bool = True,
+    stem_key: str = "conv1.weight",
+    head_keys: Sequence[str] = ("fc.",),
 ) -> str:
     """Initialise a slice encoder as ``pretrained`` asks; returns the ``encoder_init`` description.
 
     Args:
-        backbone: the torchvision ResNet (``fc`` removed, ``conv1`` with 1 or 3 input channels), or
-            any module when ``arch`` is ``"cnn5"``.
-        arch: encoder name (``"cnn5"``, ``"resnet18"``, ``"resnet34"``, ``"resnet50"``).
+        backbone: the torchvision / timm model (classifier removed, first conv with 1 or 3 input
+            channels), or any module when ``arch`` is ``"cnn5"``.
+        arch: encoder name (``"cnn5"``, ``"resnet18"``, any torchvision classification model,
+            ``"timm:<model>"``; :mod:`~.registry`).
         pretrained: see the module docstring.
         strict: refuse a weights file of which only some tensors match the encoder (see
             :func:`load_encoder_weights`); False loads the matching ones and records it.
+        stem_key, head_keys: see :func:`load_encoder_weights` (the encoder's ``stem_key`` and
+            ``head_keys`` attributes).
 
     Returns:
         ``"scratch"``, ``"imagenet"``, ``"random (ImageNet weights unavailable)"`` or ``"file:<path>"``,
@@ -366,12 +398,15 @@ def initialise_encoder(
     spec = normalise_pretrained(pretrained)
     if spec is False:
         return SCRATCH
-    if arch not in RESNET_ENCODERS and not isinstance(spec, Path):  # a file (e.g. `pretrain.json`'s) loads
+    load = {"strict": strict, "stem_key": stem_key, "head_keys": head_keys}
+    if not registry.has_pretrained_weights(arch) and not isinstance(spec, Path):  # a file always loads
         if spec == "auto":
             return SCRATCH  # "auto" = use pretrained weights where they exist; cnn5 has no ImageNet ones
         raise ValueError(
             f"{arch} has no pretrained weights; use pretrained=False, 'auto' or a weights file with {arch}"
         )
+    if spec in (True, "auto") and registry.encoder_family(arch) == registry.TIMM:
+        return _init_timm(backbone, arch, spec, load)
     if spec in (True, "auto"):
         try:
             state = load_imagenet_state_dict(arch)
@@ -391,7 +426,7 @@ def initialise_encoder(
                 path.parent,
             )
             return IMAGENET_FALLBACK
-        return _described(IMAGENET, load_encoder_weights(backbone, state, f"ImageNet-1K {arch}", strict))
+        return _described(IMAGENET, load_encoder_weights(backbone, state, f"ImageNet {arch}", **load))
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(
@@ -400,8 +435,53 @@ def initialise_encoder(
         )
     obj = torch.load(path, map_location="cpu", weights_only=True)
     return _described(
-        f"file:{path}", load_encoder_weights(backbone, _unwrap_checkpoint(obj, path), str(path), strict)
+        f"file:{path}", load_encoder_weights(backbone, _unwrap_checkpoint(obj, path), str(path), **load)
     )
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """No downloads inside: Hugging Face Hub in offline mode (cache only), torch.hub downloads refused."""
+    import huggingface_hub.constants as hf_constants
+
+    def refuse(url: str, *args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"not downloading {url} (weights are read from the local cache only)")
+
+    saved = (hf_constants.HF_HUB_OFFLINE, torch.hub.download_url_to_file, os.environ.get("HF_HUB_OFFLINE"))
+    hf_constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    torch.hub.download_url_to_file = refuse
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE, torch.hub.download_url_to_file = saved[:2]
+        if saved[2] is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved[2]
+
+
+def _init_timm(backbone: nn.Module, arch: str, spec: bool | str, load: dict) -> str:
+    """``pretrained`` True / "auto" for ``timm:<model>``: timm's weights from the local cache only.
+
+    ``timm.create_model(pretrained=True)`` runs with ``HF_HUB_OFFLINE=1``, so it reads the Hugging
+    Face / timm cache and never downloads; "auto" falls back to random weights with a WARNING.
+    """
+    timm = registry.require_timm()
+    model = arch[len(registry.TIMM_PREFIX) :]
+    try:
+        with _offline():
+            state = timm.create_model(model, pretrained=True, num_classes=0).state_dict()
+    except Exception as err:  # not in the cache, no such pretrained tag, ...
+        if spec is True:
+            raise RuntimeError(
+                f"timm weights for {model} are not in the local Hugging Face / timm cache ({err}); "
+                "download them once on a machine with internet access (timm.create_model("
+                f"{model!r}, pretrained=True)) and copy the cache, or pass a weights file"
+            ) from err
+        logger.warning("pretrained='auto': timm weights for %s unavailable (%s); random init", model, err)
+        return IMAGENET_FALLBACK
+    return _described(IMAGENET, load_encoder_weights(backbone, state, f"timm {model}", **load))
 
 
 def _described(init: str, partial: str | None) -> str:

@@ -29,13 +29,13 @@ from mri_slice_transfer.networks.aggregation import (
 from mri_slice_transfer.networks.encoders import (
     ENCODERS,
     IN_CHANNELS_MODES,
-    RESNET_ENCODERS,
     CNN5Encoder,
     build_encoder,
     kaiming_init_,
 )
 from mri_slice_transfer.networks.pretrained import PretrainedSpec, initialise_encoder
-from mri_slice_transfer.vocabulary import Axis, PositionEncoding, names
+from mri_slice_transfer.networks.registry import encoder_name
+from mri_slice_transfer.vocabulary import Axis, Encoder, PositionEncoding, names
 
 __all__ = [
     "AXES",
@@ -72,6 +72,14 @@ def _check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value.lower() not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
     return value.lower()
+
+
+def _slice_encoder_name(value: object) -> str:
+    """The canonical name of a 2D slice encoder (:func:`~.registry.encoder_name`; not ``conv3d``)."""
+    name = encoder_name(value)
+    if name == Encoder.CONV3D or (isinstance(name, Encoder) and name.value not in ENCODERS):
+        raise ValueError(f"encoder must be a 2D slice encoder, not {value!r} (build conv3d with build_model)")
+    return str(name)
 
 
 def num_slices(spatial_size: Sequence[int], axis: str) -> int:
@@ -212,7 +220,9 @@ class SliceSetNet(nn.Module):
     """2D-slice-set network with optional positional encoding (Gupta et al. style, see docs).
 
     Args:
-        encoder: 2D slice encoder: ``"cnn5"``, ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+        encoder: 2D slice encoder: ``"cnn5"``, ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, any other
+            torchvision classification model (``"convnext_tiny"``, ...) or ``"timm:<model>"``
+            (:mod:`~.registry`); all but cnn5 are projected to ``d = 32`` by one Linear.
         axis: slicing axis: ``"sagittal"`` (along x: ``K = spatial_size[0]`` slices of ``(y, z)``),
             ``"coronal"`` (along y: slices of ``(x, z)``) or ``"axial"`` (along z: slices of ``(x, y)``).
         aggregation: ``"mean"``, ``"max"``, ``"attention"`` (the paper's pooled attention) or
@@ -225,9 +235,10 @@ class SliceSetNet(nn.Module):
             weights file.
         num_outputs: size of the output (1 for an AD logit or an age).
         spatial_size: ``(x, y, z)`` size of the input volumes; fixes ``K`` (and the positional table).
-        in_channels_mode: ResNets only: ``"fold"`` (1-channel ``conv1`` = channel sum of the RGB one;
-            default, cheaper) or ``"repeat"`` (slice repeated to 3 channels, as the reference). Both
-            compute the same function; :func:`~.encoders.convert_in_channels_mode` converts weights.
+        in_channels_mode: ResNets and other torchvision / timm models: ``"fold"`` (1-channel first
+            conv = channel sum of the RGB one; default, cheaper) or ``"repeat"`` (slice repeated to 3
+            channels, as the reference). Both compute the same function;
+            :func:`~.encoders.convert_in_channels_mode` converts weights.
         output_bias: initial value of the last bias (e.g. the training mean age); None keeps the default.
         slice_chunk_size: None encodes all ``B * K`` slices in one batch; an int encodes them in chunks
             of that many slices with activation checkpointing (when gradients are on), which bounds the
@@ -280,7 +291,7 @@ class SliceSetNet(nn.Module):
         slice_keep_style: str = "random",
     ) -> None:
         super().__init__()
-        encoder = _check_choice("encoder", encoder, ENCODERS)
+        encoder = _slice_encoder_name(encoder)
         axis = _check_choice("axis", axis, tuple(AXES))
         aggregation = _check_choice("aggregation", aggregation, AGGREGATIONS)
         position_encoding = _check_choice("position_encoding", position_encoding, POSITION_ENCODINGS)
@@ -335,8 +346,18 @@ class SliceSetNet(nn.Module):
         if output_bias is not None:
             nn.init.constant_(self.output_layer.bias, float(output_bias))
 
-        backbone = self.encoder.backbone if encoder in RESNET_ENCODERS else self.encoder
-        self.encoder_init = initialise_encoder(backbone, encoder, pretrained, strict=pretrained_strict)
+        self.encoder_init = self._initialise_encoder(encoder, pretrained, pretrained_strict)
+
+    def _initialise_encoder(self, name: str, pretrained: PretrainedSpec, strict: bool) -> str:
+        """Load the encoder's ``pretrained`` weights (:func:`~.pretrained.initialise_encoder`)."""
+        return initialise_encoder(
+            getattr(self.encoder, "backbone", self.encoder),
+            name,
+            pretrained,
+            strict=strict,
+            stem_key=getattr(self.encoder, "stem_key", "conv1.weight"),
+            head_keys=getattr(self.encoder, "head_keys", ("fc.",)),
+        )
 
     def _build_embedding(self, features: int) -> int:
         """``pre_embed`` and ``post_embed`` around the positional encoding; returns its width."""
@@ -347,7 +368,7 @@ class SliceSetNet(nn.Module):
             self.post_embed: nn.Module = nn.Sequential(nn.Dropout(0.5), nn.Linear(features, EMBED_DIM))
             kaiming_init_(self.post_embed)
             return features
-        # ResNets: pooled 512/2048-d features -> Linear to 32 -> [positional encoding].
+        # ResNets and every other torchvision / timm encoder: pooled features -> Linear to 32 -> [PE].
         self.pre_embed = nn.Linear(features, EMBED_DIM)
         self.post_embed = nn.Identity()
         return EMBED_DIM
