@@ -119,6 +119,13 @@ def _add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
         "against the validation and test lists)",
     )
     transfer.add_argument(
+        "--robustness",
+        default=None,
+        metavar="SEVERITIES",
+        help="a third stage per run: the best model under robustness.json at these severities (e.g. 2; "
+        "default: the preset's, architectures: 2)",
+    )
+    transfer.add_argument(
         "--pretrain-epochs",
         type=int,
         default=None,
@@ -283,18 +290,19 @@ def _plan(args: argparse.Namespace) -> GridPlan:
         )
         return GridPlan(bundle, plan.runs, task, preset, notes + plan.notes, plan.stages)
     runs = plan_runs(configs, seeds, base, strict_pretrained=args.strict_pretrained)
-    runs, skipped = _with_stages(runs, preset)
+    runs, skipped = _with_stages(runs, args.robustness or (preset.robustness if preset else ""))
     return GridPlan(bundle, runs, task, preset, notes + skipped)
 
 
-def _with_stages(runs: list[PlannedRun], preset: Preset | None) -> tuple[list[PlannedRun], list[str]]:
-    """The preset's robustness stage on every run; rows this checkout cannot build planned as skipped."""
+def _with_stages(runs: list[PlannedRun], robustness: str) -> tuple[list[PlannedRun], list[str]]:
+    """A robustness stage at ``robustness`` (severities; ``""``: none) on every run; rows this checkout
+    cannot build planned as skipped."""
     out, notes = [], []
     for run in runs:
         reason = unavailable(run.config)
         if reason:
             notes.append(f"{run.config.key()} skipped: {reason}")
-        out.append(replace(run, robustness=preset.robustness if preset else "", skip=reason))
+        out.append(replace(run, robustness=str(robustness), skip=reason))
     return out, sorted(set(notes))
 
 
