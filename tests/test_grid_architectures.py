@@ -17,6 +17,7 @@ from test_grid import FakeRunner
 from mri_slice_transfer.cli import main
 from mri_slice_transfer.engine.perturb import parse_severities, run_robustness
 from mri_slice_transfer.experiments.presets import PRESETS, ModelConfig, unavailable
+from mri_slice_transfer.experiments.run_folder import collect_existing
 from mri_slice_transfer.experiments.runner import PlannedRun, collect_robustness, plan_runs, run_grid
 from mri_slice_transfer.experiments.summary import summarize
 
@@ -141,3 +142,17 @@ def test_grid_command_plans_quick_architectures_with_robustness(tmp_path: Path, 
     text = capsys.readouterr().out
     assert text.count("--perturb_severities 2") >= 4 and "--epochs 1 --demo_epochs 1" in text
     assert "cnn5_axial_transformer_pe-none_scratch_seed0" in text and "conv3d_seed0" in text
+
+
+def test_a_rerun_takes_the_plans_row_order_and_recounts_missing_parameters(tmp_path: Path) -> None:
+    class NoCount(FakeRobustRunner):
+        def count_parameters(self, run: PlannedRun) -> int:
+            raise RuntimeError("old engine in memory")
+
+    configs = [ModelConfig("cnn5", "axial", "transformer")]
+    first = run_grid(plan_runs(configs, [0]), tmp_path, NoCount(), "adni_ad", n_bootstrap=10, progress=None)
+    assert first[0]["n_params"] is None and first[0]["row"] == 0
+    later = plan_runs([ModelConfig("conv3d", None, None), *configs], [0])[1:]  # the same run, now row 1
+    (again,) = run_grid(later, tmp_path, FakeRobustRunner(), "adni_ad", progress=None)
+    assert again["n_params"] == 1234 and again["row"] == 1
+    assert collect_existing(tmp_path)[0]["n_params"] == 1234  # stored in done.json

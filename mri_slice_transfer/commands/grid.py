@@ -366,14 +366,19 @@ def _print_dry_run(plan: GridPlan, runner: BundleRunner, out: Path) -> None:
 
 
 def _report(results: list[dict[str, Any]], paths: dict[str, Path]) -> int:
-    """Print what was written and which runs failed; the exit code (1 if any run failed)."""
-    failed = [r for r in results if r.get("status") != "ok"]
+    """Print what was written and which runs failed; the exit code (1 if any run failed; skipped runs,
+    planned so with a reason, are not failures)."""
+    failed = [r for r in results if r.get("status") not in ("ok", "skipped")]
+    skipped = sum(r.get("status") == "skipped" for r in results)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     if failed:
         print(f"{len(failed)} of {len(results)} runs failed (errors in results.csv and runs/*/failed.json):")
         for r in failed:
             print(f"  - {r.get('run_id')}: {r.get('error')}")
         return 1
+    if skipped:
+        print(f"{len(results) - skipped} runs finished, {skipped} skipped (the reasons are in table.md)")
+        return 0
     print(f"all {len(results)} runs finished")
     return 0
 

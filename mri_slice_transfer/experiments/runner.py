@@ -607,6 +607,19 @@ def _skipped_row(task: str, run: PlannedRun, run_dir: Path, say: Callable[[str],
     return {**_base_row(task, run, run_dir), "status": "skipped", "error": run.skip}
 
 
+def _finished_row(
+    marker: dict[str, Any], run: PlannedRun, runner: Runner, files: RunFiles, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """A finished run's result row, in this plan's table order; a parameter count missing from it (the
+    count failed then) is counted again and stored."""
+    row = {**marker, "row": run.row}
+    if row.get("n_params") is None and row.get("status") == "ok":
+        row["n_params"] = _count_parameters(runner, run, say)
+        if row["n_params"] is not None:
+            write_marker(files.done, {**marker, "n_params": row["n_params"]})
+    return row
+
+
 def _write_config(run: PlannedRun, files: RunFiles, runner: Runner, task: str) -> None:
     """``config.json``: the model settings, the seed, the overrides and the commands of ``run``."""
     cmds = runner.commands(run, files.run_dir)
@@ -766,7 +779,7 @@ def run_grid(
         marker = None if redo else read_marker(files.done)
         if marker is not None:
             say(f"{head}: finished before, skipped")
-            results.append(marker)
+            results.append(_finished_row(marker, run, runner, files, say))
             continue
         if redo and run_dir.exists():
             shutil.rmtree(run_dir)
