@@ -28,6 +28,7 @@ __all__ = [
     "DataCache",
     "Encoder",
     "IMAGE_SUFFIXES",
+    "Init",
     "NIFTI_SUFFIXES",
     "Perturbation",
     "PlaneEncoder",
@@ -140,6 +141,20 @@ class Perturbation(_Name):
     NOISE = "noise"
     CONTRAST = "contrast"
     MOTION = "motion"
+
+
+class Init(_Name):
+    """Where a slice encoder's starting weights come from (the ``init`` of a grid row).
+
+    ``scratch``: random; ``imagenet``: torchvision's ImageNet-1K weights; ``ssl``: this project's
+    self-supervised pretraining (``pretrain.json``) on the training (+ unlabeled) scans; ``file``: a
+    weights file the user gives (``--pretrained FILE``).
+    """
+
+    SCRATCH = "scratch"
+    IMAGENET = "imagenet"
+    SSL = "ssl"
+    FILE = "file"
 
 
 #: Encoders of single slices (everything but the 3D-CNN).

@@ -6,6 +6,10 @@ Examples::
     mri-slice-transfer grid --preset paper-ad --dataset-dir /data/adni --datalist-dir lists/ad --out grids/ad
     # the quick version on the synthetic demo cohort: headline rows, 1 seed, the demo settings
     mri-slice-transfer grid --preset paper-ad --quick --out grids/ad_quick
+    # initialisations (scratch / self-supervised / ImageNet / your file) x label fractions x seeds
+    mri-slice-transfer grid --preset transfer --fractions 0.1,0.5,1 --pretrained-file radimagenet_r18.pt \
+        --unlabeled /data/unlabeled_scans --dataset-dir /data/adni --out grids/transfer
+    mri-slice-transfer grid --preset transfer --quick --out grids/transfer_quick
     # a custom grid
     mri-slice-transfer grid --bundle adni_ad --encoders cnn5,resnet18 --axes axial --seeds 0,1 --out grids/x
 
@@ -17,19 +21,21 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mri_slice_transfer.experiments.presets import PRESETS, Preset, expand_grid, get_preset
+from mri_slice_transfer.experiments.presets import PRESETS, Preset, expand_grid, get_preset, unavailable
 
 if TYPE_CHECKING:
-    from mri_slice_transfer.experiments.runner import BundleRunner, PlannedRun
+    from mri_slice_transfer.experiments.runner import BundleRunner, PlannedRun, PretrainStage
 
 __all__ = ["HELP", "QUICK_EPOCHS", "add_arguments", "run", "parse_override"]
 
 #: Epochs per run of ``--quick`` (a smoke-sized grid: 5 demo runs in ~20 min on 2 CPU cores).
 QUICK_EPOCHS = 2
+#: Pretraining epochs of ``--quick`` (``grid --preset transfer``; see docs/pretraining.md).
+QUICK_PRETRAIN_EPOCHS = 2
 
 HELP = "run an experiment grid (encoders x settings x seeds) through a bundle; resumable; paper tables"
 
@@ -53,6 +59,13 @@ def _int_list(text: str) -> list[int]:
         return [int(t) for t in _csv_list(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _fraction_list(text: str) -> list[float]:
+    try:
+        return [float(t) for t in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -103,6 +116,43 @@ def _add_launcher_arguments(how: argparse._ArgumentGroup) -> None:
     )
 
 
+def _add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the initialisation x label-budget grids (``--preset transfer``)."""
+    transfer = parser.add_argument_group("encoder initialisation and label budget (--preset transfer)")
+    transfer.add_argument(
+        "--fractions",
+        type=_fraction_list,
+        default=None,
+        help="label fractions (train_fraction) every row runs at, e.g. 0.25,0.5,1 (default: the preset's; "
+        "transfer: 0.25,0.5,1, quick 0.25,1)",
+    )
+    transfer.add_argument(
+        "--pretrained-file",
+        default=None,
+        metavar="PATH",
+        help="adds a row per model and fraction whose encoder starts from this weights file",
+    )
+    transfer.add_argument(
+        "--unlabeled",
+        default=None,
+        help="extra unlabeled scans for the self-supervised pretraining (folder, glob or CSV; checked "
+        "against the validation and test lists)",
+    )
+    transfer.add_argument(
+        "--robustness",
+        default=None,
+        metavar="SEVERITIES",
+        help="a third stage per run: the best model under robustness.json at these severities (e.g. 2; "
+        "default: the preset's, architectures: 2)",
+    )
+    transfer.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=None,
+        help=f"epochs of each pretraining stage (default: pretrain.json's; quick: {QUICK_PRETRAIN_EPOCHS})",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mri-slice-transfer grid``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -133,6 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for flag, kind, values in _CUSTOM_GRID:
         what.add_argument(flag, type=kind, default=None, help=f"custom grid: {values}")
+    _add_transfer_arguments(parser)
     how = parser.add_argument_group("how to run")
     how.add_argument(
         "--dataset-dir", default=None, help="dataset root (bundle dataset_dir; default: demo cohort)"
@@ -189,6 +240,7 @@ class GridPlan:
         task: the bundle's task.
         preset: the preset, if one was chosen.
         notes: what the custom grid left out, for the user.
+        stages: the pretraining stages of ``ssl`` rows (``--preset transfer``).
     """
 
     bundle: Path
@@ -196,11 +248,13 @@ class GridPlan:
     task: str
     preset: Preset | None
     notes: list[str]
+    stages: list[PretrainStage] = field(default_factory=list)
 
 
 def _plan(args: argparse.Namespace) -> GridPlan:
     """The runs the options ask for (see :class:`GridPlan`)."""
     from mri_slice_transfer.experiments.runner import GridError, bundle_task, find_bundle, plan_runs
+    from mri_slice_transfer.experiments.transfer import plan_transfer, with_fractions
 
     custom = [args.encoders, args.axes, args.aggregations, args.position_encodings, args.pretrained]
     preset = get_preset(args.preset) if args.preset else None
@@ -242,18 +296,65 @@ def _plan(args: argparse.Namespace) -> GridPlan:
         base["datalist_dir"] = str(Path(args.datalist_dir).expanduser().resolve())
     epochs = args.epochs
     if epochs is None and args.quick:
-        epochs = QUICK_EPOCHS
+        epochs = preset.quick_epochs if preset is not None and preset.quick_epochs else QUICK_EPOCHS
     if epochs is not None:
         if epochs < 1:
             raise GridError(f"--epochs must be at least 1, got {epochs}")
         base.update(epochs=epochs, demo_epochs=epochs)
     base.update(dict(args.override))
+    fractions = args.fractions or _preset_fractions(preset, args.quick)
+    if fractions:
+        configs = with_fractions(configs, fractions)
+    if (preset is not None and preset.fractions) or args.pretrained_file:
+        plan = plan_transfer(
+            configs, seeds, args.out, base, _pretrain_overrides(args), pretrained_file=args.pretrained_file
+        )
+        return GridPlan(bundle, plan.runs, task, preset, notes + plan.notes, plan.stages)
     runs = plan_runs(configs, seeds, base, strict_pretrained=args.strict_pretrained)
-    return GridPlan(bundle, runs, task, preset, notes)
+    runs, skipped = _with_stages(runs, args.robustness or (preset.robustness if preset else ""))
+    return GridPlan(bundle, runs, task, preset, notes + skipped)
+
+
+def _with_stages(runs: list[PlannedRun], robustness: str) -> tuple[list[PlannedRun], list[str]]:
+    """A robustness stage at ``robustness`` (severities; ``""``: none) on every run; rows this checkout
+    cannot build planned as skipped."""
+    out, notes = [], []
+    for run in runs:
+        reason = unavailable(run.config)
+        if reason:
+            notes.append(f"{run.config.key()} skipped: {reason}")
+        out.append(replace(run, robustness=str(robustness), skip=reason))
+    return out, sorted(set(notes))
+
+
+def _preset_fractions(preset: Preset | None, quick: bool) -> tuple[float, ...]:
+    """The label fractions of a preset (``()``: its rows as they are)."""
+    if preset is None:
+        return ()
+    return preset.quick_fractions if quick and preset.quick_fractions else preset.fractions
+
+
+def _pretrain_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Overrides of every pretraining stage: the unlabeled scans and the epochs."""
+    from mri_slice_transfer.experiments.runner import GridError
+
+    out: dict[str, Any] = {}
+    if args.unlabeled:
+        out["unlabeled"] = str(Path(args.unlabeled).expanduser().resolve())
+    epochs = args.pretrain_epochs
+    if epochs is None and args.quick:
+        epochs = QUICK_PRETRAIN_EPOCHS
+    if epochs is not None:
+        if epochs < 1:
+            raise GridError(f"--pretrain-epochs must be at least 1, not {epochs}")
+        out.update(epochs=epochs, demo_epochs=epochs)
+    return out
 
 
 def _preflight(args: argparse.Namespace, task: str) -> None:
-    """Check the data lists once (every problem, incl. leakage) before starting any run."""
+    """Check the data lists once (every problem, incl. leakage) before starting any run; with
+    ``--unlabeled``, also the unlabeled scans against the validation and test lists (the pretraining
+    stages' leakage guard, run once up front)."""
     if not (args.dataset_dir or args.datalist_dir):
         print("data: the bundle's synthetic demo cohort (the first run generates it once into the cache)")
         return
@@ -261,12 +362,24 @@ def _preflight(args: argparse.Namespace, task: str) -> None:
 
     frames = read_split_datalists(args.datalist_dir or args.dataset_dir, task, dataset_dir=args.dataset_dir)
     print("data lists OK: " + ", ".join(f"{k} {len(v)} scans" for k, v in frames.items()))
+    if getattr(args, "unlabeled", None):
+        from mri_slice_transfer.engine.pretrain_data import pretraining_data
+
+        data = pretraining_data(task, args.datalist_dir, args.dataset_dir, args.unlabeled)
+        print(f"unlabeled scans OK: {len(data.unlabeled)} (none in the validation or test list)")
 
 
 def _print_dry_run(plan: GridPlan, runner: BundleRunner, out: Path) -> None:
     """The runs of ``plan`` and their command lines (``--dry-run``)."""
     print(f"{len(plan.runs)} runs with bundle {plan.bundle} (task {plan.task}) into {out / 'runs'}:")
+    for stage in plan.stages:
+        print(f"- pretraining stage {stage.stage_id} (once, before the runs that start from it):")
+        cmd = runner.pretrain_command(stage, out / "pretrain" / stage.stage_id)
+        print(f"    pretrain: {shlex.join(cmd)}")
     for r in plan.runs:
+        if r.skip:
+            print(f"- {r.run_id}: skipped ({r.skip})")
+            continue
         cmds = runner.commands(r, out / "runs" / r.run_id)
         print(f"- {r.run_id}: {r.config.describe()}, seed {r.seed}")
         for stage, cmd in cmds.items():
@@ -274,14 +387,19 @@ def _print_dry_run(plan: GridPlan, runner: BundleRunner, out: Path) -> None:
 
 
 def _report(results: list[dict[str, Any]], paths: dict[str, Path]) -> int:
-    """Print what was written and which runs failed; the exit code (1 if any run failed)."""
-    failed = [r for r in results if r.get("status") != "ok"]
+    """Print what was written and which runs failed; the exit code (1 if any run failed; skipped runs,
+    planned so with a reason, are not failures)."""
+    failed = [r for r in results if r.get("status") not in ("ok", "skipped")]
+    skipped = sum(r.get("status") == "skipped" for r in results)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     if failed:
         print(f"{len(failed)} of {len(results)} runs failed (errors in results.csv and runs/*/failed.json):")
         for r in failed:
             print(f"  - {r.get('run_id')}: {r.get('error')}")
         return 1
+    if skipped:
+        print(f"{len(results) - skipped} runs finished, {skipped} skipped (the reasons are in table.md)")
+        return 0
     print(f"all {len(results)} runs finished")
     return 0
 

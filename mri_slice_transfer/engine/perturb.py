@@ -52,6 +52,7 @@ __all__ = [
     "ROBUSTNESS_CSV",
     "ROBUSTNESS_PNG",
     "parse_perturbations",
+    "parse_severities",
     "perturb_image",
     "PerturbImaged",
     "run_robustness",
@@ -95,6 +96,27 @@ def parse_perturbations(perturb: str | Sequence[str]) -> list[Perturbation]:
         if member not in out:
             out.append(member)
     return out
+
+
+def parse_severities(severities: str | int | Sequence[int] | None) -> list[int]:
+    """The perturbed severities a comma list (``"2"``, ``"1,2,3"``), a number or a list names; None: 1-3.
+
+    Raises:
+        ValueError: a severity that is not 1, 2 or 3.
+    """
+    if severities is None or (isinstance(severities, str) and severities.strip().lower() in ("", "all")):
+        return list(SEVERITIES[1:])
+    if isinstance(severities, str):
+        items: list[Any] = severities.split(",")
+    elif isinstance(severities, Sequence):
+        items = list(severities)
+    else:
+        items = [severities]
+    allowed = {str(s) for s in SEVERITIES[1:]}
+    bad = [item for item in items if str(item).strip() not in allowed]
+    if bad or not items:
+        raise ValueError(f"perturb_severities must be 1, 2 or 3 (comma-separated), not {severities!r}")
+    return sorted({int(str(item).strip()) for item in items})
 
 
 def _scan_seed(image: torch.Tensor, perturbation: Perturbation, seed: int) -> int:
@@ -194,8 +216,9 @@ def run_robustness(
     perturb: str | Sequence[str],
     task: str,
     output_dir: str | os.PathLike,
+    severities: str | int | Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """Run ``evaluator`` once clean and once per perturbation and severity 1-3; write CSV and plot.
+    """Run ``evaluator`` once clean and once per perturbation and severity; write CSV and plot.
 
     Args:
         evaluator: an Ignite/MONAI evaluator whose data loader's transform ends in ``perturber``; its
@@ -204,12 +227,15 @@ def run_robustness(
         perturb: the perturbations, a comma list or a list (:func:`parse_perturbations`).
         task: the task (its key metric is plotted).
         output_dir: where ``robustness.csv`` and ``robustness.png`` go.
+        severities: the severities to run (:func:`parse_severities`; default 1, 2, 3), e.g. ``"2"`` for
+            the middle one only (``grid --preset architectures``).
 
     Returns:
         The table: ``perturbation``, ``severity``, ``parameter`` then the evaluator's metrics. Severity
         0 is one clean run, repeated as the first row of every perturbation.
     """
     kinds = parse_perturbations(perturb)
+    levels = parse_severities(severities)
     key = task_spec(task).key_metric
     perturber.condition = None
     evaluator.run()
@@ -217,7 +243,7 @@ def run_robustness(
     rows = []
     for kind in kinds:
         rows.append({"perturbation": kind.value, "severity": 0, "parameter": math.nan, **clean})
-        for severity in SEVERITIES[1:]:
+        for severity in levels:
             perturber.set(kind, severity)
             evaluator.run()
             metrics = _metrics_row(evaluator.state.metrics)

@@ -19,10 +19,22 @@ tables and docs can show them beside ours.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from mri_slice_transfer.vocabulary import PRETRAINABLE_ENCODERS, Axis, Encoder, Task, canonical, names
+from mri_slice_transfer import vocabulary
+from mri_slice_transfer.vocabulary import (
+    PRETRAINABLE_ENCODERS,
+    Aggregation,
+    Axis,
+    Encoder,
+    Init,
+    Task,
+    canonical,
+    look_up,
+    names,
+)
 
 __all__ = [
     "ModelConfig",
@@ -31,6 +43,7 @@ __all__ = [
     "CONV3D",
     "expand_grid",
     "get_preset",
+    "unavailable",
 ]
 
 #: Encoder name of the 3D-CNN baseline (it has no slices: axis, aggregation, encoding do not apply).
@@ -64,6 +77,25 @@ def _is_conv3d(encoder: str) -> bool:
     return canonical(encoder, Encoder) == CONV3D
 
 
+_INIT_TEXT = {
+    Init.SCRATCH: "scratch",
+    Init.IMAGENET: "ImageNet",
+    Init.SSL: "self-supervised",
+    Init.FILE: "file",
+}
+
+
+def _check_fraction(value: float) -> float:
+    """``value`` as a float in (0, 1]; ``ValueError`` otherwise."""
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"train_fraction must be a number in (0, 1], not {value!r}") from None
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1], not {value!r}")
+    return fraction
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """One model configuration (a table row); the seed is not part of it.
@@ -73,7 +105,15 @@ class ModelConfig:
         axis: slicing axis (``None`` for the 3D-CNN).
         aggregation: ``"mean"``, ``"max"`` or ``"attention"`` (``None`` for the 3D-CNN).
         position_encoding: ``"none"``, ``"learned"`` or ``"sinusoidal"``.
-        pretrained: whether the encoder starts from ImageNet-1K weights.
+        pretrained: whether the encoder starts from ImageNet-1K weights (kept for the paper presets;
+            ``init`` says the same and more).
+        init: where the encoder's weights start (:class:`~mri_slice_transfer.vocabulary.Init`:
+            ``scratch``, ``imagenet``, ``ssl``, ``file``); None: from ``pretrained``.
+        train_fraction: fraction of the labelled training subjects trained on (``--train_fraction``).
+
+    The run key of a row with the defaults ``init=None`` (or the init ``pretrained`` implies) and
+    ``train_fraction=1.0`` is the key it had before these two fields existed, so old grid folders
+    resume.
     """
 
     encoder: str
@@ -81,13 +121,27 @@ class ModelConfig:
     aggregation: str | None = "mean"
     position_encoding: str = "none"
     pretrained: bool = False
+    init: str | None = None
+    train_fraction: float = 1.0
 
     def normalised(self) -> ModelConfig:
-        """The same model with settings that do not apply removed (the 3D-CNN has no slices)."""
+        """The same model with settings that do not apply removed (the 3D-CNN has no slices).
+
+        Raises:
+            ValueError: an unknown ``init`` or a ``train_fraction`` outside (0, 1].
+        """
         enc = self.encoder.lower()
+        fraction = _check_fraction(self.train_fraction)
         if _is_conv3d(enc):
-            return ModelConfig(CONV3D, None, None, "none", False)
-        return ModelConfig(enc, self.axis, self.aggregation, self.position_encoding, bool(self.pretrained))
+            return ModelConfig(CONV3D, None, None, "none", False, Init.SCRATCH.value, fraction)
+        if self.init is None:
+            init = Init.IMAGENET if self.pretrained else Init.SCRATCH
+        else:
+            init = look_up(self.init, Init)
+        pretrained = init == Init.IMAGENET
+        return ModelConfig(
+            enc, self.axis, self.aggregation, self.position_encoding, pretrained, init.value, fraction
+        )
 
     @property
     def is_conv3d(self) -> bool:
@@ -95,12 +149,13 @@ class ModelConfig:
         return _is_conv3d(self.encoder)
 
     def key(self) -> str:
-        """A file-name-safe identifier, e.g. ``resnet18_axial_mean_pe-learned_imagenet``."""
+        """A file-name-safe identifier, e.g. ``resnet18_axial_mean_pe-learned_imagenet`` (with
+        ``_frac0.25`` appended when the row trains on a fraction of the labels)."""
         c = self.normalised()
+        frac = "" if c.train_fraction == 1.0 else f"_frac{c.train_fraction:g}"
         if c.is_conv3d:
-            return CONV3D
-        init = "imagenet" if c.pretrained else "scratch"
-        return f"{c.encoder}_{c.axis}_{c.aggregation}_pe-{c.position_encoding}_{init}"
+            return CONV3D + frac
+        return f"{c.encoder}_{c.axis}_{c.aggregation}_pe-{c.position_encoding}_{c.init}{frac}"
 
     def label(self) -> str:
         """The paper's first column, e.g. ``2D-ResNet-18 (Mean)`` or ``3D-CNN``."""
@@ -113,11 +168,11 @@ class ModelConfig:
     def describe(self) -> str:
         """One line for progress output."""
         c = self.normalised()
+        frac = "" if c.train_fraction == 1.0 else f", {c.train_fraction:.0%} of the training labels"
         if c.is_conv3d:
-            return "3D-CNN"
+            return "3D-CNN" + frac
         pe = "" if c.position_encoding == "none" else f" + {c.position_encoding} pos. enc."
-        init = "ImageNet" if c.pretrained else "scratch"
-        return f"{c.label()} {c.axis}{pe}, {init}"
+        return f"{c.label()} {c.axis}{pe}, {_INIT_TEXT[look_up(c.init, Init)]}{frac}"
 
     def as_dict(self) -> dict[str, object]:
         """The fields as a dict (normalised)."""
@@ -141,6 +196,13 @@ class Preset:
         paper_params: the paper's "# Params" column, per row (Table 2 only).
         overrides: bundle overrides that make the bundle follow the paper's recipe where its defaults
             differ (``--override`` on the command line still wins).
+        fractions: label fractions every row is run at (``--fractions`` replaces them); ``()``: the
+            rows as they are (the paper presets).
+        quick_fractions: the fractions of ``--quick``.
+        quick_epochs: epochs per run of ``--quick`` (None: the grid's default).
+        robustness: severities of a third stage per run that re-scores the best model under the
+            robustness overlay (``configs/robustness.json``), e.g. ``"2"``; ``""``: no such stage.
+        table_metrics: the test metrics of ``table.md`` (``()``: the task's paper columns).
     """
 
     name: str
@@ -154,6 +216,11 @@ class Preset:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     paper_params: tuple[str, ...] = field(default=())
     overrides: dict[str, object] = field(default_factory=dict)
+    fractions: tuple[float, ...] = ()
+    quick_fractions: tuple[float, ...] = ()
+    quick_epochs: int | None = None
+    robustness: str = ""
+    table_metrics: tuple[str, ...] = ()
 
     def headline_rows(self) -> tuple[ModelConfig, ...]:
         """The rows ``--quick`` runs."""
@@ -256,11 +323,98 @@ def _make_presets() -> dict[str, Preset]:
         note="Paper Table 2 (UK Biobank): lower MAE / RMSE is better; model selection on validation "
         "MAE; all sagittal; mean ± std over 5 seeds.",
     )
-    return {ad.name: ad, ba.name: ba}
+    return {ad.name: ad, ba.name: ba, TRANSFER.name: TRANSFER, ARCHITECTURES.name: ARCHITECTURES}
 
+
+def _transfer_rows() -> tuple[ModelConfig, ...]:
+    """ResNet-18 axial (mean) from scratch, self-supervised, ImageNet; cnn5 from scratch and
+    self-supervised (the ``--quick`` rows: cnn5 is the encoder a 2-core CPU trains in minutes)."""
+    resnet = tuple(ModelConfig("resnet18", "axial", "mean", init=i) for i in ("scratch", "ssl", "imagenet"))
+    cnn5 = tuple(ModelConfig("cnn5", "axial", "mean", init=i) for i in ("scratch", "ssl"))
+    return resnet + cnn5
+
+
+#: ``grid --preset transfer`` (issue 16): where the slice encoder starts, at several label budgets.
+TRANSFER = Preset(
+    name="transfer",
+    bundle="adni_ad",
+    task=Task.ADNI_AD.value,
+    title="Encoder initialisation x label fraction (AD vs CN), test set",
+    rows=_transfer_rows(),
+    headline=(3, 4),
+    paper=(),
+    note="Self-supervised rows start from pretrain.json run once per seed on the training list "
+    "(+ --unlabeled scans), never the validation or test list.",
+    seeds=(0, 1, 2),
+    fractions=(0.25, 0.5, 1.0),
+    quick_fractions=(0.25, 1.0),
+)
+
+
+def _architecture_rows() -> tuple[ModelConfig, ...]:
+    """Encoder x aggregation x plane(s), all from scratch (no row depends on downloadable weights)."""
+    rows = [ModelConfig(CONV3D, None, None)]
+    rows += [ModelConfig("resnet18", "axial", agg) for agg in ("mean", "attention", "transformer")]
+    rows += [ModelConfig("cnn5", "axial", agg) for agg in ("mean", "attention", "transformer")]
+    rows += [ModelConfig("cnn5", "all", "mean"), ModelConfig("resnet18", "all", "attention")]
+    rows += [ModelConfig(enc, "axial", "mean") for enc in ("efficientnet_b0", "regnet_y_400mf")]
+    return tuple(rows)
+
+
+#: ``grid --preset architectures`` (issue 22 item 6): one split and seeds, encoders x aggregations x
+#: planes, with a robustness stage at the middle severity.
+ARCHITECTURES = Preset(
+    name="architectures",
+    bundle="adni_ad",
+    task=Task.ADNI_AD.value,
+    title="Architectures (AD vs CN), test set",
+    rows=_architecture_rows(),
+    # 3D-CNN; cnn5 mean, attention, transformer; cnn5 three planes; regnet_y_400mf
+    headline=(0, 4, 5, 6, 7, 10),
+    paper=(),
+    note="Every row from scratch, the same subject-level split and seeds; robustness: balanced accuracy "
+    "lost at severity 2 of bias_field, gibbs, noise, contrast.",
+    seeds=(0, 1, 2),
+    quick_epochs=1,
+    robustness="2",
+    table_metrics=("balanced_accuracy", "roc_auc"),
+)
 
 #: The presets by name.
 PRESETS: dict[str, Preset] = _make_presets()
+
+
+def unavailable(config: ModelConfig) -> str:
+    """Why this checkout cannot build ``config``; ``""`` when it can.
+
+    An axis is checked with the vocabulary's axis parser when there is one (three-plane models:
+    ``"all"`` or a list of planes), else against :class:`Axis`; an encoder outside :class:`Encoder`
+    with the encoder registry when the package has one (torchvision / timm names; imports torch only
+    for such names), else it is unavailable; the aggregation against :class:`Aggregation`.
+    """
+    c = config.normalised()
+    if c.is_conv3d:
+        return ""
+    parse_axis = getattr(vocabulary, "parse_axis", None)
+    try:
+        if parse_axis is not None:
+            parse_axis(c.axis)
+        elif str(c.axis) not in names(Axis):
+            raise ValueError
+    except ValueError:
+        return f"axis {c.axis!r} is not available in this version of mri_slice_transfer"
+    if c.encoder not in names(Encoder, aliases=True):  # built-in names need no torch import
+        if importlib.util.find_spec("mri_slice_transfer.networks.registry") is None:
+            return f"encoder {c.encoder!r} is not available in this version of mri_slice_transfer"
+        from mri_slice_transfer.networks.registry import encoder_name
+
+        try:
+            encoder_name(c.encoder)
+        except ValueError as err:
+            return str(err)
+    if str(c.aggregation) not in names(Aggregation):
+        return f"aggregation {c.aggregation!r} is not available in this version of mri_slice_transfer"
+    return ""
 
 
 def get_preset(name: str) -> Preset:

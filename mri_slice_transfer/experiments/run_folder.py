@@ -3,7 +3,8 @@ and typed records of what a run produced.
 
 Layout of ``<out>/`` (see :mod:`mri_slice_transfer.experiments.runner` for who writes what)::
 
-    results.csv  table.md  plot.png
+    results.csv  table.md  plot.png  learning_curve.png (grids with label fractions / inits)
+    pretrain/<stage_id>/             a self-supervised pretraining stage (models/encoder.pt, done.json)
     runs/<run_id>/config.json        the model settings, seed, overrides and commands
                   train.log          everything the train command printed (attempts appended)
                   evaluate.log       everything the evaluate command printed
@@ -39,6 +40,7 @@ __all__ = [
     "RESULTS_CSV",
     "TABLE_MD",
     "PLOT_PNG",
+    "LEARNING_CURVE_PNG",
     "RunFiles",
     "TrainMarker",
     "RunInfo",
@@ -59,6 +61,7 @@ RUN_INFO = "run_info.json"
 RESULTS_CSV = "results.csv"
 TABLE_MD = "table.md"
 PLOT_PNG = "plot.png"
+LEARNING_CURVE_PNG = "learning_curve.png"
 
 
 @dataclass(frozen=True)

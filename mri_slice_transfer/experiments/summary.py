@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mri_slice_transfer.experiments.plot import plot_results
-from mri_slice_transfer.experiments.run_folder import PLOT_PNG, RESULTS_CSV, TABLE_MD
-from mri_slice_transfer.experiments.tables import format_report
+from mri_slice_transfer.experiments.plot import plot_learning_curve, plot_results
+from mri_slice_transfer.experiments.run_folder import LEARNING_CURVE_PNG, PLOT_PNG, RESULTS_CSV, TABLE_MD
+from mri_slice_transfer.experiments.tables import aggregate, format_report, shows_init
 from mri_slice_transfer.fileio import atomic_write_text
 
 if TYPE_CHECKING:
@@ -40,6 +40,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "pretrained",
     "pretrained_override",
     "encoder_init",
+    "init",
+    "train_fraction",
     "seed",
     "n_params",
     "epochs_run",
@@ -78,7 +80,9 @@ def summarize(
     title: str | None = None,
     plot: bool = True,
 ) -> dict[str, Path]:
-    """Write ``results.csv``, ``table.md`` and (optionally) ``plot.png`` into ``out_dir``.
+    """Write ``results.csv``, ``table.md`` and (optionally) ``plot.png`` into ``out_dir``; with
+    ``plot``, grids with label fractions or initialisations beyond scratch / ImageNet also get
+    ``learning_curve.png``.
 
     Args:
         results: result rows (from :func:`~mri_slice_transfer.experiments.runner.run_grid`) or a frame.
@@ -101,4 +105,6 @@ def summarize(
     atomic_write_text(paths["table"], format_report(frame, task, preset=preset, title=title))
     if plot:
         paths["plot"] = plot_results(frame, task, out / PLOT_PNG, preset=preset, title=title)
+        if shows_init(aggregate(frame, task)):
+            paths["learning_curve"] = plot_learning_curve(frame, task, out / LEARNING_CURVE_PNG)
     return paths

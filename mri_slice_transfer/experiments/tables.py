@@ -28,9 +28,20 @@ __all__ = [
     "format_run_table",
     "format_paper_table",
     "format_report",
+    "metric_specs",
+    "fill_init_columns",
+    "shows_init",
 ]
 
-CONFIG_COLUMNS: tuple[str, ...] = ("encoder", "axis", "aggregation", "position_encoding", "pretrained")
+CONFIG_COLUMNS: tuple[str, ...] = (
+    "encoder",
+    "axis",
+    "aggregation",
+    "position_encoding",
+    "pretrained",
+    "init",
+    "train_fraction",
+)
 CHECK, CROSS = "✓", "✗"
 
 
@@ -58,6 +69,7 @@ _COLUMNS: dict[str, tuple[str, int]] = {
     "balanced_accuracy": ("Bal. Accuracy", 2),
     "f1": ("F1 Score", 2),
     "average_precision": ("Avg. Precision", 2),
+    "roc_auc": ("ROC AUC", 2),
     "mae": ("Mean Absolute Err. (MAE)", 3),
     "rmse": ("Root Mean Square Err. (RMSE)", 3),
 }
@@ -77,6 +89,26 @@ TABLE_METRICS: dict[str, tuple[MetricSpec, ...]] = {
 }
 
 
+def metric_specs(task: str, metrics: tuple[str, ...] | list[str] = ()) -> tuple[MetricSpec, ...]:
+    """The table columns of ``metrics`` (names without ``test_``; ``()``: :data:`TABLE_METRICS` of the task).
+
+    Raises:
+        ValueError: a metric without a column definition.
+    """
+    if not metrics:
+        return TABLE_METRICS[task]
+    spec = task_spec(task)
+    scale = 100.0 if spec.unit == "%" else 1.0
+    unknown = [m for m in metrics if m not in _COLUMNS]
+    if unknown:
+        raise ValueError(f"table metrics must be among {', '.join(_COLUMNS)}, not {unknown}")
+    return tuple(MetricSpec(m, _COLUMNS[m][0], scale, _COLUMNS[m][1], spec.lower_is_better) for m in metrics)
+
+
+#: Run columns averaged over seeds when present (``grid --preset architectures``).
+EXTRA_MEANS: tuple[str, ...] = ("seconds_per_epoch", "robust_drop_mean")
+
+
 def _truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in {"true", "1", "yes"}
@@ -93,7 +125,7 @@ def _finite(value: Any) -> bool:
         return False
 
 
-def aggregate(results: pd.DataFrame, task: str) -> pd.DataFrame:
+def aggregate(results: pd.DataFrame, task: str, metrics: tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per configuration (in table order): counts, parameters, init, mean and std per metric.
 
     Args:
@@ -110,6 +142,7 @@ def aggregate(results: pd.DataFrame, task: str) -> pd.DataFrame:
         if col not in frame.columns:
             frame[col] = "-"
     frame["pretrained"] = frame["pretrained"].map(_truthy)
+    fill_init_columns(frame)
     for col in ("axis", "aggregation", "position_encoding", "encoder"):
         frame[col] = frame[col].fillna("-").astype(str)
     if "status" not in frame.columns:
@@ -122,14 +155,22 @@ def aggregate(results: pd.DataFrame, task: str) -> pd.DataFrame:
         entry: dict[str, Any] = dict(zip(CONFIG_COLUMNS, key, strict=True))
         entry["_order"] = float(group["_order"].min())
         entry["model"] = str(group["model"].iloc[0]) if "model" in group.columns else str(key[0])
+        skipped = group[group["status"] == "skipped"]
         entry["n_ok"] = len(ok)
-        entry["n_failed"] = len(group) - len(ok)
+        entry["n_skipped"] = len(skipped)
+        entry["n_failed"] = len(group) - len(ok) - len(skipped)
+        entry["skip_reason"] = str(skipped["error"].iloc[0]) if len(skipped) and "error" in skipped else ""
         params = pd.to_numeric(ok.get("n_params", pd.Series(dtype=float)), errors="coerce").dropna()
         entry["n_params"] = float(params.iloc[0]) if len(params) else math.nan
         inits = sorted({str(v) for v in ok.get("encoder_init", pd.Series(dtype=str)).dropna()})
         entry["encoder_init"] = ", ".join(inits)
         entry["fallback"] = bool(entry["pretrained"]) and any(i != "imagenet" for i in inits)
-        for spec in TABLE_METRICS[task]:
+        for col in EXTRA_MEANS:
+            values = pd.to_numeric(ok.get(col, pd.Series(dtype=float)), errors="coerce").dropna()
+            entry[f"{col}_mean"] = float(values.mean()) if len(values) else math.nan
+            entry[f"{col}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        names = {s.name: s for s in (*TABLE_METRICS[task], *metric_specs(task, metrics))}
+        for spec in names.values():
             col = f"test_{spec.name}"
             values = pd.to_numeric(ok.get(col, pd.Series(dtype=float)), errors="coerce").dropna()
             entry[f"{spec.name}_mean"] = float(values.mean()) if len(values) else math.nan
@@ -140,6 +181,28 @@ def aggregate(results: pd.DataFrame, task: str) -> pd.DataFrame:
     if out.empty:
         return out
     return out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def fill_init_columns(frame: pd.DataFrame) -> None:
+    """Give a results frame ``init`` and ``train_fraction`` (results of grids older than these columns:
+    the init ``pretrained`` says, all labels)."""
+    implied = frame["pretrained"].map(lambda p: "imagenet" if p else "scratch")
+    if "init" not in frame.columns:
+        frame["init"] = implied
+    frame["init"] = frame["init"].where(frame["init"].notna() & (frame["init"].astype(str) != "-"), implied)
+    frame["init"] = frame["init"].astype(str)
+    if "train_fraction" not in frame.columns:
+        frame["train_fraction"] = 1.0
+    frame["train_fraction"] = pd.to_numeric(frame["train_fraction"], errors="coerce").fillna(1.0)
+
+
+def shows_init(agg: pd.DataFrame) -> bool:
+    """Whether a table needs ``Init`` / ``Labels`` columns (another init than scratch / ImageNet, or a
+    label fraction below 1); the paper presets' tables keep the paper's layout."""
+    if agg.empty:
+        return False
+    other_init = ~agg["init"].isin(["scratch", "imagenet"])
+    return bool(other_init.any() or (agg["train_fraction"] != 1.0).any())
 
 
 def _params(n: Any) -> str:
@@ -157,7 +220,9 @@ def _pe_cell(encoder: str, pe: str) -> str:
     return CHECK if pe == "learned" else f"{CHECK} ({pe})"
 
 
-def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> str:
+def format_table(
+    results: pd.DataFrame, task: str, title: str | None = None, metrics: tuple[str, ...] = ()
+) -> str:
     """The paper-style table of a grid: one row per configuration, mean ± std over seeds.
 
     The best mean of each metric column (at the shown precision; ties all bold) is in bold. Rows whose
@@ -167,12 +232,14 @@ def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> 
         results: ``results.csv`` as a frame.
         task: ``"adni_ad"`` or ``"brain_age"``.
         title: caption line above the table.
+        metrics: the metric columns (:func:`metric_specs`; ``()``: the paper's). Results with a
+            robustness stage also get ``s / epoch`` and ``Robustness drop`` columns.
 
     Returns:
         Markdown text (caption, table, notes).
     """
-    specs = TABLE_METRICS[task]
-    agg = aggregate(results, task)
+    specs = metric_specs(task, metrics)
+    agg = aggregate(results, task, metrics)
     lines = [f"**{title}**", ""] if title else []
     if agg.empty:
         return "\n".join(lines + ["(no runs)"]) + "\n"
@@ -187,10 +254,14 @@ def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> 
         ]
         if len(shown) > 1:
             best[spec.name] = min(shown) if spec.lower_is_better else max(shown)
-    header = ["Encoder", "Pos. Enc.", "Pretrained"] + (["Axis"] if show_axis else [])
-    header += [s.header for s in specs] + ["# Params", "Seeds"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * (3 + show_axis))]
-    lines[-1] += "|" + "|".join(["---:"] * (len(specs) + 2)) + "|"
+    init_cols = shows_init(agg)
+    first = ["Encoder", "Pos. Enc."] + (["Init", "Labels"] if init_cols else ["Pretrained"])
+    header = first + (["Axis"] if show_axis else [])
+    robust = "robust_drop_mean" in results.columns
+    extra = ["s / epoch", f"Robustness drop ({task_spec(task).key_metric})"] if robust else []
+    header += [s.header for s in specs] + extra + ["# Params", "Seeds"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * (len(first) + show_axis))]
+    lines[-1] += "|" + "|".join(["---:"] * (len(specs) + len(extra) + 2)) + "|"
     notes: set[str] = set()
     for r in agg.to_dict("records"):
         conv3d = r["encoder"] == "conv3d"
@@ -201,13 +272,14 @@ def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> 
                 "† ImageNet weights were requested but not used by every seed "
                 f"(encoder initialisation: {r['encoder_init']}); see `encoder_init` in results.csv."
             )
-        cells = [r["model"], _pe_cell(r["encoder"], r["position_encoding"]), pretrained]
+        cells = [r["model"], _pe_cell(r["encoder"], r["position_encoding"])]
+        cells += [r["init"], f"{r['train_fraction']:.0%}"] if init_cols else [pretrained]
         if show_axis:
             cells.append("-" if conv3d else r["axis"])
         for spec in specs:
             mean, std, n = r[f"{spec.name}_mean"], r[f"{spec.name}_std"], r[f"{spec.name}_n"]
             if n == 0 or not _finite(mean):
-                cells.append("failed" if r["n_ok"] == 0 else "n/a")
+                cells.append(_missing_cell(r))
                 continue
             m = round(mean * spec.scale, spec.decimals)
             text = f"{m:.{spec.decimals}f}"
@@ -218,12 +290,9 @@ def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> 
             else:
                 notes.add("A value without ± comes from a single seed.")
             cells.append(text)
-        cells.append(_params(r["n_params"]))
-        seeds = str(r["n_ok"])
-        if r["n_failed"]:
-            seeds += f" ({r['n_failed']} failed)"
-            notes.add("Failed seeds are left out of mean and std; their errors are in results.csv.")
-        cells.append(seeds)
+        if robust:
+            cells += _robust_cells(r, specs[0] if specs else None, notes)
+        cells += [_params(r["n_params"]), _seeds_cell(r, notes)]
         lines.append("| " + " | ".join(cells) + " |")
     if not show_axis and slice_axes:
         notes.add(f"All slice models use {slice_axes[0]} slices.")
@@ -233,13 +302,50 @@ def format_table(results: pd.DataFrame, task: str, title: str | None = None) -> 
     return "\n".join(lines) + "\n"
 
 
+def _seeds_cell(r: dict[str, Any], notes: set[str]) -> str:
+    """The ``Seeds`` cell: finished seeds, and how many were skipped or failed (with a note)."""
+    seeds = str(r["n_ok"])
+    if r["n_skipped"]:
+        seeds += f" ({r['n_skipped']} skipped)"
+        notes.add(f"Skipped: {r['skip_reason']}.")
+    if r["n_failed"]:
+        seeds += f" ({r['n_failed']} failed)"
+        notes.add("Failed seeds are left out of mean and std; their errors are in results.csv.")
+    return seeds
+
+
+def _robust_cells(r: dict[str, Any], key: MetricSpec | None, notes: set[str]) -> list[str]:
+    """``s / epoch`` and ``Robustness drop`` cells (the drop in the key metric's display unit)."""
+    sec = r["seconds_per_epoch_mean"]
+    cells = [f"{sec:.0f}" if _finite(sec) else "-"]
+    drop, std = r["robust_drop_mean_mean"], r["robust_drop_mean_std"]
+    scale, decimals = (key.scale, key.decimals) if key is not None else (1.0, 3)
+    text = f"{drop * scale:.{decimals}f}" if _finite(drop) else "-"
+    if _finite(drop) and _finite(std):
+        text += f" ± {std * scale:.{decimals}f}"
+    notes.add(
+        "Robustness drop: how much worse the key metric is under the robustness overlay "
+        "(bias_field, gibbs, noise, contrast at the severities run; averaged), clean minus perturbed "
+        "(perturbed minus clean for errors); per perturbation in results.csv (`robust_*`)."
+    )
+    return cells + [text]
+
+
+def _missing_cell(r: dict[str, Any]) -> str:
+    """The metric cell of a row without a value: ``skipped``, ``failed`` or ``n/a``."""
+    if r["n_ok"] == 0:
+        return "skipped" if r["n_skipped"] and not r["n_failed"] else "failed"
+    return "n/a"
+
+
 def _fmt(value: Any, spec: MetricSpec) -> str:
     return f"{float(value) * spec.scale:.{spec.decimals}f}" if _finite(value) else "n/a"
 
 
-def format_run_table(results: pd.DataFrame, task: str) -> str:
-    """One row per run: seed, encoder init, test metrics with their 95 % bootstrap confidence intervals."""
-    specs = TABLE_METRICS[task]
+def format_run_table(results: pd.DataFrame, task: str, metrics: tuple[str, ...] = ()) -> str:
+    """One row per run: seed, encoder init, test metrics with their 95 % bootstrap confidence intervals
+    (``metrics``: as for :func:`format_table`)."""
+    specs = metric_specs(task, metrics)
     header = ["Run", "Seed", "Status", "Encoder init"] + [f"{s.header} [95% CI]" for s in specs]
     header += ["Best epoch", "Wall time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
@@ -298,8 +404,12 @@ def format_report(
                 "**Synthetic data: these numbers test the pipeline; they are not comparable to the paper's.**"
             )
         parts.append("")
-    parts += [format_table(results, task), "## Per run (95% bootstrap CI over test subjects)", ""]
-    parts.append(format_run_table(results, task))
-    if preset is not None:
+    metrics = preset.table_metrics if preset is not None else ()
+    parts += [
+        format_table(results, task, metrics=metrics),
+        "## Per run (95% bootstrap CI over test subjects)",
+    ]
+    parts += ["", format_run_table(results, task, metrics)]
+    if preset is not None and preset.paper:
         parts += [f"## The paper ({preset.note})", "", format_paper_table(preset)]
     return "\n".join(parts)
