@@ -202,3 +202,28 @@ def test_grid_command_plans_the_quick_transfer_preset(tmp_path: Path, capsys, mo
     assert "--train_fraction 0.25" in text
     code = main(["grid", "--preset", "transfer", "--fractions", "0,1", "--out", str(tmp_path), "--dry-run"])
     assert code == 2 and "train_fraction must be in (0, 1]" in capsys.readouterr().out
+
+
+def test_a_launcher_gets_the_runs_after_their_pretraining_and_never_the_skipped_ones(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # grid --launcher slurm: parallel jobs must find each shared pretraining stage finished (the driver
+    # runs it once) and never redo it; skipped (ImageNet) rows are made by the driver, not submitted
+    plan = _plan(tmp_path, monkeypatch, imagenet=False)
+    runner, seen = FakeTransferRunner(), {}
+
+    def launcher(runs, out_dir, runner_, task, redo, n_bootstrap, say):
+        seen.update(n=len(runs), redo=redo, skips=[r.skip for r in runs])
+        assert all(Path(r.pretrain.encoder_file).is_file() for r in runs if r.pretrain is not None)
+        return run_grid(list(runs), out_dir, runner_, task, redo=redo, n_bootstrap=0, progress=None)
+
+    rows = run_grid(plan.runs, tmp_path, runner, "adni_ad", n_bootstrap=0, progress=None, launcher=launcher)
+    assert [r["run_id"] for r in rows] == [r.run_id for r in plan.runs]
+    assert seen == {"n": len(plan.runs) - 4, "redo": False, "skips": [""] * (len(plan.runs) - 4)}
+    assert sorted(r["status"] for r in rows) == ["ok"] * (len(plan.runs) - 4) + ["skipped"] * 4
+    n_stages = len({r.pretrain.stage_id for r in plan.runs if r.pretrain is not None})
+    assert n_stages == 4 and sum(1 for c in runner.calls if c[0] == "pretrain") == n_stages  # once each
+    rows = run_grid(
+        plan.runs, tmp_path, runner, "adni_ad", redo=True, n_bootstrap=0, progress=None, launcher=launcher
+    )
+    assert seen["redo"] is False and sum(1 for c in runner.calls if c[0] == "pretrain") == 2 * n_stages
