@@ -31,8 +31,19 @@ RN=tests/test_researcher_numbers.py
 tests_for() {
     case "$1" in
         engine/metrics.py) echo "tests/test_mutation_metrics.py tests/test_engine.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
-        engine/handlers.py) echo "tests/test_mutation_handlers.py $RN::test_saved_model_is_the_best_validation_epoch" ;;
-        engine/predictions.py) echo "tests/test_mutation_predictions.py $RN::test_csv_probability_is_sigmoid_of_the_ad_logit $RN::test_test_metrics_count_the_scans_they_are_over" ;;
+        engine/handlers.py)
+            b=tests/test_brain_age_gap.py
+            echo "tests/test_mutation_handlers.py $RN::test_saved_model_is_the_best_validation_epoch" \
+                "$b::test_each_new_best_model_carries_the_fit_of_its_own_validation_predictions" \
+                "$b::test_an_ad_model_records_no_age_bias" \
+                "$b::test_a_flat_model_s_correction_is_flagged_in_training_and_prediction_logs" ;;
+        engine/predictions.py)
+            b=tests/test_brain_age_gap.py
+            echo "tests/test_mutation_predictions.py $RN::test_csv_probability_is_sigmoid_of_the_ad_logit" \
+                "$RN::test_test_metrics_count_the_scans_they_are_over" \
+                "$b::test_the_writer_adds_corrected_age_and_gap_from_the_record" \
+                "$b::test_a_record_without_age_bias_still_predicts_with_a_warning" \
+                "$b::test_a_flat_model_s_correction_is_flagged_in_training_and_prediction_logs" ;;
         fileio.py)
             echo "tests/test_mutation_fileio.py tests/test_researcher_numbers.py tests/test_engine.py tests/test_template.py" \
                 "tests/test_reliability.py::test_atomic_writes_are_fsynced_and_follow_the_umask" \
