@@ -235,3 +235,49 @@ def test_skipped_scans_are_counted_and_named_in_a_warning(tmp_path: Path, caplog
         "test metrics are over the 2 readable scans: 2 scan(s) skipped (1 unreadable, 1 with non-finite "
         f"network outputs); see the 'error' column of {tmp_path / 'p.csv'}"
     ) in caplog.text
+
+
+def test_the_blank_image_of_an_unreadable_scan_has_the_grid_of_the_input_scale() -> None:
+    """With ``input_scale`` the blank image of an error row has that scale's grid (the network's input)."""
+
+    def broken(data: dict) -> dict:
+        raise OSError("unreadable")
+
+    out = SafeTransform(broken, spatial_size=(4, 5, 6), input_scale="0.5")({"image": "a.nii"})
+    assert out["image"].shape == (1, 46, 54, 46) and out["status"] == "error"
+    assert SafeTransform(broken, spatial_size=(4, 5, 6)).spatial_size == (4, 5, 6)
+
+
+def test_a_row_without_status_or_error_keys_is_ok_with_an_empty_error(tmp_path: Path) -> None:
+    """Items that did not go through SafeTransform (no ``status`` / ``error``): ok, and no error text."""
+    writer = PredictionWriter("adni_ad", str(tmp_path / "p.csv"))
+    _collect(writer, [{"image_path": "a.nii", "subject_id": "s1"}], [0.0])
+    assert writer.rows[0]["status"] == "ok" and writer.rows[0]["error"] == ""
+
+
+def _age_record(tmp_path: Path):
+    from mri_slice_transfer.engine import model_record
+
+    raw = {"task": "brain_age", "epoch": 3, "key_metric": "val_mae", "metrics": {"val_mae": 4.0}}
+    raw["age_bias"] = {"slope": 0.5, "intercept": 30.0, "n": 10, "fitted_on": "validation", "epoch": 3}
+    (tmp_path / "model.json").write_text(json.dumps(raw), encoding="utf-8")
+    return model_record.read(tmp_path / "model.json")
+
+
+@pytest.mark.parametrize("n_bad", [3, 4])
+def test_missing_and_bad_input_ages_are_warned_about_with_at_most_three_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, n_bad: int
+) -> None:
+    """One warning counts the scans without an age and says what to do; another counts the cells that are
+    not numbers and names the first three, with "; ..." only when there are more."""
+    writer = PredictionWriter("brain_age", str(tmp_path / "p.csv"), record=_age_record(tmp_path))
+    items = [{"image_path": f"{i}.nii", "age": f"x{i}"} for i in range(n_bad)] + [{"image_path": "ok.nii"}]
+    _collect(writer, items, [62.0] * len(items))
+    with caplog.at_level(logging.WARNING, logger="mri_slice_transfer.engine.predictions"):
+        writer.write()
+    named = "; ".join(f"{i}.nii: 'x{i}'" for i in range(3)) + ("; ..." if n_bad > 3 else "")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{n_bad + 1} scan(s) have no chronological age: their corrected_age and brain_age_gap are empty "
+        "(the age-bias correction needs the age); give the input CSV an 'age' column",
+        f"{n_bad} age cell(s) of the input are not finite numbers and were left out ({named})",
+    ]
