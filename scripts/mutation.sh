@@ -4,8 +4,8 @@
 #   scripts/mutation.sh MODULE[:NAMES]...  e.g. scripts/mutation.sh engine/metrics.py fileio.py
 #                                                 scripts/mutation.sh prepare/registration.py:register_to_template
 #
-# NAMES (comma-separated functions or classes of MODULE) restricts the run to their mutants (mutmut's
-# mutant-name filter); the other mutants of the module are then counted as "not run".
+# NAMES (comma-separated functions, classes or Class.method of MODULE) restricts the run to their mutants
+# (mutmut's mutant-name filter); the other mutants of the module are then counted as "not run".
 #
 # (mutmut imports the mutated copy from mutants/; PYTHONPATH is unset so that nothing shadows it.)
 #
@@ -91,7 +91,10 @@ for arg in "$@"; do
         dotted="mri_slice_transfer.${module%.py}"
         dotted="${dotted//\//.}"
         IFS=, read -ra funcs <<< "${arg#*:}"
-        for f in "${funcs[@]}"; do names+=("$dotted.x_${f}__mutmut_*" "$dotted.xǁ${f}ǁ*"); done
+        for f in "${funcs[@]}"; do
+            if [[ "$f" == *.* ]]; then names+=("$dotted.xǁ${f%%.*}ǁ${f#*.}__mutmut_*")  # Class.method
+            else names+=("$dotted.x_${f}__mutmut_*" "$dotted.xǁ${f}ǁ*"); fi
+        done
     fi
     [ -f "$ROOT/mri_slice_transfer/$module" ] || { echo "no such module: mri_slice_transfer/$module" >&2; exit 2; }
     tests="$(tests_for "$module")"

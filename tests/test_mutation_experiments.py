@@ -425,3 +425,10 @@ def test_table_of_one_configuration_has_no_bold_and_shows_an_infinite_mean_as_n_
         format_table(pd.DataFrame([row]), "brain_age").splitlines()[2]
         == "| M | ✓ | ✗ | 3.000 | n/a | 1.0K | 1 |"
     )
+
+
+def test_results_csv_keeps_a_test_column_without_its_metric_among_the_metrics() -> None:
+    """An interval column whose metric is missing (e.g. an older summary) stays with the test metrics,
+    before the bootstrap columns and the other columns."""
+    row = {"extra": 1, "test_f1_ci_low": 0.3, "n_test_subjects": 7, "run_id": "r"}
+    assert list(results_frame([row]).columns) == ["run_id", "test_f1_ci_low", "n_test_subjects", "extra"]
