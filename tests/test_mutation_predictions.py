@@ -281,3 +281,54 @@ def test_missing_and_bad_input_ages_are_warned_about_with_at_most_three_named(
         "(the age-bias correction needs the age); give the input CSV an 'age' column",
         f"{n_bad} age cell(s) of the input are not finite numbers and were left out ({named})",
     ]
+
+
+def test_non_finite_outputs_are_counted_and_each_named_in_a_warning(tmp_path: Path, caplog) -> None:
+    """Two NaN outputs: ``n_non_finite`` 2 in the metrics, one warning per scan naming it and the reason."""
+    writer = PredictionWriter("adni_ad", str(tmp_path / "p.csv"), str(tmp_path / "m.json"), threshold=None)
+    assert writer.threshold.probability == 0.5  # None: the default threshold
+    items = [{"image_path": f"{n}.nii", "label": 1} for n in "abc"]
+    with caplog.at_level(logging.WARNING, logger="mri_slice_transfer.engine.predictions"):
+        _collect(writer, items, [float("nan"), float("nan"), 1.0])
+    assert writer.n_non_finite == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{n}.nii: {predictions._non_finite(float('nan'))}" for n in "ab"
+    ]
+
+
+def test_a_prepared_scan_without_flag_or_qc_keys_is_not_flagged_and_has_empty_cells(tmp_path: Path) -> None:
+    writer = PredictionWriter("brain_age", str(tmp_path / "p.csv"))
+    _collect(writer, [{"image_path": "a.nii", "prepare_status": "ok"}], [70.0])
+    row = writer.rows[0]
+    assert row["flagged"] is False and row["qc_png"] == "" and row["prepare_note"] == ""
+
+
+def test_age_bias_warnings_of_the_writer_name_the_record_or_say_the_model_record(
+    tmp_path: Path, caplog
+) -> None:
+    """A record without a correction, or with a degenerate one: the exact warning, naming the record's file
+    or, for a record without a path, "the model record" / "model record"."""
+    from mri_slice_transfer.engine.brain_age import AgeBias
+
+    flat = AgeBias(0.01, 60.0, 10, epoch=3)
+    with caplog.at_level(logging.WARNING, logger="mri_slice_transfer.engine.predictions"):
+        PredictionWriter("brain_age", str(tmp_path / "p.csv"), record=SimpleNamespace(age_bias=None))
+        PredictionWriter("brain_age", str(tmp_path / "p.csv"), record=SimpleNamespace(age_bias=flat))
+        PredictionWriter(
+            "brain_age", str(tmp_path / "p.csv"), record=SimpleNamespace(age_bias=flat, path="r.json")
+        )
+    assert [r.getMessage() for r in caplog.records] == [
+        "the model record records no age-bias correction (an older model): writing predicted_age without "
+        "corrected_age / brain_age_gap; retrain the bundle to fit one on its validation split",
+        f"model record: {flat.describe()}",
+        f"r.json: {flat.describe()}",
+    ]
+
+
+def test_a_batched_output_is_refused_with_the_exact_fix(tmp_path: Path) -> None:
+    writer = PredictionWriter("brain_age", str(tmp_path / "p.csv"))
+    state = SimpleNamespace(batch={"image": None}, output={"pred": None})
+    with pytest.raises(
+        TypeError, match=r"^PredictionWriter needs decollated engine outputs \(decollate=True\)$"
+    ):
+        writer.collect(SimpleNamespace(state=state))
