@@ -4,8 +4,8 @@
 #   scripts/mutation.sh MODULE[:NAMES]...  e.g. scripts/mutation.sh engine/metrics.py fileio.py
 #                                                 scripts/mutation.sh prepare/registration.py:register_to_template
 #
-# NAMES (comma-separated functions or classes of MODULE) restricts the run to their mutants (mutmut's
-# mutant-name filter); the other mutants of the module are then counted as "not run".
+# NAMES (comma-separated functions, classes or Class.method of MODULE) restricts the run to their mutants
+# (mutmut's mutant-name filter); the other mutants of the module are then counted as "not run".
 #
 # (mutmut imports the mutated copy from mutants/; PYTHONPATH is unset so that nothing shadows it.)
 #
@@ -31,8 +31,19 @@ RN=tests/test_researcher_numbers.py
 tests_for() {
     case "$1" in
         engine/metrics.py) echo "tests/test_mutation_metrics.py tests/test_engine.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
-        engine/handlers.py) echo "tests/test_mutation_handlers.py $RN::test_saved_model_is_the_best_validation_epoch" ;;
-        engine/predictions.py) echo "tests/test_mutation_predictions.py $RN::test_csv_probability_is_sigmoid_of_the_ad_logit $RN::test_test_metrics_count_the_scans_they_are_over" ;;
+        engine/handlers.py)
+            b=tests/test_brain_age_gap.py
+            echo "tests/test_mutation_handlers.py $RN::test_saved_model_is_the_best_validation_epoch" \
+                "$b::test_each_new_best_model_carries_the_fit_of_its_own_validation_predictions" \
+                "$b::test_an_ad_model_records_no_age_bias" \
+                "$b::test_a_flat_model_s_correction_is_flagged_in_training_and_prediction_logs" ;;
+        engine/predictions.py)
+            b=tests/test_brain_age_gap.py
+            echo "tests/test_mutation_predictions.py $RN::test_csv_probability_is_sigmoid_of_the_ad_logit" \
+                "$RN::test_test_metrics_count_the_scans_they_are_over" \
+                "$b::test_the_writer_adds_corrected_age_and_gap_from_the_record" \
+                "$b::test_a_record_without_age_bias_still_predicts_with_a_warning" \
+                "$b::test_a_flat_model_s_correction_is_flagged_in_training_and_prediction_logs" ;;
         fileio.py)
             echo "tests/test_mutation_fileio.py tests/test_researcher_numbers.py tests/test_engine.py tests/test_template.py" \
                 "tests/test_reliability.py::test_atomic_writes_are_fsynced_and_follow_the_umask" \
@@ -58,6 +69,7 @@ tests_for() {
                 "$n::test_slices_cut_the_right_planes $n::test_chunked_equals_unchunked" \
                 "$n::test_chunked_recompute_keeps_batchnorm_statistics $n::test_bad_arguments_list_choices" \
                 "$n::test_output_bias_and_spatial_size_checks $n::test_position_encoding_modules" ;;
+        networks/aggregation.py) echo "tests/test_aggregation.py tests/test_mutation_networks.py" ;;
         networks/*) echo "tests/test_networks.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
         transforms/intensity.py) echo "tests/test_mutation_transforms.py tests/test_transforms.py::test_normalize_brain_keeps_metadata" ;;
         transforms/spatial.py)
@@ -80,7 +92,10 @@ for arg in "$@"; do
         dotted="mri_slice_transfer.${module%.py}"
         dotted="${dotted//\//.}"
         IFS=, read -ra funcs <<< "${arg#*:}"
-        for f in "${funcs[@]}"; do names+=("$dotted.x_${f}__mutmut_*" "$dotted.xǁ${f}ǁ*"); done
+        for f in "${funcs[@]}"; do
+            if [[ "$f" == *.* ]]; then names+=("$dotted.xǁ${f%%.*}ǁ${f#*.}__mutmut_*")  # Class.method
+            else names+=("$dotted.x_${f}__mutmut_*" "$dotted.xǁ${f}ǁ*"); fi
+        done
     fi
     [ -f "$ROOT/mri_slice_transfer/$module" ] || { echo "no such module: mri_slice_transfer/$module" >&2; exit 2; }
     tests="$(tests_for "$module")"

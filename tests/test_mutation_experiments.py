@@ -378,3 +378,57 @@ def test_report_data_line_without_a_data_column_and_with_several_data_sets() -> 
     frame["data"] = ["synthetic demo cohort (seed 0)"] * (len(frame) - 1) + ["ADNI (prepared)"]
     report = format_report(frame, "adni_ad")
     assert "Data: ADNI (prepared), synthetic demo cohort (seed 0)." in report  # both named, not "the demo"
+
+
+def test_table_with_two_slice_axes_shows_the_axis_column_with_a_dash_for_the_3d_model() -> None:
+    """Two slice axes: an Axis column, "-" for the 3D model whatever its axis setting; the title line;
+    an empty position encoding is ✗; parameters in M from 100 000, in K from 1 000."""
+    config = {"aggregation": "mean", "pretrained": False, "status": "ok"}
+    rows = [
+        {**config, "model": "3D-CNN", "encoder": "conv3d", "axis": "axial", "position_encoding": "-", "n_params": 1_005_001,
+         "test_balanced_accuracy": 0.8, "test_f1": 0.7, "test_average_precision": 0.9},
+        {**config, "model": "R (Mean)", "encoder": "resnet18", "axis": "axial", "position_encoding": "", "n_params": 100_000,
+         "test_balanced_accuracy": 0.85, "test_f1": 0.75, "test_average_precision": 0.95},
+        {**config, "model": "R (Mean)", "encoder": "resnet18", "axis": "coronal", "position_encoding": "learned", "n_params": 1_050,
+         "test_balanced_accuracy": 0.75, "test_f1": 0.65, "test_average_precision": 0.85},
+    ]  # fmt: skip
+    assert format_table(pd.DataFrame(rows), "adni_ad", title="T").splitlines()[:7] == [
+        "**T**",
+        "",
+        "| Encoder | Pos. Enc. | Pretrained | Axis | Bal. Accuracy | F1 Score | Avg. Precision | # Params | Seeds |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| 3D-CNN | - | ✗ | - | 80.00 | 70.00 | 90.00 | 1.01M | 1 |",
+        "| R (Mean) | ✗ | ✗ | axial | **85.00** | **75.00** | **95.00** | 0.10M | 1 |",
+        "| R (Mean) | ✓ | ✗ | coronal | 75.00 | 65.00 | 85.00 | 1.1K | 1 |",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("n", "text"), [(999, "999"), (1000, "1.0K"), (99_950, "100.0K"), (100_000, "0.10M")]
+)
+def test_table_parameter_counts_switch_units_at_one_thousand_and_one_hundred_thousand(
+    n: int, text: str
+) -> None:
+    row = {"model": "M", "encoder": "resnet18", "axis": "axial", "aggregation": "mean", "position_encoding": "learned",
+           "pretrained": False, "status": "ok", "n_params": n, "test_mae": 3.0, "test_rmse": 4.0}  # fmt: skip
+    assert (
+        format_table(pd.DataFrame([row]), "brain_age").splitlines()[2]
+        == f"| M | ✓ | ✗ | 3.000 | 4.000 | {text} | 1 |"
+    )
+
+
+def test_table_of_one_configuration_has_no_bold_and_shows_an_infinite_mean_as_n_a() -> None:
+    """Nothing to compare: no bold; a non-finite metric (e.g. an inf RMSE) is "n/a", not "inf"."""
+    row = {"model": "M", "encoder": "resnet18", "axis": "axial", "aggregation": "mean", "position_encoding": "learned",
+           "pretrained": False, "status": "ok", "n_params": 1000, "test_mae": 3.0, "test_rmse": math.inf}  # fmt: skip
+    assert (
+        format_table(pd.DataFrame([row]), "brain_age").splitlines()[2]
+        == "| M | ✓ | ✗ | 3.000 | n/a | 1.0K | 1 |"
+    )
+
+
+def test_results_csv_keeps_a_test_column_without_its_metric_among_the_metrics() -> None:
+    """An interval column whose metric is missing (e.g. an older summary) stays with the test metrics,
+    before the bootstrap columns and the other columns."""
+    row = {"extra": 1, "test_f1_ci_low": 0.3, "n_test_subjects": 7, "run_id": "r"}
+    assert list(results_frame([row]).columns) == ["run_id", "test_f1_ci_low", "n_test_subjects", "extra"]

@@ -285,3 +285,91 @@ def test_training_log_without_iterations_or_validation_shows_nan_and_no_metrics(
     with caplog.at_level(logging.INFO, logger="mri_slice_transfer.engine.handlers"):
         log.epoch_completed(trainer)
     assert caplog.records[-1].getMessage().startswith("epoch 3/4: train_loss nan, lr 0.1, ")
+
+
+# --- BestModelSaver: the model record, the age-bias log, FullCheckpoint's resume line -------------
+
+
+@pytest.mark.parametrize("given", [{"metric_name": "val_x"}, {"lower_is_better": True}])
+def test_best_model_saver_without_a_task_needs_both_metric_name_and_rule(tmp_path: Path, given: dict) -> None:
+    """Without a task, a metric name alone or a rule alone is refused with one clear error."""
+    message = r"^BestModelSaver needs a task, or both metric_name and lower_is_better$"
+    with pytest.raises(ValueError, match=message):
+        BestModelSaver(torch.nn.Linear(1, 1), str(tmp_path / "model.pt"), **given)
+
+
+def test_model_record_of_a_task_holds_the_network_scale_training_facts_and_digest(tmp_path: Path) -> None:
+    """model.json of a task's run: the network's encoder init, the input scale, the output bias, the
+    training data summary, the key metric and the sha256 of the model.pt beside it."""
+    net = torch.nn.Linear(1, 1)
+    net.encoder_init = "imagenet"
+    saver = BestModelSaver(net, str(tmp_path / "model.pt"), task="adni_ad", input_scale=0.5)
+    frames = {"train": pd.DataFrame({"label": [0, 1, 1]}), "val": pd.DataFrame({"label": [0, 1]})}
+    data = SimpleNamespace(task="adni_ad", frames=frames, is_demo=False, datalist_dir="lists", info={})
+    saver.set_training(data, output_bias=-0.25)
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch, engine.state.metrics = 2, {"val_balanced_accuracy": 0.75, "val_threshold_logit": 0.1}
+    saver(engine)
+    record = json.loads((tmp_path / "model.json").read_text(encoding="utf-8"))
+    assert record["encoder_init"] == "imagenet" and record["input_scale"] == 0.5
+    assert record["output_bias"] == -0.25 and record["key_metric"] == "val_balanced_accuracy"
+    assert record["training_data"] == {
+        "source": "user data lists", "datalist_dir": "lists", "sizes": {"train": 3, "val": 2},
+        "train_labels": {"CN": 1, "AD": 2},
+    }  # fmt: skip
+    assert record["sha256"] == hashlib.sha256((tmp_path / "model.pt").read_bytes()).hexdigest()
+    saver.set_training()  # nothing known: an empty summary, no output bias
+    engine.state.epoch, engine.state.metrics["val_balanced_accuracy"] = 3, 0.875
+    saver(engine)
+    record = json.loads((tmp_path / "model.json").read_text(encoding="utf-8"))
+    assert record["training_data"] == {} and record["output_bias"] is None and record["epoch"] == 3
+
+
+def test_age_bias_fit_is_logged_at_info_and_a_missing_one_warns_with_its_epoch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sound fit is an INFO line; too few validation scans give a WARNING naming the epoch."""
+    saver = BestModelSaver(torch.nn.Linear(1, 1), str(tmp_path / "model.pt"), task="brain_age")
+    ages = torch.tensor([50.0, 60.0, 70.0, 80.0])
+    saver._val.append((0.5 * ages + 30.0, ages))
+    with caplog.at_level(logging.INFO, logger="mri_slice_transfer.engine.handlers"):
+        bias = saver.age_bias(4)
+        saver.reset_validation()
+        saver._val.append((ages[:2], ages[:2]))
+        assert saver.age_bias(5) is None
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", f"epoch 4: {bias.describe()}"),
+        ("WARNING", "no age-bias correction at epoch 5: too few validation scans or ages"),
+    ]
+    assert bias.slope == pytest.approx(0.5) and not bias.degenerate
+
+
+def test_resume_logs_the_checkpoint_and_the_epoch_it_continues_from(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _training(tmp_path, 2, resume=False)
+    with caplog.at_level(logging.INFO, logger="mri_slice_transfer.engine.handlers"):
+        _training(tmp_path, 3, resume=True)
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed")]
+    assert resumed == [f"resumed from {tmp_path / 'checkpoint.pt'} at epoch 2"]
+
+
+def test_training_log_shows_a_best_epoch_1_and_the_epoch_s_duration(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The best metric of epoch 1 is shown; the time is that since the epoch started."""
+    clock = iter([0.0, 100.0, 102.5])  # TrainingLog(), epoch_started, epoch_completed
+    monkeypatch.setattr("mri_slice_transfer.engine.handlers.time.perf_counter", lambda: next(clock))
+    evaluator = Engine(lambda e, b: None)
+    evaluator.state.epoch, evaluator.state.metrics = 1, {"val_mae": 4.0}
+    evaluator.state.best_metric, evaluator.state.best_metric_epoch = 4.0, 1
+    evaluator.state.key_metric_name = "val_mae"
+    log = TrainingLog(torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1), evaluator)
+    trainer = Engine(lambda e, b: None)
+    trainer.state.epoch, trainer.state.max_epochs = 1, 2
+    log.epoch_started(trainer)
+    with caplog.at_level(logging.INFO, logger="mri_slice_transfer.engine.handlers"):
+        log.epoch_completed(trainer)
+    assert caplog.records[-1].getMessage() == (
+        "epoch 1/2: train_loss nan, lr 0.1, val_mae 4.0000 (best val_mae 4.0000 at epoch 1), 2.5 s"
+    )

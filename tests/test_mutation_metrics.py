@@ -5,6 +5,8 @@ prediction, and threshold settings given as text (scripts/mutation.sh, docs/test
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import warnings
 
@@ -18,6 +20,7 @@ from mri_slice_transfer.engine.metrics import (
     compute_metrics,
     flat_pred_label,
     make_key_metric,
+    operating_threshold,
     regression_metrics,
     tune_threshold,
 )
@@ -76,3 +79,35 @@ def test_key_metric_reads_a_threshold_written_as_text() -> None:
             "balanced_accuracy"
         ]
     )
+
+
+def test_operating_threshold_reads_the_record_beside_model_pt_and_only_for_the_ad_task(tmp_path) -> None:
+    """The path of ``model.pt`` finds ``model.json`` beside it; brain age has no threshold; the AD task
+    (given or not) reads the recorded cut."""
+    metrics = {"val_threshold": 0.5, "val_threshold_logit": 0.0}
+    (tmp_path / "model.json").write_text(json.dumps({"metrics": metrics}), encoding="utf-8")
+    metrics = {"val_threshold": 1 / (1 + math.exp(-1.25)), "val_threshold_logit": 1.25}
+    (tmp_path / "record.json").write_text(json.dumps({"metrics": metrics}), encoding="utf-8")
+    metrics = {"val_threshold": 1 / (1 + math.exp(-2.5)), "val_threshold_logit": 2.5}
+    (tmp_path / "m.json").write_text(json.dumps({"metrics": metrics}), encoding="utf-8")
+    (tmp_path / "m.pt").write_bytes(b"weights")
+    assert operating_threshold("validation", tmp_path / "m.pt").logit == 2.5
+    assert operating_threshold("validation", tmp_path / "record.json", task="adni_ad").logit == 1.25
+    assert operating_threshold("validation", tmp_path / "record.json", task="brain_age") is None
+
+
+def test_operating_threshold_without_a_recorded_cut_warns_naming_the_file_and_the_problem(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"metrics": {"val_balanced_accuracy": 0.7}}), encoding="utf-8")
+    missing = tmp_path / "missing.json"
+    with caplog.at_level(logging.WARNING, logger="mri_slice_transfer.engine.metrics"):
+        assert operating_threshold("validation", old).logit == 0.0
+        assert operating_threshold("validation", missing).logit == 0.0
+    prefix = "decision_threshold 'validation': no validation threshold in"
+    error = f"FileNotFoundError: [Errno 2] No such file or directory: '{missing}'"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{prefix} {old} (no val_threshold); using 0.50",
+        f"{prefix} {missing} ({error}); using 0.50",
+    ]

@@ -126,3 +126,26 @@ def test_network_stages_run_encoder_position_aggregation_head_in_order(encoder: 
         one = model.embed(x[1:])  # volume 1 alone gives the same embeddings as in the batch
         torch.testing.assert_close(one[0], embed[1])
     assert embed.shape == (2, 4, 32) and model(x).shape == (2, 1)
+
+
+def test_rotary_encoding_rotates_each_feature_pair_by_position_times_its_frequency() -> None:
+    """``rotate`` against the formula: pair i of a token at position p turns by ``p * 10000^(-2i / c)``."""
+    from mri_slice_transfer.networks.aggregation import rotate
+
+    c, positions = 4, torch.tensor([[0, 3, 7]])
+    x = torch.randn(1, 1, 3, c, generator=torch.Generator().manual_seed(0))
+    out = rotate(x, positions)
+    for t, p in enumerate(positions[0].tolist()):
+        for i in range(c // 2):
+            angle = p * 10000.0 ** (-2 * i / c)
+            a, b = x[0, 0, t, 2 * i].item(), x[0, 0, t, 2 * i + 1].item()
+            expected = (a * math.cos(angle) - b * math.sin(angle), a * math.sin(angle) + b * math.cos(angle))
+            assert out[0, 0, t, 2 * i : 2 * i + 2].tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_masked_mean_of_a_scan_with_one_real_slice_is_that_slice() -> None:
+    from mri_slice_transfer.networks.aggregation import MeanAggregation
+
+    x = torch.tensor([[[2.0, 4.0], [100.0, 100.0]]])
+    out = MeanAggregation()(x, mask=torch.tensor([[True, False]]))
+    assert out.tolist() == [[2.0, 4.0]]

@@ -235,3 +235,100 @@ def test_skipped_scans_are_counted_and_named_in_a_warning(tmp_path: Path, caplog
         "test metrics are over the 2 readable scans: 2 scan(s) skipped (1 unreadable, 1 with non-finite "
         f"network outputs); see the 'error' column of {tmp_path / 'p.csv'}"
     ) in caplog.text
+
+
+def test_the_blank_image_of_an_unreadable_scan_has_the_grid_of_the_input_scale() -> None:
+    """With ``input_scale`` the blank image of an error row has that scale's grid (the network's input)."""
+
+    def broken(data: dict) -> dict:
+        raise OSError("unreadable")
+
+    out = SafeTransform(broken, spatial_size=(4, 5, 6), input_scale="0.5")({"image": "a.nii"})
+    assert out["image"].shape == (1, 46, 54, 46) and out["status"] == "error"
+    assert SafeTransform(broken, spatial_size=(4, 5, 6)).spatial_size == (4, 5, 6)
+
+
+def test_a_row_without_status_or_error_keys_is_ok_with_an_empty_error(tmp_path: Path) -> None:
+    """Items that did not go through SafeTransform (no ``status`` / ``error``): ok, and no error text."""
+    writer = PredictionWriter("adni_ad", str(tmp_path / "p.csv"))
+    _collect(writer, [{"image_path": "a.nii", "subject_id": "s1"}], [0.0])
+    assert writer.rows[0]["status"] == "ok" and writer.rows[0]["error"] == ""
+
+
+def _age_record(tmp_path: Path):
+    from mri_slice_transfer.engine import model_record
+
+    raw = {"task": "brain_age", "epoch": 3, "key_metric": "val_mae", "metrics": {"val_mae": 4.0}}
+    raw["age_bias"] = {"slope": 0.5, "intercept": 30.0, "n": 10, "fitted_on": "validation", "epoch": 3}
+    (tmp_path / "model.json").write_text(json.dumps(raw), encoding="utf-8")
+    return model_record.read(tmp_path / "model.json")
+
+
+@pytest.mark.parametrize("n_bad", [3, 4])
+def test_missing_and_bad_input_ages_are_warned_about_with_at_most_three_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, n_bad: int
+) -> None:
+    """One warning counts the scans without an age and says what to do; another counts the cells that are
+    not numbers and names the first three, with "; ..." only when there are more."""
+    writer = PredictionWriter("brain_age", str(tmp_path / "p.csv"), record=_age_record(tmp_path))
+    items = [{"image_path": f"{i}.nii", "age": f"x{i}"} for i in range(n_bad)] + [{"image_path": "ok.nii"}]
+    _collect(writer, items, [62.0] * len(items))
+    with caplog.at_level(logging.WARNING, logger="mri_slice_transfer.engine.predictions"):
+        writer.write()
+    named = "; ".join(f"{i}.nii: 'x{i}'" for i in range(3)) + ("; ..." if n_bad > 3 else "")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{n_bad + 1} scan(s) have no chronological age: their corrected_age and brain_age_gap are empty "
+        "(the age-bias correction needs the age); give the input CSV an 'age' column",
+        f"{n_bad} age cell(s) of the input are not finite numbers and were left out ({named})",
+    ]
+
+
+def test_non_finite_outputs_are_counted_and_each_named_in_a_warning(tmp_path: Path, caplog) -> None:
+    """Two NaN outputs: ``n_non_finite`` 2 in the metrics, one warning per scan naming it and the reason."""
+    writer = PredictionWriter("adni_ad", str(tmp_path / "p.csv"), str(tmp_path / "m.json"), threshold=None)
+    assert writer.threshold.probability == 0.5  # None: the default threshold
+    items = [{"image_path": f"{n}.nii", "label": 1} for n in "abc"]
+    with caplog.at_level(logging.WARNING, logger="mri_slice_transfer.engine.predictions"):
+        _collect(writer, items, [float("nan"), float("nan"), 1.0])
+    assert writer.n_non_finite == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{n}.nii: {predictions._non_finite(float('nan'))}" for n in "ab"
+    ]
+
+
+def test_a_prepared_scan_without_flag_or_qc_keys_is_not_flagged_and_has_empty_cells(tmp_path: Path) -> None:
+    writer = PredictionWriter("brain_age", str(tmp_path / "p.csv"))
+    _collect(writer, [{"image_path": "a.nii", "prepare_status": "ok"}], [70.0])
+    row = writer.rows[0]
+    assert row["flagged"] is False and row["qc_png"] == "" and row["prepare_note"] == ""
+
+
+def test_age_bias_warnings_of_the_writer_name_the_record_or_say_the_model_record(
+    tmp_path: Path, caplog
+) -> None:
+    """A record without a correction, or with a degenerate one: the exact warning, naming the record's file
+    or, for a record without a path, "the model record" / "model record"."""
+    from mri_slice_transfer.engine.brain_age import AgeBias
+
+    flat = AgeBias(0.01, 60.0, 10, epoch=3)
+    with caplog.at_level(logging.WARNING, logger="mri_slice_transfer.engine.predictions"):
+        PredictionWriter("brain_age", str(tmp_path / "p.csv"), record=SimpleNamespace(age_bias=None))
+        PredictionWriter("brain_age", str(tmp_path / "p.csv"), record=SimpleNamespace(age_bias=flat))
+        PredictionWriter(
+            "brain_age", str(tmp_path / "p.csv"), record=SimpleNamespace(age_bias=flat, path="r.json")
+        )
+    assert [r.getMessage() for r in caplog.records] == [
+        "the model record records no age-bias correction (an older model): writing predicted_age without "
+        "corrected_age / brain_age_gap; retrain the bundle to fit one on its validation split",
+        f"model record: {flat.describe()}",
+        f"r.json: {flat.describe()}",
+    ]
+
+
+def test_a_batched_output_is_refused_with_the_exact_fix(tmp_path: Path) -> None:
+    writer = PredictionWriter("brain_age", str(tmp_path / "p.csv"))
+    state = SimpleNamespace(batch={"image": None}, output={"pred": None})
+    with pytest.raises(
+        TypeError, match=r"^PredictionWriter needs decollated engine outputs \(decollate=True\)$"
+    ):
+        writer.collect(SimpleNamespace(state=state))
