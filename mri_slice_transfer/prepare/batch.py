@@ -331,6 +331,20 @@ def _write_manifest(rows: list[dict], out_dir: Path) -> None:
         table.to_csv(tmp, index=False)
 
 
+def _batch_inputs(
+    inputs: Iterable[str | PathLike] | str | PathLike, out_dir: str | PathLike, dof: int | None
+) -> tuple[list[Path], list[str], Path, int]:
+    """The scans ``inputs`` name, their unique output names, the absolute output folder and the checked
+    ``dof`` (both engines: :func:`prepare_scans` and :func:`~.jobs.prepare_scans_as_jobs`)."""
+    dof = DEFAULT_DOF if dof is None else int(dof)
+    if dof not in DOF_CHOICES:
+        raise ValueError(f"dof must be one of {DOF_CHOICES}, not {dof!r}")
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    paths = find_inputs(inputs)
+    return paths, _unique_names(paths), Path(os.path.abspath(Path(out_dir).expanduser())), dof
+
+
 def prepare_scans(
     inputs: Iterable[str | PathLike] | str | PathLike,
     out_dir: str | PathLike,
@@ -356,15 +370,8 @@ def prepare_scans(
     Returns:
         the manifest (one row per scan, input order) as a DataFrame with :data:`MANIFEST_COLUMNS`.
     """
-    dof = DEFAULT_DOF if dof is None else int(dof)
-    if dof not in DOF_CHOICES:
-        raise ValueError(f"dof must be one of {DOF_CHOICES}, not {dof!r}")
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    out_dir = Path(os.path.abspath(Path(out_dir).expanduser()))
+    paths, names, out_dir, dof = _batch_inputs(inputs, out_dir, dof)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = find_inputs(inputs)
-    names = _unique_names(paths)
     workers = max(1, min(int(workers), len(paths) or 1))
     threads = threads if threads is not None else max(1, (os.cpu_count() or 1) // workers)
     template_images()  # derive and cache the template files once, before any worker needs them

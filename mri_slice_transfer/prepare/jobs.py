@@ -33,16 +33,15 @@ from tqdm.auto import tqdm
 
 from mri_slice_transfer.fileio import atomic_write_json
 from mri_slice_transfer.prepare.batch import (
+    _batch_inputs,
     _init_worker,
     _manifest,
     _row,
-    _unique_names,
     _write_manifest,
     prepare_scan,
 )
-from mri_slice_transfer.prepare.io import find_inputs
 from mri_slice_transfer.prepare.qc import write_overview
-from mri_slice_transfer.prepare.registration import DEFAULT_DOF, DOF_CHOICES, template_images
+from mri_slice_transfer.prepare.registration import template_images
 
 __all__ = ["ENGINES", "JOBS", "prepare_chunk", "prepare_scans_as_jobs"]
 
@@ -165,14 +164,7 @@ def prepare_scans_as_jobs(
             "prepare --engine submitit needs submitit, the 'cluster' extra: pip install -e '.[cluster]'"
         ) from err
 
-    dof = DEFAULT_DOF if dof is None else int(dof)
-    if dof not in DOF_CHOICES:
-        raise ValueError(f"dof must be one of {DOF_CHOICES}, not {dof!r}")
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    out_dir = Path(os.path.abspath(Path(out_dir).expanduser()))
-    paths = find_inputs(inputs)
-    names = _unique_names(paths)
+    paths, names, out_dir, dof = _batch_inputs(inputs, out_dir, dof)
     parameters = {"name": "mst-prepare", "timeout_min": DEFAULT_TIMEOUT_MIN, **dict(parameters or {})}
     workers = max(1, min(int(workers), len(paths) or 1))
     if threads is None:
