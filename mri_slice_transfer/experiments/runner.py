@@ -306,12 +306,16 @@ class BundleRunner:
             "output_dir": str(RunFiles.of(run_dir).eval_dir),
         }
 
-    def _cmd(self, config_file: str, run: PlannedRun, run_dir: Path, extra: Mapping[str, Any]) -> list[str]:
+    def _bundle_command(self, config_file: str, values: Mapping[str, Any]) -> list[str]:
+        """``python -m monai.bundle run --config_file FILE`` with ``--key value`` per entry of ``values``."""
         cmd = [self.python, "-m", "monai.bundle", "run", "--config_file", config_file]
-        values = {**self._paths(run_dir), "progress_bar": False, **run.overrides, **extra}
         for key, value in values.items():
             cmd += [f"--{key}", _flag_value(value)]
         return cmd
+
+    def _cmd(self, config_file: str, run: PlannedRun, run_dir: Path, extra: Mapping[str, Any]) -> list[str]:
+        values = {**self._paths(run_dir), "progress_bar": False, **run.overrides, **extra}
+        return self._bundle_command(config_file, values)
 
     def commands(self, run: PlannedRun, run_dir: Path) -> dict[str, list[str]]:
         """The train and evaluate command lines of ``run`` (and its robustness stage's, if it has one)."""
@@ -369,8 +373,6 @@ class BundleRunner:
 
     def pretrain_command(self, stage: PretrainStage, stage_dir: Path) -> list[str]:
         """The command line of a pretraining stage (``configs/pretrain.json``)."""
-        cmd = [self.python, "-m", "monai.bundle", "run", "--config_file"]
-        cmd.append(str(self.bundle / "configs" / "pretrain.json"))
         values = {
             "bundle_root": str(self.bundle),
             "ckpt_dir": str(Path(stage.encoder_file).parent),
@@ -378,9 +380,7 @@ class BundleRunner:
             "progress_bar": False,
             **stage.overrides,
         }
-        for key, value in values.items():
-            cmd += [f"--{key}", _flag_value(value)]
-        return cmd
+        return self._bundle_command(str(self.bundle / "configs" / "pretrain.json"), values)
 
     def pretrain(self, stage: PretrainStage, stage_dir: Path) -> None:
         """Pretrain into ``stage_dir`` (resuming from its checkpoint when there is one)."""

@@ -410,7 +410,11 @@ def prepare_scans(
                     bar.update()
     finally:
         bar.close()
-    done = [r for r in rows if r is not None]
+    return _finish_batch([r for r in rows if r is not None], out_dir)
+
+
+def _finish_batch(done: list[dict], out_dir: Path) -> pd.DataFrame:
+    """Write a batch's ``manifest.csv`` and ``qc.html`` (both engines); the manifest as a DataFrame."""
     _write_manifest(done, out_dir)
     write_overview(done, out_dir / "qc.html")
     table = _manifest(done)

@@ -34,13 +34,11 @@ from tqdm.auto import tqdm
 from mri_slice_transfer.fileio import atomic_write_json
 from mri_slice_transfer.prepare.batch import (
     _batch_inputs,
+    _finish_batch,
     _init_worker,
-    _manifest,
     _row,
-    _write_manifest,
     prepare_scan,
 )
-from mri_slice_transfer.prepare.qc import write_overview
 from mri_slice_transfer.prepare.registration import template_images
 
 __all__ = ["ENGINES", "JOBS", "prepare_chunk", "prepare_scans_as_jobs"]
@@ -195,8 +193,4 @@ def prepare_scans_as_jobs(
     )
     _wait(jobs, rows, len(paths), progress, poll)
     done = _collect(paths, chunks, jobs, rows)
-    _write_manifest(done, out_dir)
-    write_overview(done, out_dir / "qc.html")
-    table = _manifest(done)
-    log.info("prepared %d scan(s) into %s: %s", len(table), out_dir, table["status"].value_counts().to_dict())
-    return table
+    return _finish_batch(done, out_dir)
