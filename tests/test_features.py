@@ -127,3 +127,26 @@ def test_brain_age_conv3d_writes_its_penultimate_features(tmp_path: Path) -> Non
     with torch.no_grad():
         expected = network.pooled_embedding(item["image"][None]).numpy()[0]
     np.testing.assert_allclose(feats[5], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_every_ranks_per_plane_features_are_gathered_with_the_fused_ones(tmp_path: Path, monkeypatch) -> None:
+    # under torchrun each rank scores its share; rank 0 must write the per-plane arrays of every rank,
+    # in the same input order as the fused features (not only its own rows)
+    from mri_slice_transfer.engine import features as features_module
+    from mri_slice_transfer.networks.planes import MultiPlaneNet
+
+    net = MultiPlaneNet(encoder="cnn5", axis="all", spatial_size=(8, 10, 8))
+    writer = FeatureWriter(net, str(tmp_path / "f.npz"))
+    planes = list(writer.plane_rows)
+
+    def rank_share(rank: int, scans: int) -> list:
+        ids = {k: [f"{k}{rank}-{j}" for j in range(scans)] for k in features_module.ID_KEYS}
+        rows = [np.full(3, 10 * rank + j, np.float32) for j in range(scans)]
+        plane_rows = {p: [np.full(32, 10 * rank + j + 0.5, np.float32) for j in range(scans)] for p in planes}
+        return [ids, rows, 3, plane_rows]
+
+    monkeypatch.setattr(features_module, "gather_shards", lambda items: [rank_share(0, 2), rank_share(1, 1)])
+    with np.load(writer.write()) as saved:
+        assert saved["features"][:, 0].tolist() == [0, 10, 1]  # scans 0, 1, 2 dealt to ranks 0, 1, 0
+        for plane in planes:
+            assert saved[f"features_{plane}"][:, 0].tolist() == [0.5, 10.5, 1.5]

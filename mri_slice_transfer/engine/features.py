@@ -154,11 +154,12 @@ class FeatureWriter:
 
     def write(self, engine: Engine | None = None) -> Path | None:
         """Write the NPZ file (main process only, every rank's scans in input order); returns its path."""
-        parts = gather_shards([self.ids, self.rows, self._width])
+        parts = gather_shards([self.ids, self.rows, self._width, self.plane_rows])
         if len(parts) > 1:
             self.ids = {key: interleave([p[0][key] for p in parts]) for key in ID_KEYS}
             self.rows = interleave([p[1] for p in parts])
             self._width = next((p[2] for p in parts if p[2]), self._width)
+            self.plane_rows = {plane: interleave([p[3][plane] for p in parts]) for plane in self.plane_rows}
         if not is_main_process():
             return None
         width = self._width or 0
