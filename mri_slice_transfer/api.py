@@ -168,6 +168,7 @@ def predict(
     inputs: Inputs,
     batch_size: int = 4,
     decision_threshold: str | float = "validation",
+    amp: bool | str = "auto",
 ) -> pd.DataFrame:
     """Predict scans with a trained model: one row per scan, like the inference CSV.
 
@@ -179,6 +180,8 @@ def predict(
             batch too), resized to the model's input grid here.
         batch_size: scans per forward pass (results do not depend on it up to float rounding).
         decision_threshold: AD only: ``"validation"`` (the recorded threshold) or a fixed probability.
+        amp: mixed precision, as the bundles' ``amp``: ``"auto"`` (bf16 on CPUs with native bf16,
+            as ``inference.json`` by default), true or false (fp32).
 
     Returns:
         the table of ``inference.json``: ``subject_id, session_id, image, probability, logit, predicted``
@@ -210,7 +213,7 @@ def predict(
         device=model.device,
         val_data_loader=loader,
         network=model.network,
-        inferer=make_inferer(amp=False, device=model.device),
+        inferer=make_inferer(amp=amp, device=model.device),
     )
     evaluator.add_event_handler(Events.STARTED, writer.reset)
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, writer.collect)

@@ -13,6 +13,7 @@ from mri_slice_transfer.bench.report import check_targets, format_report, format
 from mri_slice_transfer.bench.scaling import plot_scaling
 from mri_slice_transfer.bench.specs import BASELINE, FAST, VARIANTS
 from mri_slice_transfer.cli import main
+from mri_slice_transfer.engine.precision import cpu_has_native_bf16
 from mri_slice_transfer.networks import convert_in_channels_mode
 
 SIZE = (16, 16, 4)  # 4 axial slices of 16 x 16: enough for every encoder, fast
@@ -105,15 +106,17 @@ def test_targets_checked_from_ratios():
     result = {
         "train": [
             {**row, "model": "resnet18", "variant": "baseline"},
-            {"model": "resnet18", "variant": "fast", "scans_per_s": {"median": 3.5}},
+            {"model": "resnet18", "variant": "fast", "scans_per_s": {"median": 2.7}},
             {**row, "model": "cnn5", "variant": "baseline"},
             {"model": "cnn5", "variant": "fast", "scans_per_s": {"median": 1.5}},
         ],
         "pipeline": {"cached_vs_first_pass": 50.0, "cached_vs_fast_training": 5.0},
         "chunk": {"model": "resnet50", "batch_size": 8, "train_mem_ratio": 0.3},
     }
-    met = [t["met"] for t in check_targets(result)]
-    assert met == [True, False, None, True, False, True]
+    checks = check_targets(result)
+    # ResNet-18 2.7x misses issue 6's 3x but meets issue 17's 2.5x (the bundles' default path)
+    assert [t["met"] for t in checks] == [False, True, False, None, True, False, True]
+    assert [t["issues"] for t in checks][:2] == ["6", "17"] and "2.5x" in checks[1]["target"]
 
 
 def test_plot_scaling(tmp_path):
@@ -199,7 +202,16 @@ def test_bench_quick_json(tmp_path, capsys):
     assert "Data path (train.json 'cache')" in printed.out
     prep = res["prepare"]
     assert prep["status"] == ["ok"] and _positive(prep["seconds_per_scan"]["median"])
-    assert len(res["targets"]) == 6
+    assert len(res["targets"]) == 7
+    # issue 17: the machine's ceilings, and every training row as a fraction of its precision's ceiling
+    ceil = res["ceilings"]
+    assert all(_positive(ceil[d][k]) for d in ("float32", "bfloat16") for k in ("gemm", "conv"))
+    table = printed.out.split("Training (forward")[1].split("Inference")[0]
+    for r in res["train"]:
+        dtype = "bfloat16" if r["mixed"] else "float32"
+        share = 100 * (r["tflops"]["median"] / ceil[dtype]["gemm"])
+        assert f"{share:.1f}%" in table
+    assert res["train"][0]["mixed"] is False and res["train"][1]["mixed"] is cpu_has_native_bf16()
     assert len(res["scaling"]["points"]) == 1 and _positive(res["scaling"]["points"][0]["scans_per_s"])
     assert png.is_file()
     # a failed row (e.g. killed for lack of memory) is reported, not fatal

@@ -178,7 +178,7 @@ def test_autocast_inferer_returns_fp32() -> None:
     net = torch.nn.Linear(4, 1)
     out = AutocastInferer(enabled=True)(torch.randn(2, 4), net)
     assert out.dtype == torch.float32
-    assert "bf16" in precision_label(True, "cpu") and precision_label(False, "cpu") == "fp32"
+    assert "bf16" in precision_label(True, "cpu") and precision_label(False, "cpu") == "fp32 (amp false)"
 
 
 def test_loss_shapes() -> None:

@@ -26,6 +26,7 @@ from mri_slice_transfer.engine.losses import make_loss
 from mri_slice_transfer.engine.network import build_network
 from mri_slice_transfer.engine.precision import (
     AutocastInferer,
+    choose_precision,
     cpu_autocast_enabled,
     cuda_amp_enabled,
     precision_label,
@@ -300,6 +301,7 @@ def measure_model(
         "settings": v.as_dict(),
         "channels_last_applied": bool(v.channels_last and not is_conv3d(model)),
         "precision": precision_label(v.amp, dev),
+        "mixed": choose_precision(v.amp, dev).mixed,
         "batch_size": int(batch_size),
         "input_scale": float(input_scale),
         "spatial_size": list(size),

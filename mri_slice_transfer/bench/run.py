@@ -44,6 +44,7 @@ def _speed_row(res: dict[str, Any], phase: str) -> dict[str, Any]:
             "channels_last_applied",
         )
     }
+    row.update(mixed=res.get("mixed", False), device=res.get("device", "cpu"))
     row.update(
         scans_per_s=summarize(p["scans_per_s"]),
         tflops=summarize(p["tflops"]),
@@ -119,7 +120,7 @@ def run_bench(opts: dict[str, Any]) -> dict[str, Any]:
     """
     wall = time.perf_counter()
     chunk_on = not opts["skip_train"] and opts["chunk"] > 0
-    n_jobs = 1 + (0 if opts["skip_train"] else len(opts["models"]) * len(opts["variants"]))
+    n_jobs = 1 + (0 if opts["skip_train"] else 1 + len(opts["models"]) * len(opts["variants"]))
     n_jobs += 2 * chunk_on + (not opts["skip_pipeline"]) + (not opts["skip_prepare"])
     n_jobs += (not opts["data_dir"]) + 3 * len(opts["data_path_sizes"]) if opts["data_path"] else 0
     n_jobs += len(opts["scaling_batch_sizes"]) * len(opts["scaling_scales"]) if opts["scaling"] else 0
@@ -161,6 +162,8 @@ def run_bench(opts: dict[str, Any]) -> dict[str, Any]:
     }
     result["settings"]["variant_descriptions"] = {v: VARIANTS[v].describe() for v in opts["variants"]}
     result["settings"]["variant_settings"] = {v: VARIANTS[v].as_dict() for v in opts["variants"]}
+    if not opts["skip_train"]:
+        result["ceilings"] = _ceilings(opts, runner)
     cache = {} if opts["skip_train"] else _train_rows(opts, runner, result)
     if chunk_on:
         result["chunk"] = _chunk_rows(opts, runner, cache)
@@ -177,6 +180,18 @@ def run_bench(opts: dict[str, Any]) -> dict[str, Any]:
     result["targets"] = check_targets(result)
     result["wall_time_s"] = time.perf_counter() - wall
     return result
+
+
+def _ceilings(opts: dict[str, Any], runner: _Runner) -> dict[str, Any]:
+    """The machine's GEMM and convolution TFLOP/s in fp32 and the mixed dtype (:mod:`.ceiling`)."""
+    kwargs = {"device": opts["device"], "min_time": opts["min_time"]}
+    if opts["quick"]:
+        kwargs["gemm_n"] = 1024
+        kwargs["conv_shape"] = (64, 64, 23, 28, 64, 3)
+    res, err = runner(
+        "ceilings: GEMM and conv TFLOP/s", "mri_slice_transfer.bench.ceiling:measure_ceilings", kwargs
+    )
+    return {"error": err} if err else res
 
 
 def _train_rows(opts: dict[str, Any], runner: _Runner, result: dict[str, Any]) -> dict[tuple, dict[str, Any]]:

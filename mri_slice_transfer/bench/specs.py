@@ -4,14 +4,15 @@ A *variant* is a set of speed settings applied to the same network:
 
 - ``baseline``: the reference-style recipe: fp32, contiguous memory, the grayscale slice repeated to
   3 channels for the ResNets (``in_channels_mode="repeat"``), eager.
-- ``fast``: the project's fast path as the bundles run it with ``amp: true``: mixed precision (bf16
-  autocast on the CPU, fp16 autocast + GradScaler on CUDA), channels-last 2D conv weights (slice
-  models only, see below), the 1-channel folded ``conv1`` (``in_channels_mode="fold"``), the CPU
-  convolution workarounds (:mod:`mri_slice_transfer.networks.cpu_conv`), malloc keeping freed memory
-  for reuse (:func:`mri_slice_transfer.engine.keep_freed_memory`), eager.
+- ``fast``: the project's fast path as the bundles run it by default (``amp: auto``): mixed precision
+  where the hardware computes it natively (bf16 autocast on CPUs with AVX512-BF16 / AMX, fp16 autocast
+  + GradScaler on CUDA; fp32 elsewhere), channels-last 2D conv weights (slice models only, see below),
+  the 1-channel folded ``conv1`` (``in_channels_mode="fold"``), the CPU convolution workarounds
+  (:mod:`mri_slice_transfer.networks.cpu_conv`), malloc keeping freed memory for reuse
+  (:func:`mri_slice_transfer.engine.keep_freed_memory`), eager.
 - ``fast+compile`` (opt-in, ``--compile``): ``fast`` with ``torch.compile``.
 - ``fast-fp32`` (opt-in, ``--fast-fp32``): ``fast`` without mixed precision, i.e. what the bundles
-  run with their default ``amp: false``.
+  run with ``amp: false``.
 
 Channels-last is applied through :func:`mri_slice_transfer.engine.network.build_network`, which only
 supports 4D (2D conv) weights; the 3D-CNN therefore runs in contiguous memory in every variant.
@@ -33,6 +34,7 @@ __all__ = [
     "BENCH_MODELS",
     "DEFAULTS",
     "QUICK_DEFAULTS",
+    "ceiling_dtype",
     "is_conv3d",
     "model_label",
 ]
@@ -44,7 +46,9 @@ class Variant:
 
     Attributes:
         name: column name (``"baseline"``, ``"fast"``, ...).
-        amp: mixed precision (bf16 autocast on CPU, fp16 AMP + GradScaler on CUDA).
+        amp: the bundles' ``amp``: ``"auto"`` (mixed precision where native), True (bf16 autocast on
+            the CPU, fp16 AMP + GradScaler on CUDA) or False (fp32); see
+            :func:`mri_slice_transfer.engine.precision.choose_precision`.
         channels_last: 2D conv weights in channels-last memory format (ignored for the 3D-CNN).
         in_channels_mode: ``"repeat"`` (3-channel ``conv1``) or ``"fold"`` (1-channel ``conv1``).
         compile: wrap the network in ``torch.compile``.
@@ -55,7 +59,7 @@ class Variant:
     """
 
     name: str
-    amp: bool
+    amp: bool | str
     channels_last: bool
     in_channels_mode: str
     compile: bool = False
@@ -65,7 +69,9 @@ class Variant:
     def describe(self) -> str:
         """Short human-readable summary, e.g. ``"fp32, contiguous, repeat, eager"``."""
         parts = [
-            "mixed precision" if self.amp else "fp32",
+            {"auto": "amp auto (mixed precision where native)", True: "mixed precision"}.get(
+                self.amp, "fp32"
+            ),
             "channels-last" if self.channels_last else "contiguous",
             self.in_channels_mode,
             "torch.compile" if self.compile else "eager",
@@ -89,14 +95,14 @@ BASELINE = Variant(
     fast_cpu_convs=False,
     keep_freed_memory=False,
 )
-FAST = Variant("fast", amp=True, channels_last=True, in_channels_mode="fold")
+FAST = Variant("fast", amp="auto", channels_last=True, in_channels_mode="fold")
 #: Every variant the benchmark knows, by name.
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         BASELINE,
         FAST,
-        Variant("fast+compile", amp=True, channels_last=True, in_channels_mode="fold", compile=True),
+        Variant("fast+compile", amp="auto", channels_last=True, in_channels_mode="fold", compile=True),
         Variant("fast-fp32", amp=False, channels_last=True, in_channels_mode="fold"),
     )
 }
@@ -110,6 +116,13 @@ BENCH_MODELS: tuple[str, ...] = names(Encoder, aliases=True)
 def is_conv3d(model: str) -> bool:
     """True for the 3D-CNN names (``"conv3d"`` and its aliases ``"3dcnn"``, ``"3d-cnn"``)."""
     return canonical(model, Encoder) == Encoder.CONV3D
+
+
+def ceiling_dtype(mixed: bool, device_type: str) -> str:
+    """The ceiling a row is compared with: ``"float32"``, or ``"bfloat16"`` / ``"float16"`` if mixed."""
+    if not mixed:
+        return "float32"
+    return "float16" if device_type == "cuda" else "bfloat16"
 
 
 def model_label(model: str) -> str:

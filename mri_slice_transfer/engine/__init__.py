@@ -60,6 +60,7 @@ from mri_slice_transfer.engine.options import as_bool, as_optional, as_pretraine
 from mri_slice_transfer.engine.precise_bn import PreciseBatchNorm
 from mri_slice_transfer.engine.precision import (
     AutocastInferer,
+    choose_precision,
     cpu_autocast_enabled,
     cuda_amp_enabled,
     make_inferer,
@@ -133,6 +134,7 @@ __all__ = [
     "as_optional",
     "as_pretrained",
     "bundle_root",
+    "choose_precision",
     "cpu_autocast_enabled",
     "cuda_amp_enabled",
     "keep_freed_memory",

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mri_slice_transfer.networks.encoders import ConvNormPoolBlock, kaiming_init_
+from mri_slice_transfer.networks.precision import full_precision, to_full
 
 __all__ = ["Conv3DNet"]
 
@@ -62,7 +63,9 @@ class Conv3DNet(nn.Module):
         return self.classifier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self._pooled(x)).flatten(1)
+        pooled = self._pooled(x)
+        with full_precision(pooled):
+            return self.classifier(pooled).flatten(1)
 
     def pooled_embedding(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate features the classifier reads: ``[B, C, X, Y, Z]`` -> ``[B, 64]``."""
@@ -72,4 +75,5 @@ class Conv3DNet(nn.Module):
         if x.ndim != 5:
             raise ValueError(f"expected input [B, C, X, Y, Z], got {tuple(x.shape)}")
         x = F.relu(self.norm_out(self.conv_out(self.blocks(x))))
-        return x.mean(dim=(-3, -2, -1), keepdim=True)
+        with full_precision(x):
+            return to_full(x).mean(dim=(-3, -2, -1), keepdim=True)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from mri_slice_transfer.networks.aggregation import AttentionAggregation
+from mri_slice_transfer.networks.precision import full_precision, to_full
 from mri_slice_transfer.networks.pretrained import PretrainedSpec
 from mri_slice_transfer.networks.slice_set import EMBED_DIM, SliceSetNet
 from mri_slice_transfer.vocabulary import PlaneEncoder, PlaneFusion, format_axis, look_up, parse_axis
@@ -157,7 +158,9 @@ class MultiPlaneNet(nn.Module):
 
     def fuse(self, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
         """Plane embeddings (``P x [B, 32]``, plane order) -> the fused embedding the head reads."""
-        return self.fusion(torch.stack(tuple(embeddings), dim=1))
+        stacked = to_full(torch.stack(tuple(embeddings), dim=1))
+        with full_precision(stacked):
+            return self.fusion(stacked)
 
     def pooled_embedding(
         self, x: torch.Tensor, slice_mask: Mapping[str, torch.Tensor] | None = None
@@ -167,4 +170,6 @@ class MultiPlaneNet(nn.Module):
 
     def forward(self, x: torch.Tensor, slice_mask: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``[B, 1, X, Y, Z]`` -> ``[B, num_outputs]`` (``slice_mask``: see :meth:`plane_embeddings`)."""
-        return self.head(self.pooled_embedding(x, slice_mask))
+        pooled = self.pooled_embedding(x, slice_mask)
+        with full_precision(pooled):
+            return self.head(pooled)

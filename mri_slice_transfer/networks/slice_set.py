@@ -33,6 +33,7 @@ from mri_slice_transfer.networks.encoders import (
     build_encoder,
     kaiming_init_,
 )
+from mri_slice_transfer.networks.precision import full_precision, to_full
 from mri_slice_transfer.networks.pretrained import PretrainedSpec, initialise_encoder
 from mri_slice_transfer.networks.registry import encoder_name
 from mri_slice_transfer.vocabulary import Axis, Encoder, PositionEncoding, names
@@ -447,11 +448,12 @@ class SliceSetNet(nn.Module):
                 positions + torch.arange(b, device=positions.device).unsqueeze(1) * self.num_slices
             ).flatten()
             slices = slices[rows]
-        feats = self.encode_slices(slices).reshape(b, -1, self.encoder.out_features)
-        feats = self.pre_embed(feats)
-        if positions is None and mask is None:
-            return self.post_embed(self.position(feats))
-        return self.post_embed(self.position(feats, positions, mask))
+        feats = to_full(self.encode_slices(slices).reshape(b, -1, self.encoder.out_features))
+        with full_precision(feats):
+            feats = self.pre_embed(feats)
+            if positions is None and mask is None:
+                return self.post_embed(self.position(feats))
+            return self.post_embed(self.position(feats, positions, mask))
 
     def forward(self, x: torch.Tensor, slice_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, 1, X, Y, Z]`` -> ``[B, num_outputs]``.
@@ -464,7 +466,9 @@ class SliceSetNet(nn.Module):
                 them out). Each scan needs at least one real slice (also among those ``slice_keep``
                 draws in training).
         """
-        return self.head(self.pooled_embedding(x, slice_mask))
+        pooled = self.pooled_embedding(x, slice_mask)
+        with full_precision(pooled):
+            return self.head(pooled)
 
     def pooled_embedding(self, x: torch.Tensor, slice_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The scan embedding the head reads: ``[B, 1, X, Y, Z]`` -> ``[B, 32]`` (``forward`` without
@@ -482,4 +486,6 @@ class SliceSetNet(nn.Module):
             )
             if not mask.any(dim=1).all():
                 raise ValueError("slice_mask: every scan needs at least one real slice (True)")
-        return self.aggregate(self.embed(x, positions, mask), mask=mask, positions=positions)
+        embedded = self.embed(x, positions, mask)
+        with full_precision(embedded):
+            return self.aggregate(embedded, mask=mask, positions=positions)
