@@ -72,6 +72,13 @@ def copy_bundle(dst: Path, name: str = "adni_ad") -> Path:
     return dst / name
 
 
+def bundle_precision(wf: ConfigWorkflow) -> torch.autocast:
+    """The autocast context a workflow's ``inferer`` computes in (``amp`` auto: bf16 on CPUs with native
+    bf16), so a test's recomputation of the network's outputs matches what the bundle wrote."""
+    inferer = wf.parser.get_parsed_content("inferer")
+    return torch.autocast("cpu", dtype=inferer.dtype, enabled=inferer.enabled)
+
+
 def run_workflow(config_file, workflow_type: str = "train", **override) -> ConfigWorkflow:
     wf = ConfigWorkflow(config_file=config_file, workflow_type=workflow_type, **override)
     wf.initialize()

@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_brain_age_conv3d import CONV3D, _with_ages
 from test_bundle_aggregations import SMALL_MODEL
-from test_bundles import copy_bundle, run_workflow, write_tiny_dataset
+from test_bundles import bundle_precision, copy_bundle, run_workflow, write_tiny_dataset
 
 from mri_slice_transfer.engine import FeatureWriter
 from mri_slice_transfer.networks.conv3d import Conv3DNet
@@ -92,7 +92,7 @@ def test_inference_writes_features_in_prediction_order(
 
     network = wf.parser.get_parsed_content("network").eval()  # the loaded weights
     dataset = wf.parser.get_parsed_content("dataset")
-    with torch.no_grad():
+    with torch.no_grad(), bundle_precision(wf):
         for i in np.flatnonzero(ok):
             item = dataset[int(i)]
             assert item["image_path"] == pred["image"][i]
@@ -124,7 +124,7 @@ def test_brain_age_conv3d_writes_its_penultimate_features(tmp_path: Path) -> Non
     assert images.tolist() == pred["image"].tolist() and feats.shape == (8, 64)
     network = wf.parser.get_parsed_content("network").eval()
     item = wf.parser.get_parsed_content("dataset")[5]
-    with torch.no_grad():
+    with torch.no_grad(), bundle_precision(wf):
         expected = network.pooled_embedding(item["image"][None]).numpy()[0]
     np.testing.assert_allclose(feats[5], expected, rtol=1e-5, atol=1e-5)
 

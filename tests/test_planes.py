@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from test_bundle_aggregations import SMALL_MODEL
-from test_bundles import copy_bundle, run_workflow, write_tiny_dataset
+from test_bundles import bundle_precision, copy_bundle, run_workflow, write_tiny_dataset
 
 from mri_slice_transfer.engine.model_record import read
 from mri_slice_transfer.interpret.gradcam import GradCAMMap
@@ -187,7 +187,7 @@ def test_a_three_plane_bundle_trains_evaluates_and_infers_from_its_record(
     assert shapes == {f"features{p}": (8, 32) for p in ("", "_sagittal", "_coronal", "_axial")}
     network = wf.parser.get_parsed_content("network").eval()
     item = wf.parser.get_parsed_content("dataset")[3]
-    with torch.no_grad():
+    with torch.no_grad(), bundle_precision(wf):
         planes = network.plane_embeddings(item["image"][None])
         fused = network.pooled_embedding(item["image"][None])
     for plane, emb in planes.items():

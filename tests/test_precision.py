@@ -101,3 +101,25 @@ def test_the_3d_cnn_pools_and_classifies_in_fp32_under_autocast() -> None:
         out = net(torch.randn(2, 1, 32, 32, 32))
     assert torch.bfloat16 in seen["blocks"] and seen["classifier"] == {torch.float32}
     assert out.dtype == torch.float32
+
+
+def test_cnn5_blocks_stay_channels_last_after_instance_norm_and_compute_the_same_values() -> None:
+    """InstanceNorm returns NCHW: the block puts a channels-last activation back (pooling and the next conv
+    on NCHW were most of a bf16 cnn5 step); values are those of the contiguous network."""
+    from mri_slice_transfer.engine.network import build_network
+
+    def build(channels_last: bool) -> torch.nn.Module:
+        torch.manual_seed(0)
+        opts = dict(encoder="cnn5", spatial_size=SIZE, pretrained=False, num_outputs=1)
+        return build_network(channels_last=channels_last, **opts).eval()
+
+    fast, plain = build(True), build(False)
+    layouts = []
+    for m in fast.encoder.modules():
+        if type(m).__name__ == "ConvNormPoolBlock":
+            m.register_forward_hook(
+                lambda mod, a, o: layouts.append(o.is_contiguous(memory_format=torch.channels_last))
+            )
+    x = torch.randn(2, 1, *SIZE)
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-6)
+    assert layouts and all(layouts)

@@ -117,7 +117,7 @@ def test_csv_probability_is_sigmoid_of_the_ad_logit(tmp_path: Path) -> None:
 def test_evaluate_csv_matches_the_network_and_test_metrics(tmp_path: Path) -> None:
     """Bundle evaluate run: each CSV probability is sigmoid of the network's output for that scan, and
     ROC AUC recomputed from test_predictions.csv equals test_metrics.json."""
-    from test_bundles import FAST, copy_bundle, run_workflow, write_tiny_dataset
+    from test_bundles import FAST, bundle_precision, copy_bundle, run_workflow, write_tiny_dataset
 
     data = write_tiny_dataset(tmp_path / "data", n_per_split=(2, 2, 8), seed=3)
     bundle = copy_bundle(tmp_path / "b")
@@ -131,7 +131,7 @@ def test_evaluate_csv_matches_the_network_and_test_metrics(tmp_path: Path) -> No
     wf = run_workflow(configs, "eval", dataset_dir=str(data), decision_threshold=0.5, **FAST)
     network = wf.parser.get_parsed_content("network").eval()
     dataset = wf.parser.get_parsed_content("validate#dataset")
-    with torch.no_grad():
+    with torch.no_grad(), bundle_precision(wf):
         logit = {d["image_path"]: float(network(d["image"][None]).reshape(-1)[0]) for d in dataset}
     pred = pd.read_csv(bundle / "eval" / "test_predictions.csv")
     np.testing.assert_allclose(pred["probability"], _sigmoid(pred["image"].map(logit)), rtol=1e-5)

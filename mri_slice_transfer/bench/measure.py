@@ -148,7 +148,9 @@ class BenchRunner:
         self.x = torch.randn(self.batch_size, 1, *spatial_size, generator=gen).to(self.device)
         self.y = (torch.rand(self.batch_size, 1, generator=gen) > 0.5).float().to(self.device)
         self.loss_fn = make_loss("adni_ad").to(self.device)
-        self.optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-4)
+        self.optimizer = torch.optim.Adam(
+            net.parameters(), lr=1e-4, weight_decay=1e-4, fused=True if variant.fused_adam else None
+        )
         self.cuda_amp = cuda_amp_enabled(variant.amp, self.device)
         self.inferer = AutocastInferer(enabled=cpu_autocast_enabled(variant.amp, self.device))
         self.scaler = torch.amp.GradScaler("cuda") if self.cuda_amp else None

@@ -9,7 +9,7 @@ A *variant* is a set of speed settings applied to the same network:
   + GradScaler on CUDA; fp32 elsewhere), channels-last 2D conv weights (slice models only, see below),
   the 1-channel folded ``conv1`` (``in_channels_mode="fold"``), the CPU convolution workarounds
   (:mod:`mri_slice_transfer.networks.cpu_conv`), malloc keeping freed memory for reuse
-  (:func:`mri_slice_transfer.engine.keep_freed_memory`), eager.
+  (:func:`mri_slice_transfer.engine.keep_freed_memory`), fused Adam, eager.
 - ``fast+compile`` (opt-in, ``--compile``): ``fast`` with ``torch.compile``.
 - ``fast-fp32`` (opt-in, ``--fast-fp32``): ``fast`` without mixed precision, i.e. what the bundles
   run with ``amp: false``.
@@ -56,6 +56,8 @@ class Variant:
             under CPU autocast).
         keep_freed_memory: :func:`mri_slice_transfer.engine.keep_freed_memory` in the measurement
             process (glibc only).
+        fused_adam: ``torch.optim.Adam(fused=True)``, as the bundles (one kernel per step instead of
+            torch's default per-parameter loop on the CPU).
     """
 
     name: str
@@ -65,6 +67,7 @@ class Variant:
     compile: bool = False
     fast_cpu_convs: bool = True
     keep_freed_memory: bool = True
+    fused_adam: bool = True
 
     def describe(self) -> str:
         """Short human-readable summary, e.g. ``"fp32, contiguous, repeat, eager"``."""
@@ -80,6 +83,8 @@ class Variant:
             parts.append("CPU conv workarounds")
         if self.keep_freed_memory:
             parts.append("malloc keeps freed memory")
+        if self.fused_adam:
+            parts.append("fused Adam")
         return ", ".join(parts)
 
     def as_dict(self) -> dict:
@@ -94,6 +99,7 @@ BASELINE = Variant(
     in_channels_mode="repeat",
     fast_cpu_convs=False,
     keep_freed_memory=False,
+    fused_adam=False,
 )
 FAST = Variant("fast", amp="auto", channels_last=True, in_channels_mode="fold")
 #: Every variant the benchmark knows, by name.

@@ -27,7 +27,7 @@ from mri_slice_transfer.engine.checkpoint import (
 )
 from mri_slice_transfer.engine.datasets import DataSource, initial_output_bias, resolve_data
 from mri_slice_transfer.engine.disk_cache import DiskCache, DiskCacheDataset, make_dataset
-from mri_slice_transfer.engine.distributed import default_device, handlers_for_rank
+from mri_slice_transfer.engine.distributed import default_device, handlers_for_rank, pin_memory_for
 from mri_slice_transfer.engine.features import FeatureWriter
 from mri_slice_transfer.engine.handlers import (
     BestModelSaver,
@@ -121,6 +121,7 @@ __all__ = [
     "ScanProgress",
     "build_network",
     "default_device",
+    "pin_memory_for",
     "handler",
     "handlers_for_rank",
     "inference_datalist",

@@ -124,6 +124,12 @@ def default_device() -> torch.device:
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
+def pin_memory_for(device: torch.device | str) -> bool:
+    """Page-locked batches and non-blocking copies pay off only for a CUDA device (the bundles'
+    DataLoader ``pin_memory`` and engines' ``non_blocking``)."""
+    return torch.device(device).type == "cuda"
+
+
 #: Names of handler types that only log or write, attached on rank 0 only (:func:`handlers_for_rank`).
 RANK0_ONLY_HANDLERS: tuple[str, ...] = (
     "MetricsWriter",

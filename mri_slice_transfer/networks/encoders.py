@@ -88,8 +88,19 @@ class ConvNormPoolBlock(nn.Module):
         self.norm = norm(out_channels, affine=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.conv(x))
-        return F.relu(min_pool_max(x, self.spatial_dims))
+        c = self.conv(x)
+        y = self.norm(c)
+        if _channels_last(c) and not _channels_last(y):
+            # InstanceNorm returns NCHW whatever its input: back to channels-last before pooling, or
+            # max pooling (3-4x slower on NCHW here) and the next conv's layout conversion dominate
+            # the step (cnn5 bf16 training step, docs/benchmarks.md "Profile")
+            y = y.contiguous(memory_format=torch.channels_last)
+        return F.relu(min_pool_max(y, self.spatial_dims))
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """A 4D tensor stored channels-last (and not also plain contiguous, as 1-channel tensors are)."""
+    return x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def kaiming_init_(module: nn.Module) -> None:
