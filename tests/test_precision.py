@@ -123,3 +123,26 @@ def test_cnn5_blocks_stay_channels_last_after_instance_norm_and_compute_the_same
     x = torch.randn(2, 1, *SIZE)
     torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-6)
     assert layouts and all(layouts)
+
+
+@pytest.mark.parametrize("bundle", ["adni_ad", "ukbb_brain_age"])
+def test_bundles_pin_memory_and_copy_without_blocking_only_on_cuda(bundle) -> None:
+    import json
+    from pathlib import Path
+
+    from mri_slice_transfer.engine import pin_memory_for
+
+    assert pin_memory_for("cuda:1") and not pin_memory_for("cpu") and not pin_memory_for(torch.device("cpu"))
+    configs = Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs"
+    train = json.loads((configs / "train.json").read_text())
+    infer = json.loads((configs / "inference.json").read_text())
+    for cfg in (train, infer):
+        assert cfg["pin_memory"] == {
+            "_target_": "mri_slice_transfer.engine.pin_memory_for",
+            "device": "@device",
+        }
+        assert cfg["amp"] == "auto"
+    loaders = [train["train"]["dataloader"], train["validate"]["dataloader"], infer["dataloader"]]
+    engines = [train["train"]["trainer"], train["validate"]["evaluator"], infer["evaluator"]]
+    assert all(d["pin_memory"] == "@pin_memory" for d in loaders)
+    assert all(e["non_blocking"] == "@pin_memory" for e in engines)
