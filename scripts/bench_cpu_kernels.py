@@ -7,9 +7,14 @@ Prints three small tables (docs/benchmarks.md, "Why the fast path ..."):
 2. The 3D-CNN's first convolution (1 -> 32 channels) forward in bf16 vs fp32.
 3. One fast-path training step (batch 8) with glibc's default malloc vs
    :func:`mri_slice_transfer.engine.keep_freed_memory`, each in a fresh process, with its peak RSS.
+4. One Adam step over ResNet-18's slice-model parameters (11.2 M): torch's CPU default (a loop over the
+   parameters), ``foreach=True`` and ``fused=True`` (the bundles' since 0.9.0; issue 17).
+5. The 1-channel 2D convolutions (ResNet stem 7x7/2 -> 64, cnn5's first 3x3 -> 32) on 182 slices,
+   forward + weight gradient: fp32 then cast to bf16 (what ``networks.cpu_conv`` does under autocast)
+   vs bf16 (issue 17).
 
-Usage: ``python scripts/bench_cpu_kernels.py [--repeats 3] [--models cnn5,resnet18,conv3d]``. Run it on a
-quiet machine; it takes a few minutes on 2 cores.
+Usage: ``python scripts/bench_cpu_kernels.py [--repeats 3] [--models cnn5,resnet18,conv3d]
+[--sections weights,conv3d,malloc,adam,stem]``. Run it on a quiet machine; it takes a few minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -121,21 +126,76 @@ def malloc_steps(models: list[str], repeats: int) -> None:
             print(f"{model:<10}{label:<20}{statistics.median(times):>16.2f}{peak:>13.0f}")
 
 
+def adam_steps(repeats: int) -> None:
+    from mri_slice_transfer.bench.measure import build_bench_model
+
+    params = list(build_bench_model("resnet18", "fast", (91, 109, 91)).parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    n = sum(p.numel() for p in params)
+    print(f"\nAdam step over ResNet-18 slice-model parameters ({n / 1e6:.1f} M), median ms")
+    for name, kwargs in (
+        ("default (per-parameter loop)", {}),
+        ("foreach", {"foreach": True}),
+        ("fused", {"fused": True}),
+    ):
+        opt = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-4, **kwargs)
+        print(f"{name:<30}{_median_ms(opt.step, repeats):>8.0f}")
+
+
+def _one_channel_ms(x: torch.Tensor, conv: tuple[int, int, int, int], repeats: int) -> tuple[float, float]:
+    """Median ms of forward + weight gradient: fp32 then cast to bf16, and bf16."""
+    c_out, k, stride, pad = conv
+    weight = torch.randn(c_out, 1, k, k).to(memory_format=torch.channels_last).requires_grad_()
+
+    def fp32_cast() -> None:
+        y = F.conv2d(x, weight, stride=stride, padding=pad).to(torch.bfloat16)
+        y.backward(torch.ones_like(y))
+
+    def bf16() -> None:
+        y = F.conv2d(x.bfloat16(), weight.bfloat16(), stride=stride, padding=pad)
+        y.backward(torch.ones_like(y))
+
+    return _median_ms(fp32_cast, repeats), _median_ms(bf16, repeats)
+
+
+def one_channel_convs(repeats: int) -> None:
+    print("\n1-channel 2D convs on 182 x 1 x 91 x 109, forward + weight gradient (median ms)")
+    print(f"{'conv':<28}{'fp32 + cast':>12}{'bf16':>8}")
+    x = torch.randn(182, 1, 91, 109)
+    for name, conv in (("ResNet stem 7x7/2 -> 64", (64, 7, 2, 3)), ("cnn5 3x3/1 -> 32", (32, 3, 1, 1))):
+        fp32_cast, bf16 = _one_channel_ms(x, conv, repeats)
+        print(f"{name:<28}{fp32_cast:>12.0f}{bf16:>8.0f}")
+
+
+SECTIONS = ("weights", "conv3d", "malloc", "adam", "stem")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--models", default="cnn5,resnet18,conv3d", help="models of the malloc table ('' skips it)"
     )
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}"
+    )
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     # the kernel timings below run as the fast path does, with freed memory kept for reuse (without it
     # page faults on the large outputs dominate); the malloc comparison uses fresh processes
     keep_freed_memory()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, malloc keeps freed memory\n")
-    weight_grads(args.repeats)
-    first_conv3d(args.repeats)
-    if args.models:
+    if "weights" in sections:
+        weight_grads(args.repeats)
+    if "conv3d" in sections:
+        first_conv3d(args.repeats)
+    if args.models and "malloc" in sections:
         malloc_steps(args.models.split(","), args.repeats)
+    if "adam" in sections:
+        adam_steps(args.repeats)
+    if "stem" in sections:
+        one_channel_convs(args.repeats)
 
 
 if __name__ == "__main__":
