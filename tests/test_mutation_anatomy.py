@@ -176,3 +176,71 @@ def test_rendered_scan_is_zero_outside_the_brain_and_scaled_by_the_site() -> Non
     assert 1.3 < ratio < 2.4  # 1300 / 700 with +-10 % scan scale and a different contrast
     other_noise = an.render(_p(site="site-B"), xyz, rng_stream=4)
     assert not np.array_equal(other_noise, a) and np.array_equal(other_noise == 0, a == 0)
+
+
+def _two_mm_weights(n: int) -> np.ndarray:
+    """(n, n // 2 + 1) linear weights of a 1 mm axis whose even voxels sit on consecutive 2 mm voxels."""
+    w = np.zeros((n, n // 2 + 1))
+    for a in range(n):
+        w[a, a // 2] += 0.5 if a % 2 else 1.0
+        if a % 2:
+            w[a, a // 2 + 1] += 0.5
+    return w
+
+
+def test_one_mm_maps_carry_the_smooth_two_mm_factors_over_by_world_position() -> None:
+    """On a 1 mm grid (raw-space scans) the thinning maps use the 2 mm "near CSF" and MTL factors
+    interpolated linearly at each voxel's world position (the nearest edge value outside the 2 mm grid),
+    with the same formulas as on the 2 mm grid: w_cortex = gm near (I_GM - I_CSF),
+    w_mtl = clip(gm + wm / 2, 0, 1) mtl (I_GM - I_CSF)."""
+    near2, mtl2 = an._smooth_factors_2mm()
+    i0 = np.array([32, 52, 30])  # 2 mm voxel at world (26, -22, -12): the left hippocampus' edge
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])  # x flipped like the template: 1 mm voxel (2, 0, 0) = 2 mm i0 + 1
+    affine[:3, 3] = (TEMPLATE_AFFINE @ np.append(i0, 1.0))[:3]
+    rng = np.random.default_rng(0)
+    shape = (5, 5, 5)
+    gm, wm = rng.uniform(0, 1, shape).astype(np.float32), rng.uniform(0, 1, shape).astype(np.float32)
+    tpl = an.Template(rng.uniform(0, 1, shape), gm, wm, rng.uniform(size=shape) > 0.5, affine)
+    maps = an._static_maps(tpl)
+    w = _two_mm_weights(5)
+    block = tuple(slice(i, i + 3) for i in i0)
+    near, mtl = (np.einsum("ia,jb,kc,abc->ijk", w, w, w, f[block]) for f in (near2, mtl2))
+    assert mtl.max() - mtl.min() > 0.1 and near.max() - near.min() > 0.1  # both vary here
+    scale = an.I_GM - an.I_CSF
+    np.testing.assert_allclose(maps.w_cortex, gm * near * scale, atol=1e-6)
+    np.testing.assert_allclose(maps.w_mtl, np.clip(gm + 0.5 * wm, 0, 1) * mtl * scale, atol=1e-6)
+    assert (gm + 0.5 * wm > 1).any() and maps.w_mtl.dtype == maps.w_cortex.dtype == np.float32
+    assert maps.t1.dtype == np.float32 and np.array_equal(maps.t1, tpl.t1.astype(np.float32))
+    assert maps.mask.dtype == np.float32 and np.array_equal(maps.mask, tpl.mask.astype(np.float32))
+    assert maps.affine is affine
+    # a 1 mm voxel beyond the 2 mm grid's edge (x = 95 mm, past its 90 mm) takes the edge value
+    out = affine.copy()
+    out[:3, 3] = (95.0, -22.0, -12.0)
+    one = an._static_maps(an.Template(*(a[:1, :1, :1] for a in (tpl.t1, gm, wm, tpl.mask)), out))
+    assert near2[0, 52, 30] > 0.5
+    np.testing.assert_allclose(one.w_cortex.ravel(), gm[0, 0, 0] * near2[0, 52, 30] * scale, atol=1e-6)
+
+
+def test_two_mm_maps_use_the_smooth_factors_as_they_are() -> None:
+    """On the template grid itself no interpolation: the factors of _smooth_factors_2mm, voxel for voxel."""
+    t = load_template()
+    near, mtl = an._smooth_factors_2mm()
+    maps = an._static_maps(t)
+    scale = an.I_GM - an.I_CSF
+    np.testing.assert_allclose(maps.w_cortex, t.gm * near * scale, atol=1e-6)
+    np.testing.assert_allclose(maps.w_mtl, np.clip(t.gm + 0.5 * t.wm, 0, 1) * mtl * scale, atol=1e-6)
+    assert maps.mask.sum() == t.mask.sum() and maps.affine is t.affine
+
+
+def test_an_ad_twin_renders_darker_in_the_mtl_than_its_cn_twin() -> None:
+    """Same seeds: over the MTL region the AD scan is darker than its CN twin (grey matter gives way to CSF
+    and the region contracts), by more than the noise."""
+    t = load_template()
+    xyz = an._world(t.shape, t.affine)
+    region = an.mtl_region(xyz) > 0.5
+    pts = xyz[:, region].astype(float)
+    cn, ad = (an.render(_p(dx=dx, severity=1.0), pts) for dx in ("CN", "AD"))
+    assert region.sum() > 500 and np.mean(ad) < 0.95 * np.mean(cn), (
+        np.mean(cn),
+        np.mean(ad),
+    )  # 0.89 measured

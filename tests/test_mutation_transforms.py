@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from scipy import ndimage
 
 from mri_slice_transfer.errors import ScanError
 from mri_slice_transfer.template import TEMPLATE_AFFINE, TEMPLATE_SHAPE
@@ -211,3 +212,47 @@ def test_resampling_refuses_bad_modes_plain_tensors_and_wrong_dimensions() -> No
     d = ResampleToTemplated(["image", "seg"], mode="nearest", allow_missing_keys=True)
     out = d({"image": _img(np.ones((2, 2, 2)), TEMPLATE_AFFINE), "id": 1})
     assert out["image"].shape == (1, *TEMPLATE_SHAPE) and out["id"] == 1
+
+
+# A source that overhangs the template on every side, stored z-first: 1 mm along z (source axis 0), 4 mm
+# along x and y (axes 1, 2); its voxel centres sit 0.3 mm off the template's, so the interpolated path runs.
+OVERHANG = np.array([[0.0, 4, 0, -110.3], [0, 0, 4, -146.3], [1, 0, 0, -92.3], [0, 0, 0, 1]])
+OVERHANG_SHAPE = (221, 56, 65)
+
+
+def _reference(data: np.ndarray, affine: np.ndarray, mode: str, sigma: np.ndarray) -> np.ndarray:
+    """The interpolated path's definition on the whole (uncropped) source with scipy: Gaussian pre-filter,
+    trilinear (or nearest) sampling at every template voxel centre, background where the source's non-zero
+    mask interpolates below 0.5."""
+    vox = np.linalg.inv(affine) @ TEMPLATE_AFFINE
+    pos = vox[:3, :3] @ np.indices(TEMPLATE_SHAPE).reshape(3, -1) + vox[:3, 3:4]
+    if mode == "nearest":
+        return ndimage.map_coordinates(data, pos, order=0).reshape(TEMPLATE_SHAPE)
+    src = ndimage.gaussian_filter(data, sigma, mode="constant", truncate=3.0) if np.any(sigma > 0) else data
+    out = ndimage.map_coordinates(src, pos, order=1, mode="constant")
+    support = ndimage.map_coordinates((data != 0).astype(np.float32), pos, order=1, mode="constant")
+    return np.where(support >= 0.5, out, 0.0).reshape(TEMPLATE_SHAPE)
+
+
+@pytest.mark.parametrize("mode,anti_alias", [("bilinear", True), ("bilinear", False), ("nearest", True)])
+def test_interpolated_path_equals_its_definition_on_the_uncropped_source(mode: str, anti_alias: bool) -> None:
+    """The crop to the template's reach (plus the filter's margin) changes nothing, also at the template's
+    edges; the pre-filter runs along the 1 mm source axis only, and only for bilinear with anti_alias."""
+    data = np.random.default_rng(0).uniform(1.0, 2.0, OVERHANG_SHAPE).astype(np.float32)
+    sigma = np.array([np.sqrt(3) / 2, 0.0, 0.0]) if (anti_alias and mode == "bilinear") else np.zeros(3)
+    out = resample_to_template(_img(data, OVERHANG), mode=mode, anti_alias=anti_alias)
+    assert out.meta["resample_path"] == "interpolated"
+    expected = _reference(data, OVERHANG, mode, sigma)
+    np.testing.assert_allclose(out[0].numpy(), expected, rtol=0, atol=2e-3 if mode == "bilinear" else 0)
+
+
+def test_anti_alias_sigma_reads_each_source_axis_from_its_affine_column() -> None:
+    """A permuted anisotropic affine: the voxel size of source axis p is the norm of column p, not row p."""
+    np.testing.assert_allclose(spatial._anti_alias_sigma(OVERHANG), [np.sqrt(3) / 2, 0.0, 0.0])
+
+
+def test_exact_index_map_passes_its_tolerance_on() -> None:
+    shifted = TEMPLATE_AFFINE.copy()
+    shifted[0, 3] += 2e-4 * 2  # 2e-4 voxel off the lattice
+    assert exact_index_map(shifted) is None
+    assert exact_index_map(shifted, tol=3e-4) == [(0, 1, 0), (1, 1, 0), (2, 1, 0)]
