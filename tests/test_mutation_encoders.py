@@ -50,12 +50,12 @@ def test_convert_changes_only_resnet_stems_and_copies_the_rest() -> None:
     ``layer1.0.conv1.weight`` and every other entry stay the same tensors; the input dict is not changed."""
     rgb, gray = _weight(2, 3), _weight(2, 1)
     block = torch.randn(4, 3, 3, 3)  # a ResNet block's conv1: not the stem, even with 3 input channels
-    state = {
+    state = {  # other entries before, between and after the stems (a model's state dict is in module order)
+        "head.weight": torch.ones(1, 4),
         "encoder.backbone.conv1.weight": rgb,
-        "conv1.weight": rgb,
         "encoder.backbone.layer1.0.conv1.weight": block,
         "encoder.backbone.conv1.bias": torch.ones(2),
-        "head.weight": torch.ones(1, 4),
+        "conv1.weight": rgb,
     }
     folded = convert_in_channels_mode(state, "fold")
     assert folded.keys() == state.keys() and state["conv1.weight"] is rgb  # input untouched
