@@ -244,3 +244,69 @@ def test_an_ad_twin_renders_darker_in_the_mtl_than_its_cn_twin() -> None:
         np.mean(cn),
         np.mean(ad),
     )  # 0.89 measured
+
+
+def test_ventricle_mask_is_the_large_csf_components_of_the_central_box_down_to_its_lower_edge() -> None:
+    """Lateral + third ventricles: the two connected CSF components over 500 mm^3 inside the box |x| < 30,
+    -45 < y < 30, -5 < z < 35 mm (the small ones, e.g. of the choroid fissures, left out); they reach the
+    box's lower edge (z = -4 mm on the 2 mm grid)."""
+    from scipy import ndimage
+
+    mask = an.ventricle_mask(load_template())
+    labels, n = ndimage.label(mask)
+    sizes = sorted(ndimage.sum(mask, labels, range(1, n + 1)) * 8.0)
+    assert n == 2 and sizes == [621 * 8.0, 1827 * 8.0]
+    z = (TEMPLATE_AFFINE @ np.c_[np.argwhere(mask), np.ones(mask.sum())].T)[2]
+    assert (z.min(), z.max()) == (-4.0, 28.0)
+
+
+def _render_by_hand(p: ScanParams, points: np.ndarray) -> np.ndarray:
+    """The documented pipeline on the 2 mm maps: source point of each subject point, brain where the template
+    mask interpolates above 0.5, T1 minus the cortical and MTL thinning (clipped at 0), sampled trilinearly,
+    then ``(value ** gamma) * bias``, Rician noise of stream 3 and the site's scale."""
+    from scipy import ndimage
+
+    anat, acq, maps = subject_anatomy(p), scan_acquisition(p), an.static_maps(2)
+    keep, src = an.source_points(points, anat, an.displacement_field(anat))
+    ijk = (np.linalg.inv(maps.affine) @ np.vstack([src, np.ones(src.shape[1])]))[:3]
+    inside = ndimage.map_coordinates(maps.mask, ijk, order=1) > 0.5
+    keep, ijk = keep[inside], ijk[:, inside]
+    thinned = maps.t1 - anat.d_cortex * maps.w_cortex - anat.d_mtl * maps.w_mtl
+    value = np.clip(ndimage.map_coordinates(thinned, ijk, order=1), 0.0, None)
+    bias = np.exp(
+        acq.bias_amp @ np.cos(2 * np.pi * acq.bias_freq @ points[:, keep] + acq.bias_phase[:, None])
+    )
+    value = (value**acq.gamma * bias).astype(np.float32)
+    rng = np.random.default_rng([p.scan_seed, 3])
+    n1, n2 = (rng.standard_normal(value.shape, dtype=np.float32) for _ in range(2))
+    out = np.zeros(points.shape[1], np.float32)
+    out[keep] = np.sqrt((value + acq.noise * n1) ** 2 + (acq.noise * n2) ** 2) * acq.scale
+    return out
+
+
+def test_render_is_the_thinned_template_at_the_warped_source_with_contrast_bias_and_noise() -> None:
+    """An extreme AD scan (maximal MTL and cortical loss, where the thinned T1 goes below 0 and is clipped:
+    no NaN from a negative value to the power gamma), rendered by default on the 2 mm maps."""
+    p = _p(dx="AD", age=95.0, severity=3.0, site="site-C")
+    anat, maps = subject_anatomy(p), an.static_maps(2)
+    assert (anat.d_mtl, anat.d_cortex) == (1.0, 0.6)
+    assert (maps.t1 - 0.6 * maps.w_cortex - maps.w_mtl).min() < 0  # thinned below 0 somewhere
+    t = load_template()
+    points = an._world(t.shape, t.affine).reshape(3, -1)[:, ::53].astype(np.float64)
+    out = an.render(p, points)
+    assert np.isfinite(out).all() and out.min() == 0.0
+    np.testing.assert_allclose(out, _render_by_hand(p, points), rtol=1e-5, atol=1e-3)
+
+
+def test_an_older_twin_has_a_darker_cortex() -> None:
+    """Cortical grey matter gives way to CSF with age (sulci widen): at 90 the cortex is darker than at 50."""
+    maps, t = an.static_maps(2), load_template()
+    points = an._world(t.shape, t.affine)[:, maps.w_cortex > 0.15].astype(np.float64)
+    young, old = (an.render(_p(age=age), points) for age in (50.0, 90.0))
+    assert points.shape[1] > 10_000 and np.mean(old) < 0.97 * np.mean(young)  # 0.92 measured
+
+
+def test_scan_params_are_written_as_a_plain_dict() -> None:
+    assert _p().to_dict() == dict(
+        age=65.0, dx="CN", sex="M", site="site-A", subject_seed=7, scan_seed=11, severity=0.5
+    )
