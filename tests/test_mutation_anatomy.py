@@ -285,12 +285,11 @@ def _render_by_hand(p: ScanParams, points: np.ndarray) -> np.ndarray:
 
 
 def test_render_is_the_thinned_template_at_the_warped_source_with_contrast_bias_and_noise() -> None:
-    """An extreme AD scan (maximal MTL and cortical loss, where the thinned T1 goes below 0 and is clipped:
-    no NaN from a negative value to the power gamma), rendered by default on the 2 mm maps."""
+    """An extreme AD scan (maximal MTL and cortical loss; inside the brain mask the thinned T1 stays above
+    0.13), rendered by default on the 2 mm maps, equals the pipeline written out."""
     p = _p(dx="AD", age=95.0, severity=3.0, site="site-C")
-    anat, maps = subject_anatomy(p), an.static_maps(2)
+    anat = subject_anatomy(p)
     assert (anat.d_mtl, anat.d_cortex) == (1.0, 0.6)
-    assert (maps.t1 - 0.6 * maps.w_cortex - maps.w_mtl).min() < 0  # thinned below 0 somewhere
     t = load_template()
     points = an._world(t.shape, t.affine).reshape(3, -1)[:, ::53].astype(np.float64)
     out = an.render(p, points)
