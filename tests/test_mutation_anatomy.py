@@ -309,3 +309,39 @@ def test_scan_params_are_written_as_a_plain_dict() -> None:
     assert _p().to_dict() == dict(
         age=65.0, dx="CN", sex="M", site="site-A", subject_seed=7, scan_seed=11, severity=0.5
     )
+
+
+def test_mtl_region_has_the_documented_volume_position_and_orientation_on_each_side() -> None:
+    """The three ellipsoids per hemisphere (hippocampus tilted up posteriorly, amygdala, entorhinal) pinned by
+    their soft volume (mm^3), centroid (mm) and covariance (mm^2) on the template grid, mirrored left / right:
+    a centre or radius moved by 1 mm, or the hippocampus' tilt changed, moves these."""
+    t = load_template()
+    xyz = an._world(t.shape, t.affine)
+    region = an.mtl_region(xyz).astype(np.float64)
+    assert an.mtl_region(xyz).dtype == np.float32
+    for side in (-1, 1):
+        w = (region * ((xyz[0] * side) > 0)).reshape(-1)
+        centroid = xyz.reshape(3, -1) @ w / w.sum()
+        d = xyz.reshape(3, -1) - centroid[:, None]
+        cov = (d * w) @ d.T / w.sum()
+        assert w.sum() * 8 == pytest.approx(4071.7, abs=0.5)
+        np.testing.assert_allclose(centroid, [side * 25.219, -14.517, -18.423], atol=0.01)
+        expected = [[11.152, -side * 13.731, side * 9.392], [-side * 13.731, 89.29, -46.187]]
+        np.testing.assert_allclose(cov[:2], expected, atol=0.01)
+        np.testing.assert_allclose(cov[2], [side * 9.392, -46.187, 68.268], atol=0.01)
+
+
+def test_a_subject_is_drawn_from_stream_1_of_its_seed() -> None:
+    """Six standard normals of ``default_rng([subject_seed, 1])`` (head size, ventricles, MTL, MTL grey
+    matter, cortex, spare), then the random warp's control points: the demo cohort of a seed is fixed, and
+    apart from the acquisition's stream 2 of the scan seed."""
+    rng = np.random.default_rng([7, 1])
+    z = rng.standard_normal(6)
+    field = rng.standard_normal((3, *an.RANDOM_FIELD_GRID)) * an.RANDOM_FIELD_SD
+    anat = subject_anatomy(_p(age=75.0))
+    assert anat.head_scale == pytest.approx(1.035 * np.exp(an.HEAD_SCALE_SD * z[0]), rel=1e-12)
+    assert anat.k_vent == pytest.approx(an.K_V0 + an.K_V_AGE + an.K_V_SD * z[1], rel=1e-12)
+    assert anat.k_mtl == pytest.approx(an.K_H0 + an.K_H_AGE + an.K_H_SD * z[2], rel=1e-12)
+    assert anat.d_mtl == pytest.approx(an.D_M0 + an.D_M_AGE + an.D_M_SD * z[3], rel=1e-12)
+    assert anat.d_cortex == pytest.approx(an.D_G0 + an.D_G_AGE + an.D_G_SD * z[4], rel=1e-12)
+    np.testing.assert_array_equal(anat.random_field, field.astype(np.float32))
