@@ -24,6 +24,7 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 MUTMUT="$(dirname "$PYTHON")/mutmut"
 MINUTES="${MUTATION_MINUTES:-20}"
 OUT="${MUTATION_OUT:-$ROOT/runs/mutation}"
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"  # absolute: the results are copied from the scratch folder
 
 # The fast test files (or single tests) that exercise each module (the slow bundle/DDP/registration tests
 # stay out: mutmut's first pass runs every selected test once, and a slow one eats the time budget).
