@@ -24,6 +24,7 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 MUTMUT="$(dirname "$PYTHON")/mutmut"
 MINUTES="${MUTATION_MINUTES:-20}"
 OUT="${MUTATION_OUT:-$ROOT/runs/mutation}"
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"  # absolute: the results are copied from the scratch folder
 
 # The fast test files (or single tests) that exercise each module (the slow bundle/DDP/registration tests
 # stay out: mutmut's first pass runs every selected test once, and a slow one eats the time budget).
@@ -70,6 +71,10 @@ tests_for() {
                 "$n::test_chunked_recompute_keeps_batchnorm_statistics $n::test_bad_arguments_list_choices" \
                 "$n::test_output_bias_and_spatial_size_checks $n::test_position_encoding_modules" ;;
         networks/aggregation.py) echo "tests/test_aggregation.py tests/test_mutation_networks.py" ;;
+        networks/encoders.py)
+            n=tests/test_networks.py
+            echo "tests/test_mutation_encoders.py $n::test_fold_equals_repeat" \
+                "$n::test_fold_and_repeat_scratch_models_are_the_same_function" ;;
         networks/*) echo "tests/test_networks.py tests/test_properties.py tests/test_researcher_numbers.py" ;;
         transforms/intensity.py) echo "tests/test_mutation_transforms.py tests/test_transforms.py::test_normalize_brain_keeps_metadata" ;;
         transforms/spatial.py)

@@ -149,3 +149,151 @@ def test_masked_mean_of_a_scan_with_one_real_slice_is_that_slice() -> None:
     x = torch.tensor([[[2.0, 4.0], [100.0, 100.0]]])
     out = MeanAggregation()(x, mask=torch.tensor([[True, False]]))
     assert out.tolist() == [[2.0, 4.0]]
+
+
+# --- networks/aggregation.py: the transformer, the checks and the messages ---------------------------
+
+
+def _randomised(module: nn.Module) -> nn.Module:
+    """Random LayerNorm affine parameters, so that a wrong norm or a wrong order shows."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_()
+    return module
+
+
+def _layer_by_hand(layer, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Pre-norm layer: x + proj(MHA(LN1 x)), then + ff(LN2 .) with ff = Linear, GELU, Linear."""
+    from mri_slice_transfer.networks.aggregation import rotate
+
+    b, t, d = x.shape
+    q, k, v = layer.qkv(layer.norm1(x)).reshape(b, t, 3, layer.heads, d // layer.heads).unbind(2)
+    q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [B, heads, T, c]
+    if layer.rotary:
+        q, k = rotate(q, positions), rotate(k, positions)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // layer.heads)
+    a = torch.softmax(scores.masked_fill(~mask[:, None, None, :], float("-inf")), dim=-1)
+    x = x + layer.proj((a @ v).transpose(1, 2).reshape(b, t, d))
+    hidden = nn.functional.gelu(layer.ff[0](layer.norm2(x)))
+    return x + layer.ff[2](hidden)
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_transformer_layer_is_pre_norm_attention_then_gelu_feed_forward_with_residuals(rotary: bool) -> None:
+    from mri_slice_transfer.networks.aggregation import _TransformerLayer
+
+    torch.manual_seed(0)
+    layer = _randomised(_TransformerLayer(8, 2, 16, rotary)).double()
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    mask = torch.tensor([[True] * 4, [True, True, True, False]])
+    positions = torch.tensor([[0, 1, 2, 3], [0, 2, 5, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, mask, positions), _layer_by_hand(layer, x, mask, positions))
+
+
+def test_transformer_reads_out_the_class_token_at_position_0_and_slice_k_at_k_plus_1() -> None:
+    """cls: LN(layers(cat(cls, x)))[:, 0] with positions 0, p + 1 (p: the given slice indices, default
+    0 .. K-1); mean: the mean of LN(layers(x)) over the real slices, positions p."""
+    from mri_slice_transfer.networks.aggregation import TransformerAggregation
+
+    torch.manual_seed(0)
+    agg = _randomised(TransformerAggregation(8, heads=2, width=16, rotary=True)).double()
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    ones = torch.ones(2, 4, dtype=torch.bool)
+    tokens = torch.cat((agg.cls.expand(2, 1, 8), x), dim=1)
+    with torch.no_grad():
+        for given, pos in ((None, [0, 1, 2, 3]), (torch.tensor([[2, 5, 9]] * 2), [0, 3, 6, 10])):
+            expected = agg.norm(_layer_by_hand(agg.layers[0], tokens, ones, torch.tensor([pos] * 2)))[:, 0]
+            torch.testing.assert_close(agg(x, positions=given), expected)
+    mean = _randomised(TransformerAggregation(8, heads=2, width=16, readout="MEAN", rotary=True)).double()
+    assert mean.readout == "mean" and mean.cls is None
+    mask = torch.tensor([[True] * 3, [True, True, False]])
+    with torch.no_grad():
+        tokens = mean.norm(_layer_by_hand(mean.layers[0], x, mask, torch.arange(3).expand(2, 3)))
+        torch.testing.assert_close(mean(x, mask), torch.stack([tokens[0].mean(0), tokens[1, :2].mean(0)]))
+
+
+def test_transformer_defaults_one_layer_four_heads_width_64_class_token_of_sd_0_02() -> None:
+    from mri_slice_transfer.networks.aggregation import TransformerAggregation
+
+    torch.manual_seed(0)
+    agg = TransformerAggregation(400)
+    layer = agg.layers[0]
+    assert (len(agg.layers), layer.heads, layer.ff[0].out_features, agg.readout) == (1, 4, 64, "cls")
+    assert not layer.rotary and agg.cls.shape == (400,)
+    assert agg.cls.std().item() == pytest.approx(0.02, rel=0.15)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"layers": 0}, "transformer_layers must be a positive int, not 0"),
+        ({"heads": True}, "transformer_heads must be a positive int, not True"),
+        ({"width": 2.0}, "transformer_width must be a positive int, not 2.0"),
+        ({"heads": 4}, "transformer_heads must give a divisor of 6, not 4"),
+        (
+            {"heads": 2, "rotary": True},
+            "transformer_heads must give an even number of dims per head for rotary, not 2",
+        ),
+        ({"readout": 3}, "unknown transformer_readout 3; choose one of cls, mean"),
+        ({"rotary": 1}, "transformer_rotary must be True or False, not 1"),
+    ],
+)
+def test_transformer_settings_are_refused_with_the_setting_and_the_rule(kwargs: dict, message: str) -> None:
+    from mri_slice_transfer.networks.aggregation import TransformerAggregation
+
+    with pytest.raises(ValueError) as err:
+        TransformerAggregation(6, **{"heads": 1, **kwargs})
+    assert str(err.value) == message
+
+
+def test_aggregation_checks_name_the_rule_and_the_choices() -> None:
+    from mri_slice_transfer.networks.aggregation import AttentionAggregation, build_aggregation
+
+    for heads in (3, 0):
+        with pytest.raises(ValueError) as err:
+            AttentionAggregation(4, num_heads=heads)
+        assert str(err.value) == f"attention heads must divide the embedding size 4, not {heads}"
+    with pytest.raises(ValueError) as err:
+        build_aggregation("transformer", 8, transformer_depth=2)
+    assert str(err.value) == (
+        "unknown transformer setting(s) ['transformer_depth']; choose from transformer_layers, "
+        "transformer_heads, transformer_width, transformer_readout, transformer_rotary"
+    )
+    with pytest.raises(ValueError) as err:
+        build_aggregation("mean", 8, transformer_layers=2, transformer_rotary=True)
+    assert str(err.value) == (
+        "transformer_layers, transformer_rotary apply to aggregation 'transformer' only, not 'mean'"
+    )
+
+
+def test_old_attention_weights_are_refused_with_the_whole_reason() -> None:
+    from mri_slice_transfer.networks.aggregation import AttentionAggregation
+
+    att = AttentionAggregation(4)
+    old = {**att.state_dict(), "ff.weight": torch.zeros(4, 4)}
+    with pytest.raises(RuntimeError) as err:
+        att.load_state_dict(old)
+    assert str(err.value) == (
+        "these weights hold the earlier attention block of mri_slice_transfer (bundles up to 0.6.0: "
+        "LayerNorm, then a residual ReLU feed-forward layer 'ff'); aggregation 'attention' is now "
+        "the paper's PooledAttention (LayerNorm, then a linear 'out' layer), so they cannot be "
+        "loaded: retrain the model with this version"
+    )
+
+
+def test_rotary_encoding_keeps_the_input_precision_and_uses_base_10000_at_far_positions() -> None:
+    """bf16 in, bf16 out (as the sinusoidal table); at slice 1000 and 3000 the angles p * 10000^(-2i/c)
+    are large enough that a base of 10001 would show (5e-4 rad)."""
+    from mri_slice_transfer.networks.aggregation import rotate
+
+    x = torch.randn(1, 1, 2, 4, generator=torch.Generator().manual_seed(1))
+    assert rotate(x.to(torch.bfloat16), torch.tensor([[0, 1]])).dtype == torch.bfloat16
+    out = rotate(x, torch.tensor([[1000, 3000]]))
+    for t, p in enumerate((1000, 3000)):
+        angle = p * 10000.0 ** (-2 / 4)  # the second pair (i = 1)
+        a, b = x[0, 0, t, 2].item(), x[0, 0, t, 3].item()
+        expected = (a * math.cos(angle) - b * math.sin(angle), a * math.sin(angle) + b * math.cos(angle))
+        assert out[0, 0, t, 2:].tolist() == pytest.approx(expected, abs=2e-5)

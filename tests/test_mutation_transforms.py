@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from scipy import ndimage
 
 from mri_slice_transfer.errors import ScanError
 from mri_slice_transfer.template import TEMPLATE_AFFINE, TEMPLATE_SHAPE
@@ -211,3 +212,92 @@ def test_resampling_refuses_bad_modes_plain_tensors_and_wrong_dimensions() -> No
     d = ResampleToTemplated(["image", "seg"], mode="nearest", allow_missing_keys=True)
     out = d({"image": _img(np.ones((2, 2, 2)), TEMPLATE_AFFINE), "id": 1})
     assert out["image"].shape == (1, *TEMPLATE_SHAPE) and out["id"] == 1
+
+
+# Sources stored z-first (source axis 0 = world z), their voxel centres 0.3 mm off the template's, so the
+# interpolated path runs: OVERHANG, 1 mm along z and 4 mm along x and y, overhangs the template on every side;
+# SUBMM, 0.5 mm along z, too; INSIDE, 1 mm along z, lies inside the template grid, non-zero up to its edges.
+OVERHANG = np.array([[0.0, 4, 0, -110.3], [0, 0, 4, -150.3], [1, 0, 0, -92.3], [0, 0, 0, 1]])
+SUBMM = np.array([[0.0, 4, 0, -110.3], [0, 0, 4, -150.3], [0.5, 0, 0, -92.3], [0, 0, 0, 1]])
+INSIDE = np.array([[0.0, 4, 0, -40.3], [0, 0, 4, -60.3], [1, 0, 0, -20.3], [0, 0, 0, 1]])
+SOURCES = {
+    "overhang": (OVERHANG, (221, 56, 65)),
+    "submm": (SUBMM, (441, 56, 65)),
+    "inside": (INSIDE, (60, 20, 25)),
+}
+
+
+def _reference(data: np.ndarray, affine: np.ndarray, mode: str, sigma: np.ndarray) -> np.ndarray:
+    """The interpolated path's definition on the whole (uncropped) source with scipy: Gaussian pre-filter
+    (0 outside the image), trilinear (or nearest) sampling at every template voxel centre with 0 beyond the
+    image's edges, background where the source's non-zero mask interpolates below 0.5."""
+    vox = np.linalg.inv(affine) @ TEMPLATE_AFFINE
+    pos = vox[:3, :3] @ np.indices(TEMPLATE_SHAPE).reshape(3, -1) + vox[:3, 3:4]
+    if mode == "nearest":
+        return ndimage.map_coordinates(data, pos, order=0, mode="grid-constant").reshape(TEMPLATE_SHAPE)
+    src = ndimage.gaussian_filter(data, sigma, mode="constant", truncate=3.0) if np.any(sigma > 0) else data
+    out = ndimage.map_coordinates(src, pos, order=1, mode="grid-constant")
+    support = ndimage.map_coordinates((data != 0).astype(np.float32), pos, order=1, mode="grid-constant")
+    return np.where(support >= 0.5, out, 0.0).reshape(TEMPLATE_SHAPE)
+
+
+@pytest.mark.parametrize(
+    "source,mode,anti_alias",
+    [
+        ("overhang", "bilinear", True),
+        ("overhang", "bilinear", False),
+        ("overhang", "nearest", True),
+        ("submm", "bilinear", True),
+        ("inside", "bilinear", True),
+        ("inside", "nearest", True),
+    ],
+)
+def test_interpolated_path_equals_its_definition_on_the_uncropped_source(
+    source: str, mode: str, anti_alias: bool
+) -> None:
+    """The crop to the template's reach (plus the filter's margin) changes nothing, also at the template's
+    edges and for sub-millimetre voxels; the pre-filter runs along the fine source axis only, only for
+    bilinear with anti_alias, and sees 0 beyond the image's edges."""
+    affine, shape = SOURCES[source]
+    data = np.random.default_rng(0).uniform(1.0, 11.0, shape).astype(np.float32)
+    sigma = spatial._anti_alias_sigma(affine) if (anti_alias and mode == "bilinear") else np.zeros(3)
+    out = resample_to_template(_img(data, affine), mode=mode, anti_alias=anti_alias)
+    assert out.meta["resample_path"] == "interpolated"
+    expected = _reference(data, affine, mode, sigma)
+    assert np.count_nonzero(expected) > 10_000
+    np.testing.assert_allclose(out[0].numpy(), expected, rtol=0, atol=2e-3 if mode == "bilinear" else 0)
+
+
+def test_a_source_two_voxels_thick_is_interpolated_and_one_far_away_on_either_side_is_blank() -> None:
+    """Two source voxels along an axis are enough to interpolate between; an image 1 m off the template
+    grid, on the positive or the negative side, gives a blank image."""
+    thin = np.ones((2, 20, 25), np.float32)
+    out = resample_to_template(_img(thin, INSIDE))  # z from -20.3 to -19.3 mm: the template plane z = -20
+    assert out.meta["resample_path"] == "interpolated" and float(out.sum()) > 0
+    for side in (1000.0, -1000.0):
+        far = INSIDE.copy()
+        far[:3, 3] += side
+        assert float(resample_to_template(_img(np.ones((60, 20, 25)), far)).abs().sum()) == 0.0
+
+
+def test_dict_transform_passes_mode_and_anti_alias_on_and_refuses_a_missing_key() -> None:
+    """Defaults: bilinear with anti-aliasing, a missing key is an error; the options reach every key."""
+    data = np.random.default_rng(1).uniform(1.0, 11.0, SOURCES["inside"][1]).astype(np.float32)
+    img = _img(data, INSIDE)
+    for kwargs in ({}, {"anti_alias": False}, {"mode": "nearest"}):
+        out = ResampleToTemplated("image", **kwargs)({"image": img})["image"]
+        torch.testing.assert_close(out, resample_to_template(img, **kwargs), rtol=0, atol=0)
+    with pytest.raises(KeyError):
+        ResampleToTemplated("seg")({"image": img})
+
+
+def test_anti_alias_sigma_reads_each_source_axis_from_its_affine_column() -> None:
+    """A permuted anisotropic affine: the voxel size of source axis p is the norm of column p, not row p."""
+    np.testing.assert_allclose(spatial._anti_alias_sigma(OVERHANG), [np.sqrt(3) / 2, 0.0, 0.0])
+
+
+def test_exact_index_map_passes_its_tolerance_on() -> None:
+    shifted = TEMPLATE_AFFINE.copy()
+    shifted[0, 3] += 2e-4 * 2  # 2e-4 voxel off the lattice
+    assert exact_index_map(shifted) is None
+    assert exact_index_map(shifted, tol=3e-4) == [(0, 1, 0), (1, 1, 0), (2, 1, 0)]
