@@ -261,3 +261,22 @@ def test_qc_overview_lists_errors_then_flagged_then_ok_and_counts_them(tmp_path)
     assert '<b style="color:#2a2">ok</b> a.nii metric 0.812<br><a href="../qc/b.png">' in page
     assert "implausible &lt;scaling&gt;" in page and "metric nan" not in page
     assert "<div class=msg>not 3D</div>" in page and "missing.png" not in page
+
+
+def test_qc_png_outline_is_drawn_on_the_voxels_it_outlines_in_every_view(tmp_path, monkeypatch) -> None:
+    """The brain-mask outline is cut and flipped like the image: with a mask made from the image itself,
+    each view's outline array equals its image thresholded (a mirrored or strided outline would show a
+    registration error that is not there, or hide one that is)."""
+    import matplotlib.axes
+
+    shown, outlined = [], []
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", lambda ax, img, **kw: shown.append(img))
+    monkeypatch.setattr(matplotlib.axes.Axes, "contour", lambda ax, m, **kw: outlined.append(m))
+    data = np.zeros((14, 16, 12), np.float32)
+    data[2:7, 3:13, 2:10] = 5.0  # a lopsided "brain": only on the low-x side, so a flip moves it
+    data[2:4, 3:6, 2:4] = 9.0
+    mask = data > 1.0
+    qc_png(data, mask, tmp_path / "q.png")
+    assert len(shown) == len(outlined) == 3
+    for img, m in zip(shown, outlined, strict=True):
+        np.testing.assert_array_equal(m > 0.5, img > 1.0)
