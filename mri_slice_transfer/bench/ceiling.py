@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mri_slice_transfer.bench.specs import ceiling_dtype
+from mri_slice_transfer.engine.precision import choose_precision
 
 __all__ = ["CONV_SHAPE", "measure_ceilings"]
 
@@ -61,8 +61,9 @@ def measure_ceilings(
     n, c_in, h, w, c_out, k = conv_shape
     out: dict[str, Any] = {"settings": {"gemm_n": gemm_n, "conv_shape": list(conv_shape)}}
     gen = torch.Generator().manual_seed(0)
-    for name in ("float32", ceiling_dtype(True, dev.type)):
-        dtype = getattr(torch, name)
+    mixed = choose_precision(True, dev)
+    for dtype in (torch.float32, *((mixed.dtype,) if mixed.mixed else ())):
+        name = str(dtype).removeprefix("torch.")
         a = torch.randn(gemm_n, gemm_n, generator=gen).to(dev, dtype)
         b = torch.randn(gemm_n, gemm_n, generator=gen).to(dev, dtype)
         gemm = _best_tflops(lambda a=a, b=b: a @ b, 2.0 * gemm_n**3, min_time, sync)

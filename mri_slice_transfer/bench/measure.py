@@ -290,6 +290,7 @@ def measure_model(
         keep_freed_memory()  # process-wide: every row runs in its own process (see .process)
     rss_start = rss_mb()
     dev = torch.device(resolve_device(device))
+    precision = choose_precision(v.amp, dev)
     size = scaled_size(input_scale)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -303,7 +304,8 @@ def measure_model(
         "settings": v.as_dict(),
         "channels_last_applied": bool(v.channels_last and not is_conv3d(model)),
         "precision": precision_label(v.amp, dev),
-        "mixed": choose_precision(v.amp, dev).mixed,
+        "mixed": precision.mixed,
+        "precision_dtype": str(precision.dtype or torch.float32).removeprefix("torch."),
         "batch_size": int(batch_size),
         "input_scale": float(input_scale),
         "spatial_size": list(size),

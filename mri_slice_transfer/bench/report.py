@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from mri_slice_transfer.bench.specs import ceiling_dtype, model_label
+from mri_slice_transfer.bench.specs import model_label
 
 __all__ = ["summarize", "fmt_num", "fmt_summary", "format_table", "format_report", "check_targets", "TARGETS"]
 
@@ -96,8 +96,7 @@ def _median(row: dict[str, Any] | None, key: str = "scans_per_s") -> float | Non
 
 def _ceiling_cells(row: dict[str, Any], ceilings: dict[str, Any] | None) -> list[str]:
     """Achieved TFLOP/s of ``row`` as a percentage of the GEMM and conv ceilings of its precision."""
-    dtype = ceiling_dtype(bool(row.get("mixed")), str(row.get("device", "cpu")).split(":")[0])
-    peak = (ceilings or {}).get(dtype) or {}
+    peak = (ceilings or {}).get(row.get("precision_dtype", "float32")) or {}
     achieved = _median(row, "tflops")
     return [
         "-" if _ratio(achieved, peak.get(k)) is None else f"{100 * _ratio(achieved, peak[k]):.1f}%"

@@ -41,10 +41,11 @@ def _speed_row(res: dict[str, Any], phase: str) -> dict[str, Any]:
             "slice_chunk_size",
             "params",
             "precision",
+            "mixed",
+            "precision_dtype",
             "channels_last_applied",
         )
     }
-    row.update(mixed=res.get("mixed", False), device=res.get("device", "cpu"))
     row.update(
         scans_per_s=summarize(p["scans_per_s"]),
         tflops=summarize(p["tflops"]),

@@ -34,7 +34,6 @@ __all__ = [
     "BENCH_MODELS",
     "DEFAULTS",
     "QUICK_DEFAULTS",
-    "ceiling_dtype",
     "is_conv3d",
     "model_label",
 ]
@@ -122,13 +121,6 @@ BENCH_MODELS: tuple[str, ...] = names(Encoder, aliases=True)
 def is_conv3d(model: str) -> bool:
     """True for the 3D-CNN names (``"conv3d"`` and its aliases ``"3dcnn"``, ``"3d-cnn"``)."""
     return canonical(model, Encoder) == Encoder.CONV3D
-
-
-def ceiling_dtype(mixed: bool, device_type: str) -> str:
-    """The ceiling a row is compared with: ``"float32"``, or ``"bfloat16"`` / ``"float16"`` if mixed."""
-    if not mixed:
-        return "float32"
-    return "float16" if device_type == "cuda" else "bfloat16"
 
 
 def model_label(model: str) -> str:
